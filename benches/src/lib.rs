@@ -1,0 +1,1 @@
+//! Home of the criterion suites in `suites/`; no library code.

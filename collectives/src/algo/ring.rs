@@ -1,0 +1,92 @@
+//! Ring reduce-scatter and allgather, chunked and pipelined.
+//!
+//! The buffer is cut into `n` chunks and each chunk into segments. In the reduce-scatter phase,
+//! step `s` sends chunk `base - s` to the next rank and reduces chunk `base - s - 1` arriving
+//! from the previous one; after `n - 1` steps this rank holds the full reduction of chunk
+//! `base + 1`. The allgather phase then passes complete chunks around the ring the same way.
+//! Each rank sends `2 (n - 1) / n` of the buffer in total, the bandwidth optimum.
+//!
+//! Pipelining: a reader future receives segment after segment and hands each finished segment
+//! to a writer future through a queue, so a segment is forwarded as soon as it is reduced while
+//! later segments are still arriving. The two futures share the buffer through [`Segments`]:
+//! the writer only ever reads segments the reader has finished with.
+//!
+//! Bitwise identity across ranks holds because each chunk is reduced on exactly one path and
+//! the result is then copied, never recomputed, by the allgather.
+
+use tokio::sync::mpsc;
+
+use super::{OpCx, Scratch, Segments};
+use crate::{
+    dtype::ReduceOp,
+    error::Result,
+    reduce::{Order, finish_avg, reduce},
+    transport::Transport,
+};
+
+/// Runs the reduce-scatter phase (if `op` is given) and/or the allgather phase (if `gather`).
+/// `base` fixes the chunk rotation: after reduce-scatter this rank owns chunk `base + 1`; with
+/// no reduce phase, the allgather starts from chunk `base + 1`.
+pub(crate) async fn ring<T: Transport>(
+    cx: &OpCx<'_, T>,
+    buf: &mut [u8],
+    op: Option<ReduceOp>,
+    gather: bool,
+    base: usize,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let n = cx.size;
+    let dtype = cx.sig.dtype;
+    let chunks = cx.byte_chunks(buf.len());
+    let segs = &Segments::new(buf, &chunks, cx.seg_bytes);
+    let (next, prev) = (cx.rel(1), cx.rel(-1));
+    let chunk = |k: isize| (base as isize + k).rem_euclid(n as isize) as usize;
+    let own = chunk(1);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
+    let first = if op.is_some() { chunk(0) } else { own };
+    for id in segs.of_chunk(first) {
+        let _ = tx.send(id);
+    }
+
+    let writer = async {
+        while let Some(id) = rx.recv().await {
+            let seg = segs.get(id)?;
+            cx.send(next, &seg).await?;
+        }
+        Ok(())
+    };
+    let reader = async move {
+        if let Some(op) = op {
+            for s in 0..n - 1 {
+                let last = s == n - 2;
+                for id in segs.of_chunk(chunk(-(s as isize) - 1)) {
+                    let incoming = scratch.bytes(segs.len(id));
+                    cx.recv(prev, incoming).await?;
+                    let mut mine = segs.get_mut(id)?;
+                    reduce(dtype, op, Order::SrcFirst, &mut mine, incoming);
+                    if last && op == ReduceOp::Avg {
+                        finish_avg(dtype, &mut mine, n);
+                    }
+                    drop(mine);
+                    if !last || gather {
+                        let _ = tx.send(id);
+                    }
+                }
+            }
+        }
+        if gather {
+            for s in 0..n - 1 {
+                let c = (own as isize - s as isize - 1).rem_euclid(n as isize) as usize;
+                for id in segs.of_chunk(c) {
+                    cx.recv(prev, &mut segs.get_mut(id)?).await?;
+                    if s < n - 2 {
+                        let _ = tx.send(id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(writer, reader).map(|_| ())
+}

@@ -1,0 +1,606 @@
+//! [`Communicator`]: the collectives on one epoch's fixed group of ranks.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use tracing::{Instrument, debug_span, warn};
+
+use crate::{
+    algo::{self, OpCx, Scratch},
+    cancel::Cancel,
+    dtype::{DType, Element, ReduceOp},
+    error::{CollectiveError, Result},
+    frame::{Algo, Collective, ErrorCode, OpSig},
+    transport::Transport,
+};
+
+/// How long peers get to hear about an abort before the error is returned.
+const ABORT_NOTICE: Duration = Duration::from_millis(100);
+
+/// Which allreduce algorithm to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AlgoChoice {
+    /// Recursive doubling up to [`CommConfig::small_bytes`] (or when there are fewer elements
+    /// than ranks), the ring above.
+    #[default]
+    Auto,
+    /// Always the ring.
+    Ring,
+    /// Always recursive doubling (called `tree` on the command line).
+    RecursiveDoubling,
+}
+
+/// Tuning of a [`Communicator`]. Every rank must use the same values for `algo`,
+/// `deterministic` and `small_bytes`, or its calls [`Mismatch`](CollectiveError::Mismatch).
+#[derive(Clone, Debug)]
+pub struct CommConfig {
+    /// Allreduce algorithm override.
+    pub algo: AlgoChoice,
+    /// Reduce in rank order, independent of algorithm and ring position (see `algo::direct`).
+    pub deterministic: bool,
+    /// Pipeline segment size in bytes.
+    pub segment_bytes: usize,
+    /// Largest allreduce (bytes) that [`AlgoChoice::Auto`] sends by recursive doubling, and
+    /// largest broadcast sent down a tree rather than a chain.
+    pub small_bytes: usize,
+}
+
+impl Default for CommConfig {
+    fn default() -> Self {
+        CommConfig {
+            algo: AlgoChoice::Auto,
+            deterministic: false,
+            segment_bytes: 256 * 1024,
+            small_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The deadline and cancellation handle of one operation.
+#[derive(Clone, Debug)]
+pub struct Ctl {
+    /// The operation fails with [`Timeout`](CollectiveError::Timeout) if not done by then.
+    pub deadline: Instant,
+    /// Firing it makes the operation fail with [`Aborted`](CollectiveError::Aborted).
+    pub cancel: Option<Cancel>,
+}
+
+impl Ctl {
+    /// A deadline `timeout` from now and no cancellation handle.
+    pub fn timeout(timeout: Duration) -> Ctl {
+        Ctl {
+            deadline: Instant::now() + timeout,
+            cancel: None,
+        }
+    }
+
+    /// The same deadline, cancellable through `cancel`.
+    pub fn with_cancel(self, cancel: Cancel) -> Ctl {
+        Ctl {
+            cancel: Some(cancel),
+            ..self
+        }
+    }
+}
+
+/// Where a collective reads its input and writes its output.
+#[derive(Debug)]
+pub enum Bufs<'a> {
+    /// Input and output are the same buffer.
+    InPlace(&'a mut [u8]),
+    /// Input is left untouched; output goes to `recv`.
+    OutOfPlace {
+        /// Input.
+        send: &'a [u8],
+        /// Output.
+        recv: &'a mut [u8],
+    },
+}
+
+/// The collectives over one epoch's ranks, on a [`Transport`].
+///
+/// Calls are collective: every rank must make the same calls in the same order with matching
+/// arguments. A failed call poisons the communicator (see [`CollectiveError`]).
+pub struct Communicator<T> {
+    transport: T,
+    epoch: u64,
+    config: CommConfig,
+    next_op: u64,
+    poisoned: Option<String>,
+    scratch: Scratch,
+}
+
+impl<T: Transport> Communicator<T> {
+    /// Wraps a connected transport for epoch `epoch`.
+    pub fn new(transport: T, epoch: u64, config: CommConfig) -> Self {
+        Communicator {
+            transport,
+            epoch,
+            config,
+            next_op: 0,
+            poisoned: None,
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.transport.rank()
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.transport.size()
+    }
+
+    /// The epoch this communicator was built for.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CommConfig {
+        &self.config
+    }
+
+    /// Why the communicator is unusable, if it is.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The allreduce algorithm this communicator picks for `bytes` bytes of `dtype`.
+    pub fn allreduce_algo(&self, dtype: DType, bytes: usize) -> Algo {
+        let n = self.size();
+        if self.config.deterministic {
+            return Algo::Direct;
+        }
+        match self.config.algo {
+            AlgoChoice::Ring => Algo::Ring,
+            AlgoChoice::RecursiveDoubling => Algo::RecursiveDoubling,
+            AlgoChoice::Auto if bytes <= self.config.small_bytes || bytes / dtype.size() < n => {
+                Algo::RecursiveDoubling
+            }
+            AlgoChoice::Auto => Algo::Ring,
+        }
+    }
+
+    /// Allreduce of the elements of `dtype` in `bufs` (the buffer length gives the count).
+    pub async fn allreduce_bytes(
+        &mut self,
+        dtype: DType,
+        bufs: Bufs<'_>,
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let buf = match prepare(dtype, bufs, Shape::Same) {
+            Ok(b) => b,
+            Err(e) => return self.reject(Collective::AllReduce, dtype, e).await,
+        };
+        let algo = self.allreduce_algo(dtype, buf.len());
+        let sig = sig(
+            Collective::AllReduce,
+            dtype,
+            op,
+            algo,
+            buf.len() / dtype.size(),
+            0,
+        );
+        let base = self.rank();
+        self.run(sig, ctl, async |cx, scratch| match algo {
+            _ if cx.size == 1 => Ok(()),
+            Algo::Ring => algo::ring(cx, buf, Some(op), true, base, scratch).await,
+            Algo::Direct => algo::direct(cx, buf, op, true, scratch).await,
+            _ => algo::recursive_doubling(cx, buf, op, scratch).await,
+        })
+        .await
+    }
+
+    /// Broadcast of `root`'s buffer to every rank. Out of place, only the root reads `send`.
+    pub async fn broadcast_bytes(
+        &mut self,
+        dtype: DType,
+        bufs: Bufs<'_>,
+        root: usize,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let is_root = root == self.rank();
+        let buf = match self
+            .check_root(root)
+            .and_then(|()| prepare(dtype, bufs, Shape::Root(is_root)))
+        {
+            Ok(b) => b,
+            Err(e) => return self.reject(Collective::Broadcast, dtype, e).await,
+        };
+        let algo = if buf.len() <= self.config.small_bytes {
+            Algo::Tree
+        } else {
+            Algo::Chain
+        };
+        let count = buf.len() / dtype.size();
+        let sig = sig(
+            Collective::Broadcast,
+            dtype,
+            ReduceOp::Sum,
+            algo,
+            count,
+            root,
+        );
+        self.run(sig, ctl, async |cx, _| match algo {
+            _ if cx.size == 1 => Ok(()),
+            Algo::Tree => algo::tree(cx, buf, root).await,
+            _ => algo::chain(cx, buf, root).await,
+        })
+        .await
+    }
+
+    /// Allgather: rank `r`'s block lands at block `r` of every rank's output (`size` blocks).
+    /// In place, the buffer holds all blocks with this rank's block already in place;
+    /// out of place, `send` is one block and `recv` all of them.
+    pub async fn allgather_bytes(&mut self, dtype: DType, bufs: Bufs<'_>, ctl: &Ctl) -> Result<()> {
+        let (n, r) = (self.size(), self.rank());
+        let buf = match prepare(dtype, bufs, Shape::Blocks { n, r }) {
+            Ok(b) => b,
+            Err(e) => return self.reject(Collective::AllGather, dtype, e).await,
+        };
+        let block = buf.len() / n / dtype.size();
+        let sig = sig(
+            Collective::AllGather,
+            dtype,
+            ReduceOp::Sum,
+            Algo::Ring,
+            block,
+            0,
+        );
+        let base = (r + n - 1) % n;
+        self.run(sig, ctl, async |cx, scratch| match cx.size {
+            1 => Ok(()),
+            _ => algo::ring(cx, buf, None, true, base, scratch).await,
+        })
+        .await
+    }
+
+    /// Reduce-scatter: the input has `size` equal blocks; rank `r` ends with the reduction of
+    /// block `r`. Out of place, `recv` is one block; in place, the result is left in block `r`
+    /// of the buffer and the other blocks hold partial sums afterwards.
+    pub async fn reduce_scatter_bytes(
+        &mut self,
+        dtype: DType,
+        bufs: Bufs<'_>,
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let (n, r) = (self.size(), self.rank());
+        let mut copy = Vec::new();
+        let (work, out) = match bufs {
+            Bufs::InPlace(b) => (Bufs::InPlace(b), None),
+            Bufs::OutOfPlace { send, recv } => {
+                copy = vec![0u64; send.len().div_ceil(8)];
+                let work = &mut bytemuck::cast_slice_mut(&mut copy)[..send.len()];
+                (Bufs::OutOfPlace { send, recv: work }, Some(recv))
+            }
+        };
+        let shape = Shape::Scatter {
+            n,
+            out: out.as_deref().map(<[u8]>::len),
+        };
+        let buf = match prepare(dtype, work, shape) {
+            Ok(b) => b,
+            Err(e) => return self.reject(Collective::ReduceScatter, dtype, e).await,
+        };
+        let block = buf.len() / n;
+        let algo = if self.config.deterministic {
+            Algo::Direct
+        } else {
+            Algo::Ring
+        };
+        let sig = sig(
+            Collective::ReduceScatter,
+            dtype,
+            op,
+            algo,
+            block / dtype.size(),
+            0,
+        );
+        let base = (r + n - 1) % n;
+        self.run(sig, ctl, async |cx, scratch| match algo {
+            _ if cx.size == 1 => Ok(()),
+            Algo::Direct => algo::direct(cx, buf, op, false, scratch).await,
+            _ => algo::ring(cx, buf, Some(op), false, base, scratch).await,
+        })
+        .await?;
+        if let Some(out) = out {
+            out.copy_from_slice(&buf[r * block..(r + 1) * block]);
+        }
+        drop(copy);
+        Ok(())
+    }
+
+    /// Returns once every rank has entered the barrier.
+    pub async fn barrier(&mut self, ctl: &Ctl) -> Result<()> {
+        let sig = sig(
+            Collective::Barrier,
+            DType::U8,
+            ReduceOp::Sum,
+            Algo::Dissemination,
+            0,
+            0,
+        );
+        self.run(sig, ctl, async |cx, _| algo::dissemination(cx).await)
+            .await
+    }
+
+    /// In-place allreduce of a typed slice.
+    pub async fn allreduce<E: Element>(
+        &mut self,
+        buf: &mut [E],
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let b = Bufs::InPlace(bytemuck::cast_slice_mut(buf));
+        self.allreduce_bytes(E::DTYPE, b, op, ctl).await
+    }
+
+    /// Out-of-place allreduce of a typed slice.
+    pub async fn allreduce_into<E: Element>(
+        &mut self,
+        send: &[E],
+        recv: &mut [E],
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let b = Bufs::OutOfPlace {
+            send: bytemuck::cast_slice(send),
+            recv: bytemuck::cast_slice_mut(recv),
+        };
+        self.allreduce_bytes(E::DTYPE, b, op, ctl).await
+    }
+
+    /// In-place broadcast of a typed slice from `root`.
+    pub async fn broadcast<E: Element>(
+        &mut self,
+        buf: &mut [E],
+        root: usize,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let b = Bufs::InPlace(bytemuck::cast_slice_mut(buf));
+        self.broadcast_bytes(E::DTYPE, b, root, ctl).await
+    }
+
+    /// Out-of-place allgather of typed slices (`recv` is `size` times `send`).
+    pub async fn allgather<E: Element>(
+        &mut self,
+        send: &[E],
+        recv: &mut [E],
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let b = Bufs::OutOfPlace {
+            send: bytemuck::cast_slice(send),
+            recv: bytemuck::cast_slice_mut(recv),
+        };
+        self.allgather_bytes(E::DTYPE, b, ctl).await
+    }
+
+    /// Out-of-place reduce-scatter of typed slices (`send` is `size` times `recv`).
+    pub async fn reduce_scatter<E: Element>(
+        &mut self,
+        send: &[E],
+        recv: &mut [E],
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let b = Bufs::OutOfPlace {
+            send: bytemuck::cast_slice(send),
+            recv: bytemuck::cast_slice_mut(recv),
+        };
+        self.reduce_scatter_bytes(E::DTYPE, b, op, ctl).await
+    }
+
+    fn check_root(&self, root: usize) -> Result<()> {
+        match root < self.size() {
+            true => Ok(()),
+            false => Err(invalid(format!(
+                "root {root} outside a world of {}",
+                self.size()
+            ))),
+        }
+    }
+
+    /// Runs one operation under its deadline and cancellation handle; on failure, tells the
+    /// peers and poisons the communicator.
+    async fn run<F>(&mut self, sig: OpSig, ctl: &Ctl, op: F) -> Result<()>
+    where
+        F: AsyncFnOnce(&OpCx<'_, T>, &mut Scratch) -> Result<()>,
+    {
+        if let Some(why) = &self.poisoned {
+            return Err(CollectiveError::Poisoned(why.clone()));
+        }
+        let op_id = self.next_op;
+        self.next_op += 1;
+        let cx = OpCx::new(
+            &self.transport,
+            self.epoch,
+            op_id,
+            sig,
+            self.config.segment_bytes,
+        );
+        let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
+            dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
+        let started = Instant::now();
+        let result = guarded(&self.transport, op(&cx, &mut self.scratch), ctl, started)
+            .instrument(span)
+            .await;
+        let header = cx.header(0, 0);
+        drop(cx);
+        if let Err(e) = &result {
+            self.give_up(&header, e).await;
+        }
+        result
+    }
+
+    /// Fails a call whose arguments are unusable: consumes its op id and tells the peers, so
+    /// that they fail at once instead of waiting for their deadline.
+    async fn reject(&mut self, coll: Collective, dtype: DType, e: CollectiveError) -> Result<()> {
+        if let Some(why) = &self.poisoned {
+            return Err(CollectiveError::Poisoned(why.clone()));
+        }
+        let op_id = self.next_op;
+        self.next_op += 1;
+        let s = sig(coll, dtype, ReduceOp::Sum, Algo::Ring, 0, 0);
+        let header = OpCx::new(&self.transport, self.epoch, op_id, s, 1).header(0, 0);
+        self.give_up(&header, &e).await;
+        Err(e)
+    }
+
+    async fn give_up(&mut self, header: &crate::frame::Header, e: &CollectiveError) {
+        warn!(epoch = self.epoch, op_id = header.op_id, error = %e, "collective failed");
+        let (code, subject) = match e {
+            CollectiveError::Mismatch { .. } | CollectiveError::InvalidArgument(_) => {
+                (ErrorCode::Mismatch, None)
+            }
+            CollectiveError::PeerLost { rank, .. } => (ErrorCode::PeerLost, Some(*rank)),
+            _ => (ErrorCode::Aborted, None),
+        };
+        let message = format!("rank {} failed: {e}", self.rank());
+        self.transport
+            .abort_all(header, code, subject, &message, ABORT_NOTICE)
+            .await;
+        self.poisoned = Some(e.to_string());
+    }
+}
+
+/// Runs `fut` until it finishes, the deadline passes or `ctl.cancel` fires.
+async fn guarded<T: Transport>(
+    t: &T,
+    fut: impl Future<Output = Result<()>>,
+    ctl: &Ctl,
+    started: Instant,
+) -> Result<()> {
+    let cancelled = async {
+        match &ctl.cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let deadline = tokio::time::Instant::from_std(ctl.deadline);
+    tokio::select! {
+        biased;
+        () = cancelled => Err(CollectiveError::Aborted {
+            reason: ctl.cancel.as_ref().and_then(Cancel::reason).unwrap_or_default(),
+        }),
+        r = fut => r,
+        () = tokio::time::sleep_until(deadline) => Err(CollectiveError::Timeout {
+            waiting_on: t.waiting_on(),
+            waited: started.elapsed(),
+        }),
+    }
+}
+
+fn sig(
+    coll: Collective,
+    dtype: DType,
+    op: ReduceOp,
+    algo: Algo,
+    count: usize,
+    root: usize,
+) -> OpSig {
+    OpSig {
+        coll,
+        dtype,
+        op,
+        algo,
+        count: count as u64,
+        root: root as u32,
+    }
+}
+
+fn invalid(msg: String) -> CollectiveError {
+    CollectiveError::InvalidArgument(msg)
+}
+
+/// How a collective's input relates to its output.
+enum Shape {
+    /// Same length (allreduce).
+    Same,
+    /// Same length; only the root's input is read (broadcast).
+    Root(bool),
+    /// The output has `n` blocks, this rank's input is block `r` (allgather).
+    Blocks { n: usize, r: usize },
+    /// The input has `n` blocks; out of place, the output is one of length `out` (reduce-scatter).
+    Scatter { n: usize, out: Option<usize> },
+}
+
+/// Checks lengths and alignment and copies the input into the output where the operation
+/// runs in place on the output. Returns the buffer the algorithm works on.
+fn prepare<'a>(dtype: DType, bufs: Bufs<'a>, shape: Shape) -> Result<&'a mut [u8]> {
+    let elem = dtype.size();
+    let whole = |what: &str, b: &[u8]| match (b.len() % elem, b.as_ptr() as usize % elem) {
+        (0, 0) => Ok(()),
+        (0, _) => Err(invalid(format!(
+            "{what} buffer is not aligned for {}",
+            dtype.nccl_name()
+        ))),
+        _ => Err(invalid(format!(
+            "{what} holds {} bytes, not whole {} elements",
+            b.len(),
+            dtype.nccl_name()
+        ))),
+    };
+    let (send, recv) = match bufs {
+        Bufs::InPlace(b) => (None, b),
+        Bufs::OutOfPlace { send, recv } => (Some(send), recv),
+    };
+    whole("output", recv)?;
+    if let Some(s) = send {
+        whole("input", s)?;
+    }
+    let blocks = match shape {
+        Shape::Blocks { n, .. } | Shape::Scatter { n, .. } => n,
+        _ => 1,
+    };
+    if recv.len() % (blocks * elem) != 0 && !matches!(shape, Shape::Scatter { out: Some(_), .. }) {
+        return Err(invalid(format!(
+            "{} bytes do not split into {blocks} equal blocks",
+            recv.len()
+        )));
+    }
+    match (send, shape) {
+        (None, _) => {}
+        (Some(s), Shape::Same | Shape::Root(_)) if s.len() != recv.len() => {
+            return Err(invalid(format!(
+                "input has {} bytes, output {}",
+                s.len(),
+                recv.len()
+            )));
+        }
+        (Some(s), Shape::Same | Shape::Root(true)) => recv.copy_from_slice(s),
+        (Some(_), Shape::Root(false)) => {}
+        (Some(s), Shape::Blocks { n, r }) => {
+            if s.len() * n != recv.len() {
+                return Err(invalid(format!(
+                    "output has {} bytes, expected {n} blocks of {}",
+                    recv.len(),
+                    s.len()
+                )));
+            }
+            recv[r * s.len()..(r + 1) * s.len()].copy_from_slice(s);
+        }
+        (Some(s), Shape::Scatter { n, out }) => {
+            let out = out.unwrap_or(0);
+            if s.len() != out * n || out % elem != 0 {
+                return Err(invalid(format!(
+                    "input has {} bytes, expected {n} blocks of {out}",
+                    s.len()
+                )));
+            }
+            recv.copy_from_slice(s);
+        }
+    }
+    Ok(recv)
+}

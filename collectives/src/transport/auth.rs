@@ -1,0 +1,1 @@
+//! Job-secret authentication (written next).

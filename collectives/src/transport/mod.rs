@@ -1,0 +1,62 @@
+//! What the algorithms see of the network: ordered, framed, point-to-point links to peer ranks.
+//!
+//! [`Transport`] is the whole interface. Implementations:
+//! - [`stream::StreamTransport`]: framing over any pair of byte streams per peer; the in-memory
+//!   ([`mem`]), TCP ([`tcp`]) and QUIC ([`quic`]) transports are this type with different
+//!   connection set-up.
+//!
+//! Links are ordered per direction: frames from one peer arrive in the order it sent them.
+//! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
+
+pub mod auth;
+pub mod mem;
+pub mod quic;
+pub mod stream;
+pub mod tcp;
+
+use std::time::Duration;
+
+use crate::{
+    error::Result,
+    frame::{ErrorCode, Header},
+};
+
+/// Framed, ordered links from this rank to every other rank of one communicator.
+///
+/// The futures are driven on one task (the collective's); they need not be `Send`.
+/// Sends and receives on different peers, and a send and a receive on the same peer, may be in
+/// flight at once.
+#[allow(async_fn_in_trait)] // Ops run on the caller's current-thread runtime; no Send bound needed.
+pub trait Transport {
+    /// This rank, in `0..size`.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn size(&self) -> usize;
+
+    /// Sends one frame to `peer`.
+    ///
+    /// Not cancel-safe: dropping the future part-way leaves the link mid-frame, after which the
+    /// link only accepts [`abort_all`](Self::abort_all) (which then closes it).
+    async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()>;
+
+    /// Receives the next frame from `peer` into `dst`.
+    ///
+    /// The frame must match `expect` (see [`Header::check`]) and `dst.len()` must equal
+    /// `expect.len`; an error frame from the peer turns into the error it reports.
+    async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()>;
+
+    /// Best effort, bounded by `within`: tells every peer that this rank gave up on the operation
+    /// `header` names. Links left mid-frame by a dropped send are closed instead.
+    async fn abort_all(
+        &self,
+        header: &Header,
+        code: ErrorCode,
+        subject: Option<usize>,
+        message: &str,
+        within: Duration,
+    );
+
+    /// The peer a receive is currently blocked on, for timeout reports.
+    fn waiting_on(&self) -> Option<usize>;
+}

@@ -1,0 +1,258 @@
+//! Framing over byte streams: one reader and one writer per peer.
+//!
+//! TCP, QUIC and the in-memory transport differ only in how they open their streams; once open,
+//! they all become a [`StreamTransport`]. A writer is marked dirty while a frame is part-written,
+//! so that an operation dropped mid-send never leaves a peer parsing half a frame as a header.
+
+use std::{
+    any::Any,
+    io::{self, IoSlice},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::Mutex,
+};
+
+use super::Transport;
+use crate::{
+    error::{CollectiveError, Result},
+    frame::{
+        ErrorCode, FrameKind, HEADER_LEN, Header, MAX_ERROR_PAYLOAD, error_payload,
+        parse_error_payload,
+    },
+};
+
+/// Payloads up to this size are copied behind the header and written with one call.
+const COALESCE_BYTES: usize = 16 * 1024;
+const NOT_WAITING: usize = usize::MAX;
+
+/// The two directions of the link to one peer.
+pub struct Link<R, W> {
+    /// Bytes from the peer.
+    pub reader: R,
+    /// Bytes to the peer.
+    pub writer: W,
+}
+
+struct Writer<W> {
+    io: W,
+    dirty: bool,
+    staging: Vec<u8>,
+}
+
+/// A [`Transport`] over one pair of byte streams per peer.
+pub struct StreamTransport<R, W> {
+    rank: usize,
+    readers: Vec<Option<Mutex<R>>>,
+    writers: Vec<Option<Mutex<Writer<W>>>>,
+    waiting_on: AtomicUsize,
+    // Keeps alive what the streams depend on (a QUIC endpoint, say); dropped last.
+    _owner: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl<R, W> StreamTransport<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Builds a transport from `links[p]` for every peer `p` (`None` at `rank`).
+    /// `owner` is kept alive as long as the transport.
+    pub fn new(
+        rank: usize,
+        links: Vec<Option<Link<R, W>>>,
+        owner: Option<Box<dyn Any + Send + Sync>>,
+    ) -> Self {
+        assert!(
+            rank < links.len(),
+            "rank {rank} outside a world of {}",
+            links.len()
+        );
+        assert!(links[rank].is_none(), "a rank has no link to itself");
+        let (mut readers, mut writers) = (Vec::new(), Vec::new());
+        for link in links {
+            let (r, w) = link.map(|l| (l.reader, l.writer)).unzip();
+            readers.push(r.map(Mutex::new));
+            writers.push(w.map(|io| {
+                Mutex::new(Writer {
+                    io,
+                    dirty: false,
+                    staging: Vec::new(),
+                })
+            }));
+        }
+        StreamTransport {
+            rank,
+            readers,
+            writers,
+            waiting_on: AtomicUsize::new(NOT_WAITING),
+            _owner: owner,
+        }
+    }
+
+    fn writer(&self, peer: usize) -> Result<&Mutex<Writer<W>>> {
+        self.writers
+            .get(peer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| no_link(peer))
+    }
+
+    fn reader(&self, peer: usize) -> Result<&Mutex<R>> {
+        self.readers
+            .get(peer)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| no_link(peer))
+    }
+
+    async fn recv_error_frame(&self, peer: usize, reader: &mut R, got: &Header) -> CollectiveError {
+        if got.len > MAX_ERROR_PAYLOAD {
+            return protocol(peer, format!("error frame of {} bytes", got.len));
+        }
+        let mut payload = vec![0; got.len as usize];
+        if let Err(e) = reader.read_exact(&mut payload).await {
+            return lost(peer, e);
+        }
+        let (code, subject, message) = parse_error_payload(&payload);
+        match code {
+            ErrorCode::Mismatch => CollectiveError::Mismatch {
+                rank: peer,
+                detail: message,
+            },
+            ErrorCode::PeerLost => CollectiveError::PeerLost {
+                rank: subject.unwrap_or(peer),
+                reason: format!("reported by rank {peer}: {message}"),
+            },
+            ErrorCode::Aborted => CollectiveError::Aborted {
+                reason: format!("rank {peer}: {message}"),
+            },
+        }
+    }
+}
+
+impl<R, W> Transport for StreamTransport<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.readers.len()
+    }
+
+    async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
+        debug_assert_eq!(header.len as usize, payload.len());
+        let mut w = self.writer(peer)?.lock().await;
+        if w.dirty {
+            return Err(CollectiveError::Poisoned(format!(
+                "link to rank {peer} is mid-frame"
+            )));
+        }
+        w.dirty = true;
+        let Writer { io, staging, .. } = &mut *w;
+        let res = if payload.len() <= COALESCE_BYTES {
+            staging.clear();
+            staging.extend_from_slice(&header.encode());
+            staging.extend_from_slice(payload);
+            io.write_all(staging).await
+        } else {
+            write_both(io, &header.encode(), payload).await
+        };
+        res.map_err(|e| lost(peer, e))?;
+        w.dirty = false;
+        Ok(())
+    }
+
+    async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(expect.len as usize, dst.len());
+        let mut reader = self.reader(peer)?.lock().await;
+        let mut raw = [0u8; HEADER_LEN];
+        self.waiting_on.store(peer, Ordering::Relaxed);
+        let read = reader.read_exact(&mut raw).await;
+        self.waiting_on.store(NOT_WAITING, Ordering::Relaxed);
+        read.map_err(|e| lost(peer, e))?;
+        let got = Header::decode(&raw).map_err(|e| protocol(peer, e))?;
+        if got.kind == FrameKind::Error {
+            return Err(self.recv_error_frame(peer, &mut reader, &got).await);
+        }
+        Header::check(expect, &got)
+            .map_err(|detail| CollectiveError::Mismatch { rank: peer, detail })?;
+        reader.read_exact(dst).await.map_err(|e| lost(peer, e))?;
+        Ok(())
+    }
+
+    async fn abort_all(
+        &self,
+        header: &Header,
+        code: ErrorCode,
+        subject: Option<usize>,
+        message: &str,
+        within: Duration,
+    ) {
+        let payload = error_payload(code, subject, message);
+        let mut frame = *header;
+        frame.kind = FrameKind::Error;
+        frame.len = payload.len() as u32;
+        let tell = |peer: usize| {
+            let (frame, payload) = (&frame, &payload);
+            async move {
+                let Ok(lock) = self.writer(peer) else { return };
+                let mut w = lock.lock().await;
+                let Writer { io, dirty, .. } = &mut *w;
+                if *dirty || write_both(io, &frame.encode(), payload).await.is_err() {
+                    let _ = io.shutdown().await;
+                }
+                let _ = io.flush().await;
+            }
+        };
+        let peers = (0..self.size()).filter(|p| *p != self.rank).map(tell);
+        let _ = tokio::time::timeout(within, futures_util::future::join_all(peers)).await;
+    }
+
+    fn waiting_on(&self) -> Option<usize> {
+        Some(self.waiting_on.load(Ordering::Relaxed)).filter(|p| *p != NOT_WAITING)
+    }
+}
+
+/// Writes `a` then `b` with as few calls as the stream allows.
+async fn write_both<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = w
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    w.write_all(b).await
+}
+
+fn lost(peer: usize, e: io::Error) -> CollectiveError {
+    let reason = match e.kind() {
+        io::ErrorKind::UnexpectedEof => "connection closed by peer".to_string(),
+        _ => e.to_string(),
+    };
+    CollectiveError::PeerLost { rank: peer, reason }
+}
+
+fn protocol(peer: usize, detail: String) -> CollectiveError {
+    CollectiveError::Protocol { rank: peer, detail }
+}
+
+fn no_link(peer: usize) -> CollectiveError {
+    CollectiveError::InvalidArgument(format!("no link to rank {peer}"))
+}

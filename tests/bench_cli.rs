@@ -1,0 +1,1 @@
+//! Multi-process tests of `ringrun bench` (written with the collectives issue).
