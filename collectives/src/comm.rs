@@ -19,6 +19,9 @@ use crate::{
 /// How long peers get to hear about an abort before the error is returned.
 const ABORT_NOTICE: Duration = Duration::from_millis(100);
 
+/// How long a failed operation reads a lost peer's link for the error it reported.
+const LAST_WORD: Duration = Duration::from_millis(20);
+
 /// Which allreduce algorithm to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AlgoChoice {
@@ -438,10 +441,15 @@ impl<T: Transport> Communicator<T> {
             .await;
         let header = cx.header(0, 0);
         drop(cx);
-        if let Err(e) = &result {
-            self.give_up(&header, e).await;
+        let Err(mut e) = result else { return Ok(()) };
+        if let CollectiveError::PeerLost { rank, .. } = e {
+            // A peer that failed first usually said why before its link closed.
+            if let Some(word) = self.transport.last_word(rank, LAST_WORD).await {
+                e = word;
+            }
         }
-        result
+        self.give_up(&header, &e).await;
+        Err(e)
     }
 
     /// Fails a call whose arguments are unusable: consumes its op id and tells the peers, so

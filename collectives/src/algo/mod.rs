@@ -111,32 +111,38 @@ fn bump(c: &Cell<u32>) -> u32 {
 /// borrow conflict is a bug; it surfaces as an error, not a panic.
 pub(crate) struct Segments<'b> {
     cells: Vec<RefCell<&'b mut [u8]>>,
+    lens: Vec<usize>,
     /// `first[c]..first[c + 1]` are the segment ids of chunk `c`.
     first: Vec<usize>,
 }
 
 impl<'b> Segments<'b> {
     pub(crate) fn new(mut buf: &'b mut [u8], chunks: &[Range<usize>], seg_bytes: usize) -> Self {
-        let (mut cells, mut first, mut offset) = (Vec::new(), vec![0], 0);
+        let (mut cells, mut lens, mut first, mut offset) = (Vec::new(), Vec::new(), vec![0], 0);
         for chunk in chunks {
             debug_assert_eq!(chunk.start, offset, "chunks must tile the buffer");
             for seg in schedule::segments(chunk.clone(), seg_bytes) {
                 let (head, tail) = std::mem::take(&mut buf).split_at_mut(seg.len());
+                lens.push(head.len());
                 cells.push(RefCell::new(head));
                 buf = tail;
                 offset = seg.end;
             }
             first.push(cells.len());
         }
-        Segments { cells, first }
+        Segments { cells, lens, first }
     }
 
     pub(crate) fn of_chunk(&self, c: usize) -> Range<usize> {
         self.first[c]..self.first[c + 1]
     }
 
+    pub(crate) fn count(&self) -> usize {
+        self.cells.len()
+    }
+
     pub(crate) fn len(&self, id: usize) -> usize {
-        self.cells[id].try_borrow().map_or(0, |s| s.len())
+        self.lens[id]
     }
 
     pub(crate) fn get(&self, id: usize) -> Result<Ref<'_, &'b mut [u8]>> {

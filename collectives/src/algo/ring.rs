@@ -14,7 +14,9 @@
 //! Bitwise identity across ranks holds because each chunk is reduced on exactly one path and
 //! the result is then copied, never recomputed, by the allgather.
 
-use tokio::sync::mpsc;
+use std::cell::Cell;
+
+use tokio::sync::{mpsc, watch};
 
 use super::{OpCx, Scratch, Segments};
 use crate::{
@@ -43,16 +45,17 @@ pub(crate) async fn ring<T: Transport>(
     let chunk = |k: isize| (base as isize + k).rem_euclid(n as isize) as usize;
     let own = chunk(1);
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
+    let (queue, mut rx) = SendQueue::new(segs.count());
+    let (done_tx, done_rx) = watch::channel(0usize);
     let first = if op.is_some() { chunk(0) } else { own };
-    for id in segs.of_chunk(first) {
-        let _ = tx.send(id);
-    }
+    segs.of_chunk(first).for_each(|id| queue.push(id));
 
     let writer = async {
         while let Some(id) = rx.recv().await {
             let seg = segs.get(id)?;
             cx.send(next, &seg).await?;
+            drop(seg);
+            done_tx.send_modify(|n| *n += 1);
         }
         Ok(())
     };
@@ -70,18 +73,23 @@ pub(crate) async fn ring<T: Transport>(
                     }
                     drop(mine);
                     if !last || gather {
-                        let _ = tx.send(id);
+                        queue.push(id);
                     }
                 }
             }
         }
         if gather {
+            let mut done = done_rx;
             for s in 0..n - 1 {
                 let c = (own as isize - s as isize - 1).rem_euclid(n as isize) as usize;
                 for id in segs.of_chunk(c) {
+                    // The reduce-scatter may have queued this segment for sending; its new
+                    // contents must not be borrowed until the writer is past it.
+                    let sent = queue.position(id);
+                    let _ = done.wait_for(|n| *n >= sent).await;
                     cx.recv(prev, &mut segs.get_mut(id)?).await?;
                     if s < n - 2 {
-                        let _ = tx.send(id);
+                        queue.push(id);
                     }
                 }
             }
@@ -89,4 +97,38 @@ pub(crate) async fn ring<T: Transport>(
         Ok(())
     };
     tokio::try_join!(writer, reader).map(|_| ())
+}
+
+/// The reader's hand-off to the writer, remembering where in the send order each segment was
+/// last queued.
+struct SendQueue {
+    tx: mpsc::UnboundedSender<usize>,
+    pushed: Cell<usize>,
+    position: Vec<Cell<usize>>,
+}
+
+impl SendQueue {
+    fn new(segments: usize) -> (Self, mpsc::UnboundedReceiver<usize>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let position = (0..segments).map(|_| Cell::new(0)).collect();
+        (
+            SendQueue {
+                tx,
+                pushed: Cell::new(0),
+                position,
+            },
+            rx,
+        )
+    }
+
+    fn push(&self, id: usize) {
+        self.pushed.set(self.pushed.get() + 1);
+        self.position[id].set(self.pushed.get());
+        let _ = self.tx.send(id);
+    }
+
+    /// How many sends must have completed before segment `id` is free (0: never queued).
+    fn position(&self, id: usize) -> usize {
+        self.position[id].get()
+    }
 }

@@ -17,7 +17,7 @@ pub mod tcp;
 use std::time::Duration;
 
 use crate::{
-    error::Result,
+    error::{CollectiveError, Result},
     frame::{ErrorCode, Header},
 };
 
@@ -56,6 +56,10 @@ pub trait Transport {
         message: &str,
         within: Duration,
     );
+
+    /// After an operation failed because `peer`'s link broke: the error `peer` reported in an
+    /// error frame before it went away, if one is waiting to be read (bounded by `within`).
+    async fn last_word(&self, peer: usize, within: Duration) -> Option<CollectiveError>;
 
     /// The peer a receive is currently blocked on, for timeout reports.
     fn waiting_on(&self) -> Option<usize>;

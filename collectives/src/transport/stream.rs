@@ -37,6 +37,11 @@ pub struct Link<R, W> {
     pub writer: W,
 }
 
+struct Reader<R> {
+    io: R,
+    dirty: bool,
+}
+
 struct Writer<W> {
     io: W,
     dirty: bool,
@@ -46,7 +51,7 @@ struct Writer<W> {
 /// A [`Transport`] over one pair of byte streams per peer.
 pub struct StreamTransport<R, W> {
     rank: usize,
-    readers: Vec<Option<Mutex<R>>>,
+    readers: Vec<Option<Mutex<Reader<R>>>>,
     writers: Vec<Option<Mutex<Writer<W>>>>,
     waiting_on: AtomicUsize,
     // Keeps alive what the streams depend on (a QUIC endpoint, say); dropped last.
@@ -74,7 +79,7 @@ where
         let (mut readers, mut writers) = (Vec::new(), Vec::new());
         for link in links {
             let (r, w) = link.map(|l| (l.reader, l.writer)).unzip();
-            readers.push(r.map(Mutex::new));
+            readers.push(r.map(|io| Mutex::new(Reader { io, dirty: false })));
             writers.push(w.map(|io| {
                 Mutex::new(Writer {
                     io,
@@ -99,35 +104,11 @@ where
             .ok_or_else(|| no_link(peer))
     }
 
-    fn reader(&self, peer: usize) -> Result<&Mutex<R>> {
+    fn reader(&self, peer: usize) -> Result<&Mutex<Reader<R>>> {
         self.readers
             .get(peer)
             .and_then(Option::as_ref)
             .ok_or_else(|| no_link(peer))
-    }
-
-    async fn recv_error_frame(&self, peer: usize, reader: &mut R, got: &Header) -> CollectiveError {
-        if got.len > MAX_ERROR_PAYLOAD {
-            return protocol(peer, format!("error frame of {} bytes", got.len));
-        }
-        let mut payload = vec![0; got.len as usize];
-        if let Err(e) = reader.read_exact(&mut payload).await {
-            return lost(peer, e);
-        }
-        let (code, subject, message) = parse_error_payload(&payload);
-        match code {
-            ErrorCode::Mismatch => CollectiveError::Mismatch {
-                rank: peer,
-                detail: message,
-            },
-            ErrorCode::PeerLost => CollectiveError::PeerLost {
-                rank: subject.unwrap_or(peer),
-                reason: format!("reported by rank {peer}: {message}"),
-            },
-            ErrorCode::Aborted => CollectiveError::Aborted {
-                reason: format!("rank {peer}: {message}"),
-            },
-        }
     }
 }
 
@@ -170,19 +151,45 @@ where
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
         debug_assert_eq!(expect.len as usize, dst.len());
         let mut reader = self.reader(peer)?.lock().await;
-        let mut raw = [0u8; HEADER_LEN];
+        let Reader { io, dirty } = &mut *reader;
+        if *dirty {
+            return Err(CollectiveError::Poisoned(format!(
+                "link from rank {peer} is mid-frame"
+            )));
+        }
+        *dirty = true;
         self.waiting_on.store(peer, Ordering::Relaxed);
-        let read = reader.read_exact(&mut raw).await;
+        let got = read_header(peer, io).await;
         self.waiting_on.store(NOT_WAITING, Ordering::Relaxed);
-        read.map_err(|e| lost(peer, e))?;
-        let got = Header::decode(&raw).map_err(|e| protocol(peer, e))?;
+        let got = got?;
         if got.kind == FrameKind::Error {
-            return Err(self.recv_error_frame(peer, &mut reader, &got).await);
+            let e = read_error_frame(peer, io, &got).await;
+            *dirty = false;
+            return Err(e);
         }
         Header::check(expect, &got)
             .map_err(|detail| CollectiveError::Mismatch { rank: peer, detail })?;
-        reader.read_exact(dst).await.map_err(|e| lost(peer, e))?;
+        io.read_exact(dst).await.map_err(|e| lost(peer, e))?;
+        *dirty = false;
         Ok(())
+    }
+
+    async fn last_word(&self, peer: usize, within: Duration) -> Option<CollectiveError> {
+        let mut reader = self.reader(peer).ok()?.lock().await;
+        let Reader { io, dirty } = &mut *reader;
+        if *dirty {
+            return None;
+        }
+        let frame = async {
+            let got = read_header(peer, io).await.ok()?;
+            match got.kind {
+                FrameKind::Error => Some(read_error_frame(peer, io, &got).await),
+                FrameKind::Data => None,
+            }
+        };
+        let word = tokio::time::timeout(within, frame).await.ok().flatten();
+        *dirty = true; // whatever was read, the link is no longer at a frame boundary we trust
+        word
     }
 
     async fn abort_all(
@@ -215,6 +222,41 @@ where
 
     fn waiting_on(&self) -> Option<usize> {
         Some(self.waiting_on.load(Ordering::Relaxed)).filter(|p| *p != NOT_WAITING)
+    }
+}
+
+async fn read_header<R: AsyncRead + Unpin>(peer: usize, io: &mut R) -> Result<Header> {
+    let mut raw = [0u8; HEADER_LEN];
+    io.read_exact(&mut raw).await.map_err(|e| lost(peer, e))?;
+    Header::decode(&raw).map_err(|e| protocol(peer, e))
+}
+
+/// Reads an error frame's payload and turns it into the error the peer reported.
+async fn read_error_frame<R: AsyncRead + Unpin>(
+    peer: usize,
+    io: &mut R,
+    got: &Header,
+) -> CollectiveError {
+    if got.len > MAX_ERROR_PAYLOAD {
+        return protocol(peer, format!("error frame of {} bytes", got.len));
+    }
+    let mut payload = vec![0; got.len as usize];
+    if let Err(e) = io.read_exact(&mut payload).await {
+        return lost(peer, e);
+    }
+    let (code, subject, message) = parse_error_payload(&payload);
+    match code {
+        ErrorCode::Mismatch => CollectiveError::Mismatch {
+            rank: peer,
+            detail: message,
+        },
+        ErrorCode::PeerLost => CollectiveError::PeerLost {
+            rank: subject.unwrap_or(peer),
+            reason: format!("reported by rank {peer}: {message}"),
+        },
+        ErrorCode::Aborted => CollectiveError::Aborted {
+            reason: format!("rank {peer}: {message}"),
+        },
     }
 }
 

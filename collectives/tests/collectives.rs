@@ -1,0 +1,168 @@
+//! Broadcast, allgather, reduce-scatter and barrier over every world size, in and out of place.
+
+mod common;
+
+use common::*;
+use ringrun_collectives::{Bufs, CommConfig, DType, ReduceOp};
+
+const SIZES: [usize; 5] = [0, 1, 7, 1023, 300_001];
+
+fn cfg(deterministic: bool) -> CommConfig {
+    CommConfig {
+        deterministic,
+        segment_bytes: 4096,
+        small_bytes: 2048,
+        ..CommConfig::default()
+    }
+}
+
+#[test]
+fn broadcast_from_every_root() {
+    for n in 1..=8 {
+        for count in SIZES {
+            for root in [0, n / 2, n - 1] {
+                let outs = run_ranks(n, cfg(false), |r, mut comm| async move {
+                    let src = inputs(DType::F32, ReduceOp::Sum, root, count);
+                    let mut buf = if r == root {
+                        src.clone()
+                    } else {
+                        Aligned::zeroed(src.bytes().len())
+                    };
+                    if r % 2 == 0 {
+                        comm.broadcast_bytes(
+                            DType::F32,
+                            Bufs::InPlace(buf.bytes_mut()),
+                            root,
+                            &ctl(),
+                        )
+                        .await?;
+                    } else {
+                        let send = buf.clone();
+                        let b = Bufs::OutOfPlace {
+                            send: send.bytes(),
+                            recv: buf.bytes_mut(),
+                        };
+                        comm.broadcast_bytes(DType::F32, b, root, &ctl()).await?;
+                    }
+                    Ok::<_, ringrun_collectives::CollectiveError>(buf)
+                });
+                let want = inputs(DType::F32, ReduceOp::Sum, root, count);
+                for (r, out) in outs.into_iter().enumerate() {
+                    assert_eq!(
+                        out.unwrap().bytes(),
+                        want.bytes(),
+                        "n={n} count={count} root={root} rank {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn allgather_places_every_block() {
+    for n in 1..=8 {
+        for count in SIZES {
+            let outs = run_ranks(n, cfg(false), |r, mut comm| async move {
+                let mine = inputs(DType::I32, ReduceOp::Max, r, count);
+                let mut all = Aligned::zeroed(mine.bytes().len() * n);
+                if r % 2 == 0 {
+                    let b = Bufs::OutOfPlace {
+                        send: mine.bytes(),
+                        recv: all.bytes_mut(),
+                    };
+                    comm.allgather_bytes(DType::I32, b, &ctl()).await?;
+                } else {
+                    let len = mine.bytes().len();
+                    all.bytes_mut()[r * len..(r + 1) * len].copy_from_slice(mine.bytes());
+                    comm.allgather_bytes(DType::I32, Bufs::InPlace(all.bytes_mut()), &ctl())
+                        .await?;
+                }
+                Ok::<_, ringrun_collectives::CollectiveError>(all)
+            });
+            let mut want = Vec::new();
+            (0..n).for_each(|r| {
+                want.extend_from_slice(inputs(DType::I32, ReduceOp::Max, r, count).bytes())
+            });
+            for (r, out) in outs.into_iter().enumerate() {
+                assert_eq!(
+                    out.unwrap().bytes(),
+                    &want[..],
+                    "n={n} count={count} rank {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reduce_scatter_gives_each_rank_its_block() {
+    for deterministic in [false, true] {
+        for n in 1..=8 {
+            for block in [0, 1, 7, 1023, 40_001] {
+                for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min] {
+                    let dtype = DType::BF16;
+                    let outs = run_ranks(n, cfg(deterministic), |r, mut comm| async move {
+                        let input = inputs(dtype, op, r, block * n);
+                        let bytes = block * dtype.size();
+                        if r % 2 == 0 {
+                            let mut out = Aligned::zeroed(bytes);
+                            let b = Bufs::OutOfPlace {
+                                send: input.bytes(),
+                                recv: out.bytes_mut(),
+                            };
+                            comm.reduce_scatter_bytes(dtype, b, op, &ctl())
+                                .await
+                                .map(|()| out)
+                        } else {
+                            let mut buf = input.clone();
+                            comm.reduce_scatter_bytes(
+                                dtype,
+                                Bufs::InPlace(buf.bytes_mut()),
+                                op,
+                                &ctl(),
+                            )
+                            .await?;
+                            let mut out = Aligned::zeroed(bytes);
+                            out.bytes_mut()
+                                .copy_from_slice(&buf.bytes()[r * bytes..(r + 1) * bytes]);
+                            Ok(out)
+                        }
+                    });
+                    for (r, out) in outs.into_iter().enumerate() {
+                        let got = decode(dtype, out.unwrap().bytes());
+                        for (i, g) in got.into_iter().enumerate() {
+                            let want = expected(dtype, op, n, r * block + i);
+                            assert_eq!(
+                                g, want,
+                                "det={deterministic} n={n} block={block} {op:?} rank {r} i={i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn barrier_and_many_ops_in_sequence() {
+    for n in 1..=8 {
+        let outs = run_ranks(n, cfg(false), |r, mut comm| async move {
+            let mut total = 0.0f64;
+            for step in 0..20 {
+                comm.barrier(&ctl()).await?;
+                let mut x = [r as f64 + step as f64];
+                comm.allreduce(&mut x, ReduceOp::Sum, &ctl()).await?;
+                total += x[0];
+            }
+            Ok::<_, ringrun_collectives::CollectiveError>(total)
+        });
+        let want: f64 = (0..20)
+            .map(|s| (0..n).map(|r| (r + s) as f64).sum::<f64>())
+            .sum();
+        for out in outs {
+            assert_eq!(out.unwrap(), want);
+        }
+    }
+}
