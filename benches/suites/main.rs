@@ -1,3 +1,70 @@
-//! Criterion suites (written with the collectives issue).
+//! Criterion suites: reduce kernels (are they near the machine's add bandwidth?), frame
+//! header codec and the in-memory allreduce.
 
-fn main() {}
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ringrun_collectives::{
+    DType, ReduceOp,
+    frame::{Algo, Collective, FrameKind, Header, OpSig},
+    reduce::{Order, reduce},
+};
+
+/// 2 × 128 KiB of operands: both stay in a 1 MiB L2.
+const L2_BYTES: usize = 128 * 1024;
+
+fn kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reduce_l2");
+    for dtype in [
+        DType::F32,
+        DType::F64,
+        DType::BF16,
+        DType::F16,
+        DType::I32,
+        DType::I8,
+    ] {
+        for op in [ReduceOp::Sum, ReduceOp::Max] {
+            let mut dst = vec![0u64; L2_BYTES / 8];
+            let src = vec![0u64; L2_BYTES / 8];
+            // Bytes of the destination written per second, as in peers/limits.sh's `c = a + b`.
+            g.throughput(Throughput::Bytes(L2_BYTES as u64));
+            g.bench_function(BenchmarkId::new(dtype.nccl_name(), op.nccl_name()), |b| {
+                b.iter(|| {
+                    let d: &mut [u8] = bytemuck::cast_slice_mut(&mut dst);
+                    reduce(
+                        dtype,
+                        op,
+                        Order::DstFirst,
+                        black_box(d),
+                        bytemuck::cast_slice(&src),
+                    );
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let h = Header {
+        kind: FrameKind::Data,
+        epoch: 3,
+        op_id: 99,
+        sig: OpSig {
+            coll: Collective::AllReduce,
+            dtype: DType::F32,
+            op: ReduceOp::Sum,
+            algo: Algo::Ring,
+            count: 1 << 20,
+            root: 0,
+        },
+        seq: 7,
+        len: 4096,
+    };
+    c.bench_function("header_round_trip", |b| {
+        b.iter(|| Header::decode(&black_box(h).encode()).unwrap())
+    });
+}
+
+criterion_group!(benches, kernels, codec);
+criterion_main!(benches);

@@ -26,6 +26,7 @@ mod error;
 pub mod frame;
 pub mod reduce;
 pub mod schedule;
+pub mod testdata;
 pub mod transport;
 
 pub use cancel::Cancel;
