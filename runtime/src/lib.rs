@@ -1,4 +1,10 @@
-//! The elastic group: epochs, abort and re-form, state restore.
+//! The elastic group: turns a SWIM view into agreed, numbered epochs.
 //!
-//! Not written yet: see the elastic runtime issue. The crate exists so that the workspace has
-//! the layout the design card fixes.
+//! [`agreement::Agreement`] is the sans-IO epoch-agreement state machine (inputs: the local
+//! membership view, messages, ticks; outputs: messages to send and events such as an installed
+//! view). The tokio driver, state replication and the `Group` API come with the rest of the
+//! elastic runtime issue.
+
+#![warn(missing_docs)]
+
+pub mod agreement;

@@ -1,0 +1,697 @@
+//! Epoch agreement: from each member's (possibly stale, possibly different) SWIM view to one
+//! numbered view that every member of it has acknowledged.
+//!
+//! Gossip alone is not agreement: two members may briefly disagree about who is alive. Here the
+//! *coordinator* (the lowest id in its own live set) proposes `{epoch, ordered members}`; each
+//! proposed member promises not to accept a lower epoch and acknowledges; once every proposed
+//! member has acknowledged, the coordinator tells them to install it. A member that dies during
+//! the round makes the coordinator give up and propose again with the newer view and a higher
+//! epoch, after a short straggler window so that several failures or joins land in one epoch.
+//!
+//! Safety (checked by the simulator in `tests/agreement_sim.rs`):
+//! - A member accepts at most one proposal per epoch number (promises only increase), so two
+//!   proposals of one epoch can both be installed only if their member sets are disjoint.
+//! - Every proposal must contain a strict majority of its *reference* view (the newest view the
+//!   judging member installed or accepted), not counting members known to have exited. The
+//!   coordinator checks this before proposing and every member checks it again before
+//!   accepting. Two disjoint sets cannot both hold a majority of one view, so a partitioned job
+//!   never yields two groups that both train; a minority side waits.
+//! - "Known to have exited" (`left`) is evidence the caller supplies: a graceful leave, or a
+//!   launcher that reaped its worker. A member merely unreachable is not known to have exited.
+//!
+//! Sans-IO: inputs are [`Agreement::set_live`] (the membership view), [`Agreement::handle`]
+//! (a message) and [`Agreement::tick`], each with the current time; outputs are drained with
+//! [`Agreement::poll_send`] and [`Agreement::poll_event`] after every input.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    fmt::Debug,
+    time::Duration,
+};
+
+use tracing::{debug, info};
+
+/// A point in time, as an offset from an origin the caller chooses (monotonic).
+pub type Time = Duration;
+
+/// Tuning of the agreement.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// No view with fewer members is proposed.
+    pub min_size: usize,
+    /// At most this many members; installed members are kept first, then the lowest new ids.
+    pub max_size: usize,
+    /// How long the live set must be stable before a changed view is proposed.
+    pub straggler_window: Duration,
+    /// A round not acknowledged by every member within this time is abandoned and re-proposed.
+    pub ack_timeout: Duration,
+    /// How often a coordinator re-sends `Install` to members that have not confirmed it.
+    pub resend: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            min_size: 1,
+            max_size: usize::MAX,
+            straggler_window: Duration::from_millis(20),
+            ack_timeout: Duration::from_millis(500),
+            resend: Duration::from_millis(100),
+        }
+    }
+}
+
+/// An agreed view: the epoch number and the members in rank order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View<I, M> {
+    /// The epoch; strictly increasing across installed views.
+    pub epoch: u64,
+    /// Members with their metadata (endpoints); a member's index is its rank.
+    pub members: Vec<(I, M)>,
+}
+
+impl<I: Ord + Clone, M> View<I, M> {
+    /// The rank of `id`, if it is a member.
+    pub fn rank_of(&self, id: &I) -> Option<usize> {
+        self.members.iter().position(|(m, _)| m == id)
+    }
+
+    /// The member ids in rank order.
+    pub fn ids(&self) -> BTreeSet<I> {
+        self.members.iter().map(|(i, _)| i.clone()).collect()
+    }
+}
+
+/// What members tell each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg<I, M> {
+    /// Coordinator → proposed members: accept this view.
+    Propose(View<I, M>),
+    /// Member → coordinator: accepted the proposal of this epoch.
+    Ack {
+        /// The epoch accepted.
+        epoch: u64,
+    },
+    /// Member → coordinator: refused; it has promised `promised` or the view lacks a majority.
+    Nack {
+        /// The epoch refused.
+        epoch: u64,
+        /// The member's highest promise.
+        promised: u64,
+    },
+    /// Coordinator → members: every member accepted; install the epoch.
+    Install {
+        /// The epoch to install.
+        epoch: u64,
+    },
+    /// Member → coordinator: installed the epoch (stops re-sends).
+    Confirm {
+        /// The epoch installed.
+        epoch: u64,
+    },
+    /// Member → coordinator, repeated while the member's installed view differs from its live
+    /// set: "I have installed `installed`; your view may be stale." A coordinator that healed
+    /// from a partition learns this way that the other side moved on.
+    Nudge {
+        /// The member's installed epoch.
+        installed: u64,
+    },
+}
+
+/// What the caller must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<I, M> {
+    /// A new view is in force: rebuild the communicator for it.
+    Installed(View<I, M>),
+    /// Members of the installed view are gone: abort collectives in flight on `epoch`.
+    Abort {
+        /// The epoch whose collectives must stop.
+        epoch: u64,
+        /// The members no longer live.
+        lost: Vec<I>,
+    },
+    /// The coordinator cannot propose (too few members, or no majority of the last view).
+    Blocked(String),
+}
+
+struct Round<I, M> {
+    view: View<I, M>,
+    acks: BTreeSet<I>,
+    started: Time,
+}
+
+/// One member's side of the agreement.
+pub struct Agreement<I, M> {
+    me: I,
+    config: Config,
+    live: BTreeMap<I, M>,
+    /// Every member this one's membership layer has reported live; only those can be "lost".
+    seen_live: BTreeSet<I>,
+    left: BTreeSet<I>,
+    live_since: Time,
+    installed: Option<View<I, M>>,
+    accepted: BTreeMap<u64, View<I, M>>,
+    promised: u64,
+    max_seen: u64,
+    round: Option<Round<I, M>>,
+    not_before: Time,
+    confirmed: BTreeSet<I>,
+    last_resend: Time,
+    newest_installed_seen: u64,
+    aborted_epoch: Option<u64>,
+    blocked: Option<String>,
+    out: VecDeque<(I, Msg<I, M>)>,
+    events: VecDeque<Event<I, M>>,
+}
+
+impl<I, M> Agreement<I, M>
+where
+    I: Ord + Clone + Debug,
+    M: Clone + Eq + Debug,
+{
+    /// A member `me` with metadata `meta`, alone in its view until [`set_live`](Self::set_live).
+    pub fn new(me: I, meta: M, config: Config, now: Time) -> Self {
+        Agreement {
+            live: BTreeMap::from([(me.clone(), meta)]),
+            seen_live: BTreeSet::from([me.clone()]),
+            me,
+            config,
+            left: BTreeSet::new(),
+            live_since: now,
+            installed: None,
+            accepted: BTreeMap::new(),
+            promised: 0,
+            max_seen: 0,
+            round: None,
+            not_before: now,
+            confirmed: BTreeSet::new(),
+            last_resend: now,
+            newest_installed_seen: 0,
+            aborted_epoch: None,
+            blocked: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The membership layer's current view: live members (this one is always kept) and members
+    /// known to have exited.
+    pub fn set_live(&mut self, now: Time, mut live: BTreeMap<I, M>, left: BTreeSet<I>) {
+        if let Some(mine) = self.live.get(&self.me).cloned() {
+            live.insert(self.me.clone(), mine);
+        }
+        if live != self.live {
+            self.live_since = now;
+            self.seen_live.extend(live.keys().cloned());
+            self.live = live;
+        }
+        self.left = left;
+        self.check_lost();
+        self.step(now);
+    }
+
+    /// A message from member `from`.
+    pub fn handle(&mut self, now: Time, from: I, msg: Msg<I, M>) {
+        match msg {
+            Msg::Propose(view) => self.on_propose(from, view),
+            Msg::Ack { epoch } => self.on_ack(now, from, epoch),
+            Msg::Nack { epoch, promised } => self.on_nack(now, epoch, promised),
+            Msg::Install { epoch } => self.on_install(from, epoch),
+            Msg::Confirm { epoch } => {
+                if self.installed_epoch() == epoch {
+                    self.confirmed.insert(from);
+                }
+            }
+            Msg::Nudge { installed } => {
+                self.newest_installed_seen = self.newest_installed_seen.max(installed);
+                self.max_seen = self.max_seen.max(installed);
+            }
+        }
+        self.step(now);
+    }
+
+    /// Time passes: retries, re-sends and straggler windows are evaluated here.
+    pub fn tick(&mut self, now: Time) {
+        self.step(now);
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_send(&mut self) -> Option<(I, Msg<I, M>)> {
+        self.out.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event<I, M>> {
+        self.events.pop_front()
+    }
+
+    /// The view in force, if any.
+    pub fn installed(&self) -> Option<&View<I, M>> {
+        self.installed.as_ref()
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> &I {
+        &self.me
+    }
+
+    fn installed_epoch(&self) -> u64 {
+        self.installed.as_ref().map_or(0, |v| v.epoch)
+    }
+
+    fn is_coordinator(&self) -> bool {
+        self.live.keys().next() == Some(&self.me)
+    }
+
+    fn check_lost(&mut self) {
+        let Some(view) = &self.installed else { return };
+        // A member not yet reported by this member's SWIM is not lost, only not heard of yet.
+        let gone = |i: &&I| self.seen_live.contains(*i) && !self.live.contains_key(*i);
+        let lost: Vec<I> = view
+            .members
+            .iter()
+            .map(|(i, _)| i)
+            .filter(gone)
+            .cloned()
+            .collect();
+        if !lost.is_empty() && self.aborted_epoch != Some(view.epoch) {
+            self.aborted_epoch = Some(view.epoch);
+            info!(
+                epoch = view.epoch,
+                ?lost,
+                "members of the current epoch lost: abort"
+            );
+            self.events.push_back(Event::Abort {
+                epoch: view.epoch,
+                lost,
+            });
+        }
+    }
+
+    fn step(&mut self, now: Time) {
+        if let Some(r) = &self.round
+            && now >= r.started + self.config.ack_timeout
+        {
+            debug!(
+                epoch = r.view.epoch,
+                "proposal not acknowledged in time; will re-propose"
+            );
+            self.round = None;
+        }
+        if self.is_coordinator() {
+            self.coordinate(now);
+        } else {
+            self.round = None;
+            self.nudge(now);
+        }
+        self.resend_install(now);
+    }
+
+    /// The members the next view should have: installed members still live keep their places,
+    /// then new members by id, up to `max_size`.
+    fn desired(&self) -> Vec<(I, M)> {
+        let mut ids: Vec<&I> = Vec::new();
+        if let Some(v) = &self.installed {
+            ids.extend(
+                v.members
+                    .iter()
+                    .map(|(i, _)| i)
+                    .filter(|i| self.live.contains_key(*i)),
+            );
+        }
+        let kept: BTreeSet<&I> = ids.iter().copied().collect();
+        ids.extend(self.live.keys().filter(|i| !kept.contains(i)));
+        ids.truncate(self.config.max_size);
+        let mut members: Vec<(I, M)> = ids
+            .into_iter()
+            .map(|i| (i.clone(), self.live[i].clone()))
+            .collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members
+    }
+
+    fn coordinate(&mut self, now: Time) {
+        let desired = self.desired();
+        let current = self
+            .installed
+            .as_ref()
+            .is_some_and(|v| v.members == desired)
+            && self.newest_installed_seen <= self.installed_epoch();
+        if current {
+            self.set_blocked(None);
+            return;
+        }
+        if let Some(r) = &self.round {
+            if r.view.members == desired {
+                return;
+            }
+            self.round = None;
+        }
+        if now < self.live_since + self.config.straggler_window || now < self.not_before {
+            return;
+        }
+        if desired.len() < self.config.min_size {
+            let why = format!(
+                "{} live members, waiting for at least {}",
+                desired.len(),
+                self.config.min_size
+            );
+            return self.set_blocked(Some(why));
+        }
+        let ids: BTreeSet<I> = desired.iter().map(|(i, _)| i.clone()).collect();
+        if let Err(why) = self.majority_of_reference(&ids) {
+            return self.set_blocked(Some(why));
+        }
+        self.set_blocked(None);
+        let view = View {
+            epoch: self.max_seen.max(self.promised) + 1,
+            members: desired,
+        };
+        info!(epoch = view.epoch, members = ?view.ids(), "proposing a view");
+        for (id, _) in view.members.iter().filter(|(i, _)| *i != self.me) {
+            self.out.push_back((id.clone(), Msg::Propose(view.clone())));
+        }
+        self.accept(view.clone());
+        self.round = Some(Round {
+            view,
+            acks: BTreeSet::from([self.me.clone()]),
+            started: now,
+        });
+        self.maybe_commit(now);
+    }
+
+    fn set_blocked(&mut self, why: Option<String>) {
+        if why != self.blocked {
+            if let Some(w) = &why {
+                info!(reason = %w, "cannot form a new view");
+                self.events.push_back(Event::Blocked(w.clone()));
+            }
+            self.blocked = why;
+        }
+    }
+
+    /// `ids` must hold a strict majority of the newest view this member installed or
+    /// accepted, not counting members known to have exited.
+    fn majority_of_reference(&self, ids: &BTreeSet<I>) -> Result<(), String> {
+        let newest_accepted = self.accepted.values().next_back();
+        let reference = match (&self.installed, newest_accepted) {
+            (Some(i), Some(a)) if a.epoch > i.epoch => a,
+            (Some(i), _) => i,
+            (None, Some(a)) => a,
+            (None, None) => return Ok(()),
+        };
+        let base: BTreeSet<&I> = reference
+            .members
+            .iter()
+            .map(|(i, _)| i)
+            .filter(|i| !self.left.contains(*i))
+            .collect();
+        let kept = base.iter().filter(|i| ids.contains(**i)).count();
+        match kept * 2 > base.len() || base.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "only {kept} of the {} members of epoch {} are in the new view: no majority",
+                base.len(),
+                reference.epoch
+            )),
+        }
+    }
+
+    fn accept(&mut self, view: View<I, M>) {
+        self.promised = view.epoch;
+        self.max_seen = self.max_seen.max(view.epoch);
+        self.accepted.insert(view.epoch, view);
+    }
+
+    fn on_propose(&mut self, from: I, view: View<I, M>) {
+        let epoch = view.epoch;
+        self.max_seen = self.max_seen.max(epoch);
+        let ok = epoch > self.promised
+            && view.rank_of(&self.me).is_some()
+            && self.majority_of_reference(&view.ids()).is_ok();
+        if !ok {
+            self.out.push_back((
+                from,
+                Msg::Nack {
+                    epoch,
+                    promised: self.promised,
+                },
+            ));
+            return;
+        }
+        if self.round.as_ref().is_some_and(|r| r.view.epoch < epoch) {
+            self.round = None;
+        }
+        self.accept(view);
+        self.out.push_back((from, Msg::Ack { epoch }));
+    }
+
+    fn on_ack(&mut self, now: Time, from: I, epoch: u64) {
+        if let Some(r) = &mut self.round
+            && r.view.epoch == epoch
+        {
+            r.acks.insert(from);
+            self.maybe_commit(now);
+        }
+    }
+
+    fn maybe_commit(&mut self, now: Time) {
+        let Some(r) = &self.round else { return };
+        if r.view.members.iter().any(|(i, _)| !r.acks.contains(i)) {
+            return;
+        }
+        let view = r.view.clone();
+        self.round = None;
+        for (id, _) in view.members.iter().filter(|(i, _)| *i != self.me) {
+            self.out
+                .push_back((id.clone(), Msg::Install { epoch: view.epoch }));
+        }
+        self.install(view);
+        self.confirmed = BTreeSet::from([self.me.clone()]);
+        self.last_resend = now;
+    }
+
+    fn on_nack(&mut self, now: Time, epoch: u64, promised: u64) {
+        self.max_seen = self.max_seen.max(promised);
+        if self.round.as_ref().is_some_and(|r| r.view.epoch == epoch) {
+            self.round = None;
+            // Back off by position, so that of two would-be coordinators the lower id retries first.
+            let position = self.live.keys().position(|i| *i == self.me).unwrap_or(0) as u32;
+            self.not_before = now + self.config.straggler_window * (1 + position);
+        }
+    }
+
+    fn on_install(&mut self, from: I, epoch: u64) {
+        if epoch > self.installed_epoch()
+            && let Some(view) = self.accepted.get(&epoch).cloned()
+        {
+            self.install(view);
+        }
+        if self.installed_epoch() >= epoch {
+            self.out.push_back((from, Msg::Confirm { epoch }));
+        }
+    }
+
+    fn install(&mut self, view: View<I, M>) {
+        info!(epoch = view.epoch, members = ?view.ids(), "view installed");
+        self.accepted.retain(|e, _| *e > view.epoch);
+        self.installed = Some(view.clone());
+        self.events.push_back(Event::Installed(view));
+        self.check_lost();
+    }
+
+    /// Tells the coordinator this member's installed epoch while its view differs from the
+    /// live set (rate-limited by `resend`).
+    fn nudge(&mut self, now: Time) {
+        let live: BTreeSet<&I> = self.live.keys().collect();
+        let in_sync = self
+            .installed
+            .as_ref()
+            .is_some_and(|v| v.members.iter().map(|(i, _)| i).collect::<BTreeSet<_>>() == live);
+        if in_sync || now < self.last_resend + self.config.resend {
+            return;
+        }
+        self.last_resend = now;
+        if let Some(coordinator) = self.live.keys().next().cloned() {
+            self.out.push_back((
+                coordinator,
+                Msg::Nudge {
+                    installed: self.installed_epoch(),
+                },
+            ));
+        }
+    }
+
+    fn resend_install(&mut self, now: Time) {
+        let Some(view) = &self.installed else { return };
+        if now < self.last_resend + self.config.resend || self.confirmed.is_empty() {
+            return;
+        }
+        self.last_resend = now;
+        let epoch = view.epoch;
+        let pending: Vec<I> = view
+            .members
+            .iter()
+            .map(|(i, _)| i)
+            .filter(|i| !self.confirmed.contains(*i) && self.live.contains_key(*i))
+            .cloned()
+            .collect();
+        self.out
+            .extend(pending.into_iter().map(|i| (i, Msg::Install { epoch })));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Time {
+        Duration::from_millis(n)
+    }
+
+    fn live(ids: &[u32]) -> BTreeMap<u32, ()> {
+        ids.iter().map(|i| (*i, ())).collect()
+    }
+
+    type Outputs<I, M> = (Vec<(I, Msg<I, M>)>, Vec<Event<I, M>>);
+
+    fn drain<I: Ord + Clone + Debug, M: Clone + Eq + Debug>(
+        a: &mut Agreement<I, M>,
+    ) -> Outputs<I, M> {
+        (
+            std::iter::from_fn(|| a.poll_send()).collect(),
+            std::iter::from_fn(|| a.poll_event()).collect(),
+        )
+    }
+
+    #[test]
+    fn waits_for_min_size_then_proposes_after_the_straggler_window() {
+        let cfg = Config {
+            min_size: 2,
+            ..Config::default()
+        };
+        let mut a = Agreement::new(1u32, (), cfg, ms(0));
+        a.tick(ms(100));
+        let (sent, events) = drain(&mut a);
+        assert!(sent.is_empty());
+        assert!(
+            matches!(&events[..], [Event::Blocked(w)] if w.contains("at least 2")),
+            "{events:?}"
+        );
+        a.set_live(ms(100), live(&[1, 2]), BTreeSet::new());
+        a.tick(ms(110));
+        assert!(drain(&mut a).0.is_empty(), "inside the straggler window");
+        a.tick(ms(125));
+        let view = View {
+            epoch: 1,
+            members: vec![(1, ()), (2, ())],
+        };
+        assert_eq!(drain(&mut a).0, vec![(2, Msg::Propose(view.clone()))]);
+        a.handle(ms(126), 2, Msg::Ack { epoch: 1 });
+        let (sent, events) = drain(&mut a);
+        assert_eq!(sent, vec![(2, Msg::Install { epoch: 1 })]);
+        assert_eq!(events, vec![Event::Installed(view)]);
+        a.tick(ms(500));
+        assert!(
+            drain(&mut a)
+                .0
+                .iter()
+                .all(|(_, m)| *m == Msg::Install { epoch: 1 }),
+            "re-sent until confirmed"
+        );
+        a.handle(ms(501), 2, Msg::Confirm { epoch: 1 });
+        a.tick(ms(900));
+        assert!(
+            drain(&mut a).0.is_empty(),
+            "nothing changed: no new epoch, no re-send"
+        );
+    }
+
+    #[test]
+    fn a_lost_member_aborts_the_epoch_once() {
+        let mut b = Agreement::new(2u32, (), Config::default(), ms(0));
+        let view = View {
+            epoch: 4,
+            members: vec![(1, ()), (2, ()), (3, ())],
+        };
+        b.handle(ms(1), 1, Msg::Propose(view.clone()));
+        b.handle(ms(2), 1, Msg::Install { epoch: 4 });
+        let (sent, events) = drain(&mut b);
+        assert_eq!(
+            sent,
+            vec![(1, Msg::Ack { epoch: 4 }), (1, Msg::Confirm { epoch: 4 })]
+        );
+        assert_eq!(events, vec![Event::Installed(view)]);
+        b.set_live(ms(3), live(&[1, 2, 3]), BTreeSet::new());
+        b.set_live(ms(4), live(&[1, 2]), BTreeSet::new());
+        b.set_live(ms(5), live(&[1, 2]), BTreeSet::new());
+        let (_, events) = drain(&mut b);
+        assert_eq!(
+            events,
+            vec![Event::Abort {
+                epoch: 4,
+                lost: vec![3]
+            }]
+        );
+    }
+
+    #[test]
+    fn refuses_stale_epochs_and_minority_views() {
+        let mut c = Agreement::new(3u32, (), Config::default(), ms(0));
+        let all = View {
+            epoch: 5,
+            members: (1..=4).map(|i| (i, ())).collect(),
+        };
+        c.handle(ms(1), 1, Msg::Propose(all));
+        c.handle(ms(2), 1, Msg::Install { epoch: 5 });
+        drain(&mut c);
+        c.handle(
+            ms(3),
+            1,
+            Msg::Propose(View {
+                epoch: 5,
+                members: vec![(3, ())],
+            }),
+        );
+        c.handle(
+            ms(4),
+            4,
+            Msg::Propose(View {
+                epoch: 6,
+                members: vec![(3, ()), (4, ())],
+            }),
+        );
+        let (sent, _) = drain(&mut c);
+        assert_eq!(
+            sent,
+            vec![
+                (
+                    1,
+                    Msg::Nack {
+                        epoch: 5,
+                        promised: 5
+                    }
+                ),
+                (
+                    4,
+                    Msg::Nack {
+                        epoch: 6,
+                        promised: 5
+                    }
+                )
+            ]
+        );
+        // The same two members are a majority once the other two are known to have exited.
+        c.set_live(ms(5), live(&[3, 4]), BTreeSet::from([1, 2]));
+        drain(&mut c);
+        c.handle(
+            ms(6),
+            4,
+            Msg::Propose(View {
+                epoch: 6,
+                members: vec![(3, ()), (4, ())],
+            }),
+        );
+        assert_eq!(drain(&mut c).0, vec![(4, Msg::Ack { epoch: 6 })]);
+    }
+}
