@@ -1,1 +1,296 @@
-//! Multi-process tests of `ringrun bench` (written with the collectives issue).
+//! Multi-process tests of `ringrun bench`: real processes on loopback, real sockets.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const RINGRUN: &str = env!("CARGO_BIN_EXE_ringrun");
+
+fn bench(args: &[&str]) -> Output {
+    let mut child = Command::new(RINGRUN)
+        .arg("bench")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(&mut child, Duration::from_secs(60))
+}
+
+/// Waits for `child` at most `limit`, killing it if it overruns (and failing the test).
+fn wait_bounded(child: &mut Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process ran past {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = Output {
+        status: child.wait().unwrap(),
+        stdout: vec![],
+        stderr: vec![],
+    };
+    child
+        .stdout
+        .take()
+        .map(|mut s| s.read_to_end(&mut out.stdout));
+    child
+        .stderr
+        .take()
+        .map(|mut s| s.read_to_end(&mut out.stderr));
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_table(out: &Output, rows: usize) {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let data: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    assert_eq!(data.len(), rows, "{stdout}");
+    for line in &data {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 13, "{line}");
+        assert_eq!((cols[8], cols[12]), ("0", "0"), "wrong elements: {line}");
+    }
+    assert!(stdout.contains("# Out of bounds values : 0 OK"), "{stdout}");
+    assert!(stdout.contains("# Avg bus bandwidth    : "), "{stdout}");
+}
+
+#[test]
+fn tcp_sweep_prints_an_nccl_tests_table() {
+    let out = bench(&[
+        "--np", "3", "-b", "8", "-e", "1M", "-f", "4", "-n", "3", "-w", "1",
+    ]);
+    assert_table(&out, 9);
+}
+
+#[test]
+fn quic_sweep_with_every_algorithm() {
+    for algo in ["ring", "tree"] {
+        let out = bench(&[
+            "--np",
+            "3",
+            "--transport",
+            "quic",
+            "--algo",
+            algo,
+            "-b",
+            "1K",
+            "-e",
+            "256K",
+            "-f",
+            "16",
+            "-n",
+            "2",
+            "-w",
+            "1",
+        ]);
+        assert_table(&out, 3);
+    }
+}
+
+#[test]
+fn dtypes_ops_and_deterministic_mode_check_clean() {
+    for (d, o) in [
+        ("bfloat16", "avg"),
+        ("int8", "prod"),
+        ("double", "max"),
+        ("half", "min"),
+    ] {
+        let out = bench(&[
+            "--np", "2", "-d", d, "-o", o, "-b", "64", "-e", "64K", "-f", "32", "-n", "2", "-w",
+            "1",
+        ]);
+        assert_table(&out, 3);
+    }
+    let out = bench(&[
+        "--np",
+        "4",
+        "--deterministic",
+        "-b",
+        "4",
+        "-e",
+        "4M",
+        "-f",
+        "64",
+        "-n",
+        "2",
+        "-w",
+        "1",
+    ]);
+    assert_table(&out, 4);
+}
+
+/// Spawns `n` ranks directly (as the bench parent would) so that the test can kill one.
+fn spawn_ranks(n: usize, extra: &[&str], secret_of: impl Fn(usize) -> String) -> Vec<Child> {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap().to_string();
+    let children: Vec<Child> = (0..n)
+        .map(|rank| {
+            Command::new(RINGRUN)
+                .arg("bench")
+                .args(extra)
+                .args([
+                    "--rank",
+                    &rank.to_string(),
+                    "--rendezvous",
+                    &server,
+                    "--np",
+                    &n.to_string(),
+                ])
+                .env("RINGRUN_SECRET", secret_of(rank))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // The parent's side of the address exchange: one "rank addr" line each, then the list.
+    listener.set_nonblocking(false).unwrap();
+    let mut addrs = vec![String::new(); n];
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        let (rank, addr) = line.trim().split_once(' ').unwrap();
+        addrs[rank.parse::<usize>().unwrap()] = addr.to_string();
+        streams.push(s);
+    }
+    for mut s in streams {
+        writeln!(s, "{}", addrs.join(" ")).unwrap();
+    }
+    children
+}
+
+const SECRET: &str = "job-secret-for-tests-only";
+
+#[test]
+fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
+    for transport in ["tcp", "quic"] {
+        let args = [
+            "--transport",
+            transport,
+            "-b",
+            "8M",
+            "-e",
+            "8M",
+            "-n",
+            "100000",
+            "-w",
+            "1",
+            "--timeout",
+            "30",
+        ];
+        let mut ranks = spawn_ranks(4, &args, |_| SECRET.into());
+        std::thread::sleep(Duration::from_millis(1500));
+        ranks[2].kill().unwrap();
+        let killed = Instant::now();
+        for (r, child) in ranks.iter_mut().enumerate().filter(|(r, _)| *r != 2) {
+            let out = wait_bounded(child, Duration::from_secs(20));
+            let waited = killed.elapsed();
+            let stderr = text(&out.stderr);
+            assert!(!out.status.success(), "{transport} rank {r} succeeded?");
+            assert!(
+                stderr.contains("peer rank 2 lost"),
+                "{transport} rank {r}: {stderr}"
+            );
+            assert!(
+                waited < Duration::from_secs(5),
+                "{transport} rank {r} took {waited:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rank_without_the_secret_cannot_join() {
+    for transport in ["tcp", "quic"] {
+        let args = [
+            "--transport",
+            transport,
+            "-b",
+            "8",
+            "-e",
+            "8",
+            "--start-timeout",
+            "3",
+        ];
+        let mut ranks = spawn_ranks(3, &args, |r| {
+            if r == 1 {
+                "a-different-job-secret".into()
+            } else {
+                SECRET.into()
+            }
+        });
+        for (r, child) in ranks.iter_mut().enumerate() {
+            let out = wait_bounded(child, Duration::from_secs(20));
+            assert!(
+                !out.status.success(),
+                "{transport} rank {r} formed a mesh with a stranger"
+            );
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("transport set-up failed"),
+                "{transport} rank {r}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ranks_given_explicit_peers_form_a_job_without_a_parent() {
+    // Reserve two loopback ports, then let the ranks bind them (the multi-host form).
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let peers = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            Command::new(RINGRUN)
+                .args([
+                    "bench", "--np", "2", "-b", "1K", "-e", "64K", "-f", "8", "-n", "2", "-w", "1",
+                ])
+                .args(["--rank", &rank.to_string(), "--peers", &peers])
+                .env("RINGRUN_SECRET", SECRET)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = ranks
+        .iter_mut()
+        .map(|c| wait_bounded(c, Duration::from_secs(30)))
+        .collect();
+    assert_table(&outs[0], 3);
+    assert!(outs[1].status.success(), "{}", text(&outs[1].stderr));
+    assert!(outs[1].stdout.is_empty(), "only rank 0 prints");
+}

@@ -13,6 +13,7 @@ use crate::{
     dtype::{DType, Element, ReduceOp},
     error::{CollectiveError, Result},
     frame::{Algo, Collective, ErrorCode, OpSig},
+    spin::Spin,
     transport::Transport,
 };
 
@@ -48,6 +49,9 @@ pub struct CommConfig {
     /// Largest allreduce (bytes) that [`AlgoChoice::Auto`] sends by recursive doubling, and
     /// largest broadcast sent down a tree rather than a chain.
     pub small_bytes: usize,
+    /// How long an operation keeps polling before it sleeps until data arrives (zero: sleep at
+    /// once). Spinning trades CPU for latency; it yields the CPU on every round.
+    pub spin: Duration,
 }
 
 impl Default for CommConfig {
@@ -57,6 +61,7 @@ impl Default for CommConfig {
             deterministic: false,
             segment_bytes: 256 * 1024,
             small_bytes: 64 * 1024,
+            spin: Duration::from_micros(50),
         }
     }
 }
@@ -436,7 +441,9 @@ impl<T: Transport> Communicator<T> {
         let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
             dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
         let started = Instant::now();
-        let result = guarded(&self.transport, op(&cx, &mut self.scratch), ctl, started)
+        let op = Box::pin(op(&cx, &mut self.scratch));
+        let spun = Spin::new(op, self.config.spin);
+        let result = guarded(&self.transport, spun, ctl, started)
             .instrument(span)
             .await;
         let header = cx.header(0, 0);

@@ -1,7 +1,7 @@
 //! Collectives for ringrun: allreduce, broadcast, allgather, reduce-scatter and barrier over
 //! pluggable transports.
 //!
-//! A [`Communicator`] runs collectives on one epoch's fixed list of ranks over a [`Transport`]
+//! A [`Communicator`] runs collectives on one epoch's fixed list of ranks over a [`Transport`](transport::Transport)
 //! (in-memory, TCP or QUIC). It knows nothing of membership: when a peer dies, the operation in
 //! flight fails with a typed [`CollectiveError`] and the caller (the elastic runtime) builds a
 //! new communicator for the next epoch. Every operation carries a deadline and a cancellation
@@ -26,6 +26,7 @@ mod error;
 pub mod frame;
 pub mod reduce;
 pub mod schedule;
+mod spin;
 pub mod testdata;
 pub mod transport;
 

@@ -24,7 +24,7 @@ pub fn chunks(count: usize, parts: usize) -> Vec<Range<usize>> {
 pub fn segments(range: Range<usize>, seg: usize) -> Vec<Range<usize>> {
     assert!(seg > 0, "segment size must be positive");
     if range.is_empty() {
-        return vec![range.start..range.start];
+        return std::iter::once(range.start..range.start).collect();
     }
     range
         .clone()

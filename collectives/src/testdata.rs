@@ -72,7 +72,7 @@ pub fn decode(dtype: DType, b: &[u8]) -> Vec<f64> {
 /// and extremes are exact in every dtype.
 pub fn input(op: ReduceOp, r: usize, i: usize) -> f64 {
     match op {
-        ReduceOp::Prod => 1.0 + f64::from((i + r) % 3 == 0),
+        ReduceOp::Prod => 1.0 + f64::from((i + r).is_multiple_of(3)),
         ReduceOp::Min | ReduceOp::Max => ((i * 7 + r * 3) % 11) as f64,
         ReduceOp::Sum | ReduceOp::Avg => ((i * 7 + r * 3) % 5) as f64,
     }

@@ -1,6 +1,48 @@
 //! `ringrun`: the command line.
 
-fn main() {
-    eprintln!("ringrun: the command line is being written; see README.md");
-    std::process::exit(2);
+mod bench;
+mod member;
+mod secret;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fault-tolerant, elastic allreduce.
+#[derive(Parser, Debug)]
+#[command(name = "ringrun", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Allreduce benchmark with nccl-tests' all_reduce_perf output.
+    Bench(bench::BenchArgs),
+    /// Print a running job's members, as one of them sees it.
+    Status(status::StatusArgs),
+    /// Join a job's membership group and stay (debugging, tests).
+    #[command(hide = true)]
+    Member(member::MemberArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGRUN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Bench(args) => bench::main(args),
+        Cmd::Status(args) => status::main(args),
+        Cmd::Member(args) => member::main(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("ringrun: {e:#}");
+        ExitCode::FAILURE
+    })
 }

@@ -45,6 +45,12 @@ pub(crate) async fn tree<T: Transport>(
     Ok(())
 }
 
+// Segments hands out RefCell borrows that live across sends and receives by design: the reader
+// and writer futures never hold the same segment (see `Segments`), and a conflict is an error.
+#[expect(
+    clippy::await_holding_refcell_ref,
+    reason = "disjoint segments, see Segments"
+)]
 pub(crate) async fn chain<T: Transport>(
     cx: &OpCx<'_, T>,
     buf: &mut [u8],
@@ -52,7 +58,7 @@ pub(crate) async fn chain<T: Transport>(
 ) -> Result<()> {
     let (n, v) = (cx.size, virt(cx, root));
     let len = buf.len();
-    let segs = &Segments::new(buf, &[0..len], cx.seg_bytes);
+    let segs = &Segments::new(buf, std::slice::from_ref(&(0..len)), cx.seg_bytes);
     let ids = segs.of_chunk(0);
     let has_next = v + 1 < n;
     let (tx, mut rx) = mpsc::unbounded_channel::<usize>();

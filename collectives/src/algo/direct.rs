@@ -31,16 +31,16 @@ pub(crate) async fn direct<T: Transport>(
 ) -> Result<()> {
     let ranges = cx.byte_chunks(buf.len());
     let mut chunks = split(buf, &ranges);
-    let mut mine = std::mem::take(&mut chunks[cx.rank]);
+    let mine = std::mem::take(&mut chunks[cx.rank]);
     let others = |j: &usize| *j != cx.rank;
     {
         let sends = (0..cx.size)
             .filter(others)
-            .map(|j| send_all(cx, j, &chunks[j]));
-        tokio::try_join!(try_join_all(sends), reduce_mine(cx, &mut mine, op, scratch))?;
+            .map(|j| send_all(cx, j, chunks[j]));
+        tokio::try_join!(try_join_all(sends), reduce_mine(cx, mine, op, scratch))?;
     }
     if gather {
-        let sends = (0..cx.size).filter(others).map(|j| send_all(cx, j, &mine));
+        let sends = (0..cx.size).filter(others).map(|j| send_all(cx, j, mine));
         let recvs = chunks.iter_mut().enumerate().filter(|(j, _)| others(j));
         let recvs = recvs.map(|(j, c)| recv_all(cx, j, c));
         tokio::try_join!(try_join_all(sends), try_join_all(recvs))?;

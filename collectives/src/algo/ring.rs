@@ -29,6 +29,10 @@ use crate::{
 /// Runs the reduce-scatter phase (if `op` is given) and/or the allgather phase (if `gather`).
 /// `base` fixes the chunk rotation: after reduce-scatter this rank owns chunk `base + 1`; with
 /// no reduce phase, the allgather starts from chunk `base + 1`.
+#[expect(
+    clippy::await_holding_refcell_ref,
+    reason = "disjoint segments, see Segments"
+)]
 pub(crate) async fn ring<T: Transport>(
     cx: &OpCx<'_, T>,
     buf: &mut [u8],

@@ -16,20 +16,19 @@ pub type MemTransport = StreamTransport<ReadHalf<DuplexStream>, WriteHalf<Duplex
 pub fn mesh(n: usize, pipe_bytes: usize) -> Vec<MemTransport> {
     let mut links: Vec<Vec<Option<Link<_, _>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    for i in 0..n {
-        for j in i + 1..n {
-            let (a, b) = tokio::io::duplex(pipe_bytes);
-            let (ar, aw) = tokio::io::split(a);
-            let (br, bw) = tokio::io::split(b);
-            links[i][j] = Some(Link {
-                reader: ar,
-                writer: aw,
-            });
-            links[j][i] = Some(Link {
-                reader: br,
-                writer: bw,
-            });
-        }
+    let pairs = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j)));
+    for (i, j) in pairs {
+        let (a, b) = tokio::io::duplex(pipe_bytes);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        links[i][j] = Some(Link {
+            reader: ar,
+            writer: aw,
+        });
+        links[j][i] = Some(Link {
+            reader: br,
+            writer: bw,
+        });
     }
     links
         .into_iter()

@@ -1,0 +1,247 @@
+//! `ringrun bench`: nccl-tests' `all_reduce_perf`, over ringrun's CPU transports.
+//!
+//! Without `--rank`, this process is the parent: it spawns `--np` ranks of itself, exchanges
+//! their addresses (`rendezvous`) and exits with the worst child status. With `--rank` and
+//! `--peers`, it is one rank of a multi-host run. Rank 0 prints the table (`report`).
+
+mod rendezvous;
+mod report;
+mod sweep;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use ringrun_collectives::{
+    AlgoChoice, CommConfig, Communicator, DType, ReduceOp,
+    transport::{
+        auth::{JobSecret, MeshSpec},
+        quic, tcp,
+    },
+};
+
+/// Options of `ringrun bench`, named as in nccl-tests where nccl-tests has them.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    /// Number of local ranks to start.
+    #[arg(long, default_value_t = 2)]
+    np: usize,
+    /// Smallest size in bytes (K, M, G suffixes are binary).
+    #[arg(short = 'b', long = "minbytes", default_value = "8", value_parser = parse_size)]
+    min_bytes: usize,
+    /// Largest size in bytes.
+    #[arg(short = 'e', long = "maxbytes", default_value = "64M", value_parser = parse_size)]
+    max_bytes: usize,
+    /// Multiply the size by this factor each step.
+    #[arg(short = 'f', long = "stepfactor", default_value_t = 2)]
+    step_factor: usize,
+    /// Timed iterations per size.
+    #[arg(short = 'n', long = "iters", default_value_t = 20)]
+    iters: usize,
+    /// Untimed warm-up iterations per size.
+    #[arg(short = 'w', long = "warmup_iters", default_value_t = 5)]
+    warmup: usize,
+    /// Seconds of timed work per size: fewer iterations (at least 3) for large sizes.
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Element type (float, double, half, bfloat16, int8, uint8, int32, int64).
+    #[arg(short = 'd', long = "datatype", default_value = "float", value_parser = parse_dtype)]
+    dtype: DType,
+    /// Reduce op (sum, prod, min, max, avg).
+    #[arg(short = 'o', long = "op", default_value = "sum", value_parser = parse_op)]
+    op: ReduceOp,
+    /// Check results (1) or not (0).
+    #[arg(short = 'c', long = "check", default_value_t = 1)]
+    check: u8,
+    /// Transport between ranks.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    transport: TransportKind,
+    /// Allreduce algorithm (`tree` is recursive doubling).
+    #[arg(long, value_enum, default_value_t = AlgoArg::Auto)]
+    algo: AlgoArg,
+    /// Reduce in rank order, independent of algorithm and ring position.
+    #[arg(long)]
+    deterministic: bool,
+    /// Pipeline segment size in bytes.
+    #[arg(long, value_parser = parse_size)]
+    segment_bytes: Option<usize>,
+    /// Write nccl-tests' JSON results here (rank 0).
+    #[arg(short = 'J', long = "output_file")]
+    json: Option<PathBuf>,
+    /// Address the ranks listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Seconds the ranks have to find each other and connect.
+    #[arg(long, default_value_t = 30)]
+    start_timeout: u64,
+    /// Seconds before a single collective gives up.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    /// File holding the job secret (default: $RINGRUN_SECRET, else a fresh random secret).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// Run as this rank of a multi-host job (with --peers).
+    #[arg(long, requires = "peers_or_rendezvous")]
+    rank: Option<usize>,
+    /// Every rank's data-plane address, in rank order (multi-host runs).
+    #[arg(long, value_delimiter = ',', group = "peers_or_rendezvous")]
+    peers: Vec<SocketAddr>,
+    /// Internal: the parent's rendezvous address.
+    #[arg(long, hide = true, group = "peers_or_rendezvous")]
+    rendezvous: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportKind {
+    Tcp,
+    Quic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AlgoArg {
+    Auto,
+    Ring,
+    Tree,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<f64>()
+        .map(|v| (v * mult as f64) as usize)
+        .map_err(|_| format!("not a size: {s:?}"))
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::parse(s).ok_or_else(|| format!("unknown datatype {s:?}"))
+}
+
+fn parse_op(s: &str) -> Result<ReduceOp, String> {
+    ReduceOp::parse(s).ok_or_else(|| format!("unknown op {s:?}"))
+}
+
+/// Entry point of `ringrun bench`.
+pub(crate) fn main(args: BenchArgs) -> Result<ExitCode> {
+    if args.step_factor < 2 || args.min_bytes > args.max_bytes || args.np == 0 {
+        bail!("need --np ≥ 1, -b ≤ -e and -f ≥ 2");
+    }
+    match args.rank {
+        Some(rank) => run_rank(&args, rank, JobSecret::from_bytes(&secret(&args)?)),
+        None => run_parent(&args),
+    }
+}
+
+/// The job secret's bytes: from the file or environment, else fresh for this local run.
+fn secret(args: &BenchArgs) -> Result<Vec<u8>> {
+    crate::secret::or_random(args.secret_file.as_deref())
+}
+
+fn run_parent(args: &BenchArgs) -> Result<ExitCode> {
+    let secret = secret(args)?;
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let server = listener.local_addr()?;
+    let exe = std::env::current_exe()?;
+    let passthrough: Vec<String> = std::env::args().skip(2).collect();
+    let mut children: Vec<Child> = (0..args.np)
+        .map(|rank| {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("bench").args(&passthrough);
+            cmd.args([
+                "--rank",
+                &rank.to_string(),
+                "--rendezvous",
+                &server.to_string(),
+            ]);
+            cmd.env(
+                crate::secret::SECRET_ENV,
+                String::from_utf8_lossy(&secret).as_ref(),
+            );
+            if rank != 0 {
+                cmd.stdout(std::process::Stdio::null());
+            }
+            cmd.spawn().with_context(|| format!("starting rank {rank}"))
+        })
+        .collect::<Result<_>>()?;
+    let start_timeout = Duration::from_secs(args.start_timeout);
+    if let Err(e) = rendezvous::serve(&listener, args.np, Instant::now() + start_timeout) {
+        children.iter_mut().for_each(|c| drop(c.kill()));
+        return Err(e);
+    }
+    let mut worst = 0;
+    for (rank, mut c) in children.into_iter().enumerate() {
+        let status = c.wait()?;
+        if !status.success() {
+            eprintln!("ringrun bench: rank {rank} exited with {status}");
+            worst = worst.max(status.code().unwrap_or(1));
+        }
+    }
+    Ok(ExitCode::from(worst.clamp(0, 255) as u8))
+}
+
+fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let start_timeout = Duration::from_secs(args.start_timeout);
+    let deadline = Instant::now() + start_timeout;
+    let bind = args
+        .peers
+        .get(rank)
+        .copied()
+        .unwrap_or(SocketAddr::new(args.bind, 0));
+    let config = CommConfig {
+        algo: match args.algo {
+            AlgoArg::Auto => AlgoChoice::Auto,
+            AlgoArg::Ring => AlgoChoice::Ring,
+            AlgoArg::Tree => AlgoChoice::RecursiveDoubling,
+        },
+        deterministic: args.deterministic,
+        segment_bytes: args
+            .segment_bytes
+            .unwrap_or(CommConfig::default().segment_bytes),
+        ..CommConfig::default()
+    };
+    let peers = |mine: SocketAddr| -> Result<Vec<SocketAddr>> {
+        match args.rendezvous {
+            Some(server) => rendezvous::join(server, rank, mine, start_timeout),
+            None => Ok(args.peers.clone()),
+        }
+    };
+    let wrong = match args.transport {
+        TransportKind::Tcp => rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            let spec = MeshSpec {
+                rank,
+                addrs: peers(listener.local_addr()?)?,
+                epoch: 0,
+            };
+            let t = tcp::connect(listener, &spec, &secret, deadline).await?;
+            sweep::run(Communicator::new(t, 0, config), args, "tcp").await
+        })?,
+        TransportKind::Quic => rt.block_on(async {
+            let socket = std::net::UdpSocket::bind(bind)?;
+            let spec = MeshSpec {
+                rank,
+                addrs: peers(socket.local_addr()?)?,
+                epoch: 0,
+            };
+            let t = quic::connect(socket, &spec, &secret, deadline).await?;
+            sweep::run(Communicator::new(t, 0, config), args, "quic").await
+        })?,
+    };
+    Ok(if wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,242 @@
+//! The measured loop: for each size, out-of-place then in-place, time `iters` allreduces after
+//! a warm-up, then check one fresh allreduce element by element.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ringrun_collectives::{
+    Bufs, Communicator, Ctl, ReduceOp,
+    testdata::{Aligned, count_wrong, inputs},
+    transport::Transport,
+};
+
+use super::{
+    BenchArgs,
+    report::{self, Half, Row},
+};
+
+/// Runs the sweep on this rank; rank 0 prints. Returns the number of wrong elements (all ranks).
+pub(super) async fn run<T: Transport>(
+    mut comm: Communicator<T>,
+    args: &BenchArgs,
+    transport: &str,
+) -> Result<u64> {
+    let (rank, n) = (comm.rank(), comm.size());
+    let elem = args.dtype.size();
+    let mut send = Aligned::zeroed(args.max_bytes / elem * elem);
+    let mut recv = send.clone();
+    let timeout = Duration::from_secs(args.timeout);
+    let algo = comm.allreduce_algo(args.dtype, args.max_bytes);
+    print_header(&mut comm, args, transport, timeout).await?;
+    let mut rows = Vec::new();
+    let mut size = args.min_bytes;
+    while size <= args.max_bytes {
+        let count = size / elem;
+        let bytes = count * elem;
+        let mut halves = [None, None];
+        let mut iterations = 0;
+        for (h, in_place) in [false, true].into_iter().enumerate() {
+            let mut m = Measure {
+                comm: &mut comm,
+                args,
+                send: &mut send,
+                recv: &mut recv,
+                bytes,
+                in_place,
+                timeout,
+            };
+            let (seconds, iters) = m.time().await?;
+            let wrong = if args.check == 1 {
+                m.check(rank, n).await?
+            } else {
+                0
+            };
+            halves[h] = Some(Half::new(bytes, seconds, n, wrong));
+            iterations = iters;
+        }
+        let [Some(out_of_place), Some(in_place)] = halves else {
+            unreachable!("both halves ran")
+        };
+        let row = Row {
+            size: bytes,
+            count,
+            dtype: args.dtype.nccl_name(),
+            redop: args.op.nccl_name(),
+            root: -1,
+            out_of_place,
+            in_place,
+            actual_iterations: iterations,
+        };
+        if rank == 0 {
+            println!("{}", report::row(&row));
+        }
+        rows.push(row);
+        size *= args.step_factor;
+    }
+    let wrong = rows
+        .iter()
+        .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
+        .sum();
+    if rank == 0 {
+        print!("{}", report::footer(&rows));
+        if let Some(path) = &args.json {
+            std::fs::write(path, json(args, n, transport, algo.name(), &rows)?)?;
+        }
+    }
+    Ok(wrong)
+}
+
+async fn print_header<T: Transport>(
+    comm: &mut Communicator<T>,
+    args: &BenchArgs,
+    transport: &str,
+    timeout: Duration,
+) -> Result<()> {
+    // Every rank's device line goes to rank 0 through an allgather of fixed-size records.
+    const LINE: usize = 160;
+    let (rank, n) = (comm.rank(), comm.size());
+    let host = hostname();
+    let mine = report::device_line(rank, std::process::id(), &host, &format!("cpu {transport}"));
+    let mut record = [b' '; LINE];
+    let len = mine.len().min(LINE);
+    record[..len].copy_from_slice(&mine.as_bytes()[..len]);
+    let mut all = vec![0u8; LINE * n];
+    comm.allgather(&record[..], &mut all, &Ctl::timeout(timeout))
+        .await?;
+    if rank == 0 {
+        let lines: Vec<String> = all
+            .chunks(LINE)
+            .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
+            .collect();
+        let config = format!(
+            "nThread 1 nGpus 1 minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0",
+            args.min_bytes, args.max_bytes, args.step_factor, args.warmup, args.iters, args.check
+        );
+        println!(
+            "# ringrun {} bench: transport {transport}, {} ranks",
+            env!("CARGO_PKG_VERSION"),
+            n
+        );
+        print!("{}", report::header(&config, &lines));
+    }
+    Ok(())
+}
+
+struct Measure<'a, T> {
+    comm: &'a mut Communicator<T>,
+    args: &'a BenchArgs,
+    send: &'a mut Aligned,
+    recv: &'a mut Aligned,
+    bytes: usize,
+    in_place: bool,
+    timeout: Duration,
+}
+
+impl<T: Transport> Measure<'_, T> {
+    async fn once(&mut self) -> Result<()> {
+        let ctl = Ctl::timeout(self.timeout);
+        let (send, recv) = (
+            &self.send.bytes()[..self.bytes],
+            &mut self.recv.bytes_mut()[..self.bytes],
+        );
+        let bufs = if self.in_place {
+            Bufs::InPlace(recv)
+        } else {
+            Bufs::OutOfPlace { send, recv }
+        };
+        self.comm
+            .allreduce_bytes(self.args.dtype, bufs, self.args.op, &ctl)
+            .await?;
+        Ok(())
+    }
+
+    fn fill(&mut self, rank: usize) {
+        let data = inputs(
+            self.args.dtype,
+            self.args.op,
+            rank,
+            self.bytes / self.args.dtype.size(),
+        );
+        let target = if self.in_place {
+            &mut *self.recv
+        } else {
+            &mut *self.send
+        };
+        target.bytes_mut()[..self.bytes].copy_from_slice(data.bytes());
+    }
+
+    /// Mean seconds per allreduce, averaged over ranks, and the iteration count used.
+    async fn time(&mut self) -> Result<(f64, usize)> {
+        let rank = self.comm.rank();
+        self.fill(rank);
+        let start = Instant::now();
+        self.once().await?;
+        let iters = match self.args.budget {
+            Some(budget) => {
+                let mut first = [start.elapsed().as_secs_f64()];
+                self.comm
+                    .allreduce(&mut first, ReduceOp::Max, &Ctl::timeout(self.timeout))
+                    .await?;
+                ((budget / first[0].max(1e-9)) as usize).clamp(3, self.args.iters.max(3))
+            }
+            None => self.args.iters,
+        };
+        for _ in 1..self.args.warmup {
+            self.once().await?;
+        }
+        self.comm.barrier(&Ctl::timeout(self.timeout)).await?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.once().await?;
+        }
+        let mut mean = [start.elapsed().as_secs_f64() / iters.max(1) as f64];
+        self.comm
+            .allreduce(&mut mean, ReduceOp::Avg, &Ctl::timeout(self.timeout))
+            .await?;
+        Ok((mean[0], iters))
+    }
+
+    /// Wrong elements over all ranks in one freshly initialised allreduce.
+    async fn check(&mut self, rank: usize, n: usize) -> Result<u64> {
+        self.fill(rank);
+        if !self.in_place {
+            self.recv.bytes_mut()[..self.bytes].fill(0);
+        }
+        self.once().await?;
+        let out = &self.recv.bytes()[..self.bytes];
+        let mut wrong = [count_wrong(self.args.dtype, self.args.op, n, out) as i64];
+        self.comm
+            .allreduce(&mut wrong, ReduceOp::Sum, &Ctl::timeout(self.timeout))
+            .await?;
+        Ok(wrong[0] as u64)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn json(args: &BenchArgs, n: usize, transport: &str, algo: &str, rows: &[Row]) -> Result<String> {
+    let wrong: u64 = rows
+        .iter()
+        .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
+        .sum();
+    let doc = serde_json::json!({
+        "config": {
+            "nthreads": 1, "ngpus": 1, "minimum_bytes": args.min_bytes, "maximum_bytes": args.max_bytes,
+            "step_factor": args.step_factor, "warmup_iters": args.warmup, "iterations": args.iters,
+            "aggregated_iterations": 1, "validation": args.check, "graph": 0,
+            "blocking_collectives": 1, "per_iter_timing": 0, "parallel_init": 0,
+        },
+        "ranks": n,
+        "transport": transport,
+        "algo": algo,
+        "results": rows,
+        "out_of_bounds": { "count": wrong, "okay": wrong == 0 },
+        "average_bus_bandwidth": { "bandwidth": report::avg_bus_bw(rows), "okay": true },
+        "errors": [],
+    });
+    Ok(serde_json::to_string_pretty(&doc)?)
+}
