@@ -60,7 +60,7 @@ impl Default for CommConfig {
             algo: AlgoChoice::Auto,
             deterministic: false,
             segment_bytes: 256 * 1024,
-            small_bytes: 64 * 1024,
+            small_bytes: 256 * 1024,
             spin: Duration::from_micros(50),
         }
     }
@@ -187,11 +187,23 @@ impl<T: Transport> Communicator<T> {
         op: ReduceOp,
         ctl: &Ctl,
     ) -> Result<()> {
-        let buf = match prepare(dtype, bufs, Shape::Same) {
+        let input = match &bufs {
+            Bufs::OutOfPlace { send, .. } => Some(*send),
+            Bufs::InPlace(_) => None,
+        };
+        let buf = match prepare(dtype, bufs, Shape::SameLen) {
             Ok(b) => b,
             Err(e) => return self.reject(Collective::AllReduce, dtype, e).await,
         };
         let algo = self.allreduce_algo(dtype, buf.len());
+        // The ring reads an out-of-place input directly; the others work in place on a copy.
+        let input = match (algo, input) {
+            (Algo::Ring, Some(i)) if self.size() > 1 => Some(i),
+            (_, i) => {
+                i.inspect(|i| buf.copy_from_slice(i));
+                None
+            }
+        };
         let sig = sig(
             Collective::AllReduce,
             dtype,
@@ -203,7 +215,7 @@ impl<T: Transport> Communicator<T> {
         let base = self.rank();
         self.run(sig, ctl, async |cx, scratch| match algo {
             _ if cx.size == 1 => Ok(()),
-            Algo::Ring => algo::ring(cx, buf, Some(op), true, base, scratch).await,
+            Algo::Ring => algo::ring(cx, buf, input, Some(op), true, base, scratch).await,
             Algo::Direct => algo::direct(cx, buf, op, true, scratch).await,
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
         })
@@ -269,7 +281,7 @@ impl<T: Transport> Communicator<T> {
         let base = (r + n - 1) % n;
         self.run(sig, ctl, async |cx, scratch| match cx.size {
             1 => Ok(()),
-            _ => algo::ring(cx, buf, None, true, base, scratch).await,
+            _ => algo::ring(cx, buf, None, None, true, base, scratch).await,
         })
         .await
     }
@@ -285,13 +297,18 @@ impl<T: Transport> Communicator<T> {
         ctl: &Ctl,
     ) -> Result<()> {
         let (n, r) = (self.size(), self.rank());
-        let mut copy = Vec::new();
-        let (work, out) = match bufs {
-            Bufs::InPlace(b) => (Bufs::InPlace(b), None),
+        // Out of place, the whole reduction runs in a work buffer and block `r` is copied out.
+        let mut work_space = Vec::new();
+        let (input, work, out) = match bufs {
+            Bufs::InPlace(b) => (None, Bufs::InPlace(b), None),
             Bufs::OutOfPlace { send, recv } => {
-                copy = vec![0u64; send.len().div_ceil(8)];
-                let work = &mut bytemuck::cast_slice_mut(&mut copy)[..send.len()];
-                (Bufs::OutOfPlace { send, recv: work }, Some(recv))
+                work_space = vec![0u64; send.len().div_ceil(8)];
+                let work = &mut bytemuck::cast_slice_mut(&mut work_space)[..send.len()];
+                (
+                    Some(send),
+                    Bufs::OutOfPlace { send, recv: work },
+                    Some(recv),
+                )
             }
         };
         let shape = Shape::Scatter {
@@ -308,6 +325,14 @@ impl<T: Transport> Communicator<T> {
         } else {
             Algo::Ring
         };
+        // The ring reads an out-of-place input directly; the direct algorithm needs a copy.
+        let input = match (algo, input) {
+            (Algo::Ring, Some(i)) if n > 1 => Some(i),
+            (_, i) => {
+                i.inspect(|i| buf.copy_from_slice(i));
+                None
+            }
+        };
         let sig = sig(
             Collective::ReduceScatter,
             dtype,
@@ -320,13 +345,13 @@ impl<T: Transport> Communicator<T> {
         self.run(sig, ctl, async |cx, scratch| match algo {
             _ if cx.size == 1 => Ok(()),
             Algo::Direct => algo::direct(cx, buf, op, false, scratch).await,
-            _ => algo::ring(cx, buf, Some(op), false, base, scratch).await,
+            _ => algo::ring(cx, buf, input, Some(op), false, base, scratch).await,
         })
         .await?;
         if let Some(out) = out {
             out.copy_from_slice(&buf[r * block..(r + 1) * block]);
         }
-        drop(copy);
+        drop(work_space);
         Ok(())
     }
 
@@ -541,8 +566,8 @@ fn invalid(msg: String) -> CollectiveError {
 
 /// How a collective's input relates to its output.
 enum Shape {
-    /// Same length (allreduce).
-    Same,
+    /// Same length; the caller decides whether to copy (allreduce).
+    SameLen,
     /// Same length; only the root's input is read (broadcast).
     Root(bool),
     /// The output has `n` blocks, this rank's input is block `r` (allgather).
@@ -587,15 +612,15 @@ fn prepare<'a>(dtype: DType, bufs: Bufs<'a>, shape: Shape) -> Result<&'a mut [u8
     }
     match (send, shape) {
         (None, _) => {}
-        (Some(s), Shape::Same | Shape::Root(_)) if s.len() != recv.len() => {
+        (Some(s), Shape::SameLen | Shape::Root(_)) if s.len() != recv.len() => {
             return Err(invalid(format!(
                 "input has {} bytes, output {}",
                 s.len(),
                 recv.len()
             )));
         }
-        (Some(s), Shape::Same | Shape::Root(true)) => recv.copy_from_slice(s),
-        (Some(_), Shape::Root(false)) => {}
+        (Some(s), Shape::Root(true)) => recv.copy_from_slice(s),
+        (Some(_), Shape::SameLen | Shape::Root(false)) => {}
         (Some(s), Shape::Blocks { n, r }) => {
             if s.len() * n != recv.len() {
                 return Err(invalid(format!(
@@ -614,7 +639,6 @@ fn prepare<'a>(dtype: DType, bufs: Bufs<'a>, shape: Shape) -> Result<&'a mut [u8
                     s.len()
                 )));
             }
-            recv.copy_from_slice(s);
         }
     }
     Ok(recv)

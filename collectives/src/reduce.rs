@@ -39,6 +39,28 @@ pub fn reduce(dtype: DType, op: ReduceOp, order: Order, dst: &mut [u8], src: &[u
     }
 }
 
+/// `dst = left ⊕ right` element-wise: [`reduce`] for when the left operand is not the
+/// destination (an out-of-place collective reads its input without copying it first).
+pub fn reduce_from(dtype: DType, op: ReduceOp, dst: &mut [u8], left: &[u8], right: &[u8]) {
+    assert!(
+        dst.len() == left.len() && dst.len() == right.len(),
+        "reduce operands differ in length"
+    );
+    match dtype {
+        DType::I8 => int_kernel3::<i8>(op, dst, left, right),
+        DType::U8 => int_kernel3::<u8>(op, dst, left, right),
+        DType::I32 => int_kernel3::<i32>(op, dst, left, right),
+        DType::I64 => int_kernel3::<i64>(op, dst, left, right),
+        DType::F32 => float_kernel3::<f32>(op, cast_mut(dst), cast(left), cast(right)),
+        DType::F64 => float_kernel3::<f64>(op, cast_mut(dst), cast(left), cast(right)),
+        DType::F16 | DType::BF16 => {
+            // Rare enough in the three-operand form to take two passes.
+            dst.copy_from_slice(left);
+            reduce(dtype, op, Order::DstFirst, dst, right);
+        }
+    }
+}
+
 /// Divides every element by `n`: the single division of `Avg`.
 pub fn finish_avg(dtype: DType, buf: &mut [u8], n: usize) {
     match dtype {
@@ -70,6 +92,14 @@ fn zip<T: Copy>(order: Order, dst: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
     }
 }
 
+/// Applies `f(left, right)` element-wise into `dst`.
+#[inline(always)]
+fn zip3<T: Copy>(dst: &mut [T], left: &[T], right: &[T], f: impl Fn(T, T) -> T) {
+    dst.iter_mut()
+        .zip(left.iter().zip(right))
+        .for_each(|(d, (l, r))| *d = f(*l, *r));
+}
+
 trait Int: bytemuck::Pod + Ord {
     fn wadd(self, o: Self) -> Self;
     fn wmul(self, o: Self) -> Self;
@@ -94,6 +124,16 @@ fn int_kernel<T: Int>(op: ReduceOp, order: Order, dst: &mut [u8], src: &[u8]) {
     }
 }
 
+fn int_kernel3<T: Int>(op: ReduceOp, dst: &mut [u8], left: &[u8], right: &[u8]) {
+    let (dst, l, r) = (cast_mut::<T>(dst), cast::<T>(left), cast::<T>(right));
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => zip3(dst, l, r, T::wadd),
+        ReduceOp::Prod => zip3(dst, l, r, T::wmul),
+        ReduceOp::Min => zip3(dst, l, r, Ord::min),
+        ReduceOp::Max => zip3(dst, l, r, Ord::max),
+    }
+}
+
 trait Float: Copy + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
     fn fmin(self, o: Self) -> Self;
     fn fmax(self, o: Self) -> Self;
@@ -113,6 +153,15 @@ fn float_kernel<T: Float>(op: ReduceOp, order: Order, dst: &mut [T], src: &[T]) 
         ReduceOp::Prod => zip(order, dst, src, |a, b| a * b),
         ReduceOp::Min => zip(order, dst, src, T::fmin),
         ReduceOp::Max => zip(order, dst, src, T::fmax),
+    }
+}
+
+fn float_kernel3<T: Float>(op: ReduceOp, dst: &mut [T], l: &[T], r: &[T]) {
+    match op {
+        ReduceOp::Sum | ReduceOp::Avg => zip3(dst, l, r, |a, b| a + b),
+        ReduceOp::Prod => zip3(dst, l, r, |a, b| a * b),
+        ReduceOp::Min => zip3(dst, l, r, T::fmin),
+        ReduceOp::Max => zip3(dst, l, r, T::fmax),
     }
 }
 
@@ -252,6 +301,34 @@ mod tests {
             &bytes(&[0.0f32]),
         );
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn three_operand_form_matches_the_two_operand_form() {
+        for dtype in DType::ALL {
+            for op in ReduceOp::ALL {
+                let n = 37;
+                let a: Vec<u8> = (0..n * dtype.size()).map(|i| (i * 7 % 5) as u8).collect();
+                let b: Vec<u8> = (0..n * dtype.size()).map(|i| (i * 3 % 4) as u8).collect();
+                let (a, b) = (bytes(&words(&a)), bytes(&words(&b)));
+                let (a, b) = (&a[..n * dtype.size()], &b[..n * dtype.size()]);
+                let mut two = b.to_vec();
+                reduce(dtype, op, Order::SrcFirst, &mut two, a);
+                let mut three = vec![0u8; a.len()];
+                let mut three_w = words(&three);
+                let three_b: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut three_w)[..a.len()];
+                reduce_from(dtype, op, three_b, a, b);
+                three.copy_from_slice(three_b);
+                assert_eq!(two, three, "{dtype:?} {op:?}");
+            }
+        }
+    }
+
+    /// An 8-byte-aligned copy of `b`, so that any dtype can view it.
+    fn words(b: &[u8]) -> Vec<u64> {
+        let mut w = vec![0u64; b.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut w)[..b.len()].copy_from_slice(b);
+        w
     }
 
     #[test]

@@ -112,29 +112,42 @@ fn bump(c: &Cell<u32>) -> u32 {
 pub(crate) struct Segments<'b> {
     cells: Vec<RefCell<&'b mut [u8]>>,
     lens: Vec<usize>,
+    starts: Vec<usize>,
     /// `first[c]..first[c + 1]` are the segment ids of chunk `c`.
     first: Vec<usize>,
 }
 
 impl<'b> Segments<'b> {
     pub(crate) fn new(mut buf: &'b mut [u8], chunks: &[Range<usize>], seg_bytes: usize) -> Self {
-        let (mut cells, mut lens, mut first, mut offset) = (Vec::new(), Vec::new(), vec![0], 0);
+        let (mut cells, mut lens, mut starts, mut first, mut offset) =
+            (Vec::new(), Vec::new(), Vec::new(), vec![0], 0);
         for chunk in chunks {
             debug_assert_eq!(chunk.start, offset, "chunks must tile the buffer");
             for seg in schedule::segments(chunk.clone(), seg_bytes) {
                 let (head, tail) = std::mem::take(&mut buf).split_at_mut(seg.len());
                 lens.push(head.len());
+                starts.push(seg.start);
                 cells.push(RefCell::new(head));
                 buf = tail;
                 offset = seg.end;
             }
             first.push(cells.len());
         }
-        Segments { cells, lens, first }
+        Segments {
+            cells,
+            lens,
+            starts,
+            first,
+        }
     }
 
     pub(crate) fn of_chunk(&self, c: usize) -> Range<usize> {
         self.first[c]..self.first[c + 1]
+    }
+
+    /// The byte range of every segment within the buffer, by id.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.starts.iter().zip(&self.lens).map(|(s, l)| *s..s + l)
     }
 
     pub(crate) fn count(&self) -> usize {

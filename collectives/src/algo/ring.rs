@@ -22,13 +22,17 @@ use super::{OpCx, Scratch, Segments};
 use crate::{
     dtype::ReduceOp,
     error::Result,
-    reduce::{Order, finish_avg, reduce},
+    reduce::{Order, finish_avg, reduce, reduce_from},
     transport::Transport,
 };
 
 /// Runs the reduce-scatter phase (if `op` is given) and/or the allgather phase (if `gather`).
 /// `base` fixes the chunk rotation: after reduce-scatter this rank owns chunk `base + 1`; with
 /// no reduce phase, the allgather starts from chunk `base + 1`.
+///
+/// With `input`, the operation is out of place: `buf` starts undefined and the reduce-scatter
+/// reads this rank's contributions from `input` (each chunk is reduced once per rank, straight
+/// into `buf`, and chunk `base`, the only one never reduced here, is filled by the allgather).
 #[expect(
     clippy::await_holding_refcell_ref,
     reason = "disjoint segments, see Segments"
@@ -36,6 +40,7 @@ use crate::{
 pub(crate) async fn ring<T: Transport>(
     cx: &OpCx<'_, T>,
     buf: &mut [u8],
+    input: Option<&[u8]>,
     op: Option<ReduceOp>,
     gather: bool,
     base: usize,
@@ -45,6 +50,10 @@ pub(crate) async fn ring<T: Transport>(
     let dtype = cx.sig.dtype;
     let chunks = cx.byte_chunks(buf.len());
     let segs = &Segments::new(buf, &chunks, cx.seg_bytes);
+    let inputs: Vec<&[u8]> = input
+        .map(|i| segs.ranges().map(|r| &i[r]).collect())
+        .unwrap_or_default();
+    let inputs = &inputs;
     let (next, prev) = (cx.rel(1), cx.rel(-1));
     let chunk = |k: isize| (base as isize + k).rem_euclid(n as isize) as usize;
     let own = chunk(1);
@@ -52,13 +61,20 @@ pub(crate) async fn ring<T: Transport>(
     let (queue, mut rx) = SendQueue::new(segs.count());
     let (done_tx, done_rx) = watch::channel(0usize);
     let first = if op.is_some() { chunk(0) } else { own };
-    segs.of_chunk(first).for_each(|id| queue.push(id));
+    for id in segs.of_chunk(first) {
+        queue.push(if op.is_some() && input.is_some() {
+            Src::Input(id)
+        } else {
+            Src::Buf(id)
+        });
+    }
 
     let writer = async {
-        while let Some(id) = rx.recv().await {
-            let seg = segs.get(id)?;
-            cx.send(next, &seg).await?;
-            drop(seg);
+        while let Some(src) = rx.recv().await {
+            match src {
+                Src::Input(id) => cx.send(next, inputs[id]).await?,
+                Src::Buf(id) => cx.send(next, &segs.get(id)?).await?,
+            }
             done_tx.send_modify(|n| *n += 1);
         }
         Ok(())
@@ -71,13 +87,18 @@ pub(crate) async fn ring<T: Transport>(
                     let incoming = scratch.bytes(segs.len(id));
                     cx.recv(prev, incoming).await?;
                     let mut mine = segs.get_mut(id)?;
-                    reduce(dtype, op, Order::SrcFirst, &mut mine, incoming);
+                    match inputs.get(id) {
+                        Some(contribution) => {
+                            reduce_from(dtype, op, &mut mine, incoming, contribution)
+                        }
+                        None => reduce(dtype, op, Order::SrcFirst, &mut mine, incoming),
+                    }
                     if last && op == ReduceOp::Avg {
                         finish_avg(dtype, &mut mine, n);
                     }
                     drop(mine);
                     if !last || gather {
-                        queue.push(id);
+                        queue.push(Src::Buf(id));
                     }
                 }
             }
@@ -93,7 +114,7 @@ pub(crate) async fn ring<T: Transport>(
                     let _ = done.wait_for(|n| *n >= sent).await;
                     cx.recv(prev, &mut segs.get_mut(id)?).await?;
                     if s < n - 2 {
-                        queue.push(id);
+                        queue.push(Src::Buf(id));
                     }
                 }
             }
@@ -103,16 +124,24 @@ pub(crate) async fn ring<T: Transport>(
     tokio::try_join!(writer, reader).map(|_| ())
 }
 
+/// What the writer sends next: a segment of the input (first sends of an out-of-place
+/// reduce-scatter) or of the buffer being reduced.
+#[derive(Clone, Copy)]
+enum Src {
+    Input(usize),
+    Buf(usize),
+}
+
 /// The reader's hand-off to the writer, remembering where in the send order each segment was
 /// last queued.
 struct SendQueue {
-    tx: mpsc::UnboundedSender<usize>,
+    tx: mpsc::UnboundedSender<Src>,
     pushed: Cell<usize>,
     position: Vec<Cell<usize>>,
 }
 
 impl SendQueue {
-    fn new(segments: usize) -> (Self, mpsc::UnboundedReceiver<usize>) {
+    fn new(segments: usize) -> (Self, mpsc::UnboundedReceiver<Src>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let position = (0..segments).map(|_| Cell::new(0)).collect();
         (
@@ -125,10 +154,12 @@ impl SendQueue {
         )
     }
 
-    fn push(&self, id: usize) {
+    fn push(&self, src: Src) {
         self.pushed.set(self.pushed.get() + 1);
-        self.position[id].set(self.pushed.get());
-        let _ = self.tx.send(id);
+        if let Src::Buf(id) = src {
+            self.position[id].set(self.pushed.get());
+        }
+        let _ = self.tx.send(src);
     }
 
     /// How many sends must have completed before segment `id` is free (0: never queued).

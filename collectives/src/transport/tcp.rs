@@ -43,7 +43,9 @@ use crate::error::{CollectiveError, Result};
 /// One rank's end of a TCP mesh.
 pub type TcpTransport = StreamTransport<BufReader<OwnedReadHalf>, OwnedWriteHalf>;
 
-/// Read buffer per peer: big enough that frame headers and small frames cost one syscall.
+/// Read buffer per peer. A header and a small frame arrive in one read; a large payload
+/// bypasses the buffer and lands straight in its destination, so only the part of it that came
+/// in with the header (at most this much) is copied twice.
 const READ_BUF: usize = 64 * 1024;
 const MAGIC: [u8; 4] = *b"RRT1";
 const MAC_LABEL: &str = "ringrun tcp handshake v1";

@@ -70,6 +70,12 @@ pub(crate) struct BenchArgs {
     /// Pipeline segment size in bytes.
     #[arg(long, value_parser = parse_size)]
     segment_bytes: Option<usize>,
+    /// Microseconds a waiting rank polls before it sleeps (default: the communicator's).
+    #[arg(long)]
+    spin_us: Option<u64>,
+    /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
+    #[arg(long, value_parser = parse_size)]
+    small_bytes: Option<usize>,
     /// Write nccl-tests' JSON results here (rank 0).
     #[arg(short = 'J', long = "output_file")]
     json: Option<PathBuf>,
@@ -199,6 +205,7 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         .get(rank)
         .copied()
         .unwrap_or(SocketAddr::new(args.bind, 0));
+    let defaults = CommConfig::default();
     let config = CommConfig {
         algo: match args.algo {
             AlgoArg::Auto => AlgoChoice::Auto,
@@ -206,10 +213,9 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
             AlgoArg::Tree => AlgoChoice::RecursiveDoubling,
         },
         deterministic: args.deterministic,
-        segment_bytes: args
-            .segment_bytes
-            .unwrap_or(CommConfig::default().segment_bytes),
-        ..CommConfig::default()
+        segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
+        small_bytes: args.small_bytes.unwrap_or(defaults.small_bytes),
+        spin: args.spin_us.map_or(defaults.spin, Duration::from_micros),
     };
     let peers = |mine: SocketAddr| -> Result<Vec<SocketAddr>> {
         match args.rendezvous {
