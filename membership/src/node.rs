@@ -3,9 +3,9 @@
 //! # Contract
 //!
 //! Inputs, each with the current [`Time`] (which must not go backwards):
-//! [`Node::join`], [`Node::handle_packet`] (a datagram and its source address),
-//! [`Node::handle_timeout`] (call when [`Node::poll_timeout`] is due; early or late calls are
-//! harmless), [`Node::leave`].
+//! [`Node::join`] (or [`Node::join_preloaded`]), [`Node::handle_packet`] (a datagram and its
+//! source address), [`Node::handle_timeout`] (call when [`Node::poll_timeout`] is due; early or
+//! late calls are harmless), [`Node::leave`].
 //!
 //! Outputs, to drain after every input, in this order: [`Node::poll_transmit`] (datagrams to
 //! send, already sealed), [`Node::poll_event`] (membership events), then [`Node::poll_timeout`]
@@ -55,6 +55,10 @@ const MAX_PEEKED_UPDATES: usize = 256;
 /// Most timers fired by one `handle_timeout` call (foca never schedules zero delays, so this
 /// only bounds a pathological configuration).
 const MAX_TIMERS_PER_CALL: usize = 100_000;
+/// Roster entries given to foca per call in [`Node::join_preloaded`].
+const PRELOAD_CHUNK: usize = 256;
+/// Event queue capacity kept once the queue is drained.
+const KEEP_EVENT_CAPACITY: usize = 1024;
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,21 +207,58 @@ impl Node {
     /// Announces this node to `seeds` (its own address is skipped, so every member can be
     /// given the same list). With no other seed the node waits to be contacted.
     pub fn join(&mut self, now: Time, seeds: &[SocketAddr]) -> Result<(), MembershipError> {
-        self.advance(now);
-        let own = self.identity().addr;
-        self.seeds = seeds.iter().copied().filter(|s| *s != own).collect();
-        self.seeds.dedup();
+        self.enter(now, seeds);
         let _span = tracing::debug_span!("join", node = %self.identity()).entered();
         for seed in self.seeds.clone() {
             self.announce(seed);
         }
+        Ok(())
+    }
+
+    /// Starts as a member of a cluster whose roster is known in advance: every identity in
+    /// `members` (this node's own address is skipped) is added as alive, without announcing
+    /// or gossiping anything, so the node starts converged if every member is given the same
+    /// roster. `seeds` play the same role as in [`Node::join`] afterwards (periodic seed
+    /// announces, watchdog). The first datagrams go out with the first probe, one probe period
+    /// later. The simulator uses it to start large clusters without an O(n) join phase.
+    ///
+    /// Cost: foca keeps members in a `Vec` with linear search, so this is O(roster²).
+    pub fn join_preloaded(
+        &mut self,
+        now: Time,
+        seeds: &[SocketAddr],
+        members: impl IntoIterator<Item = MemberId>,
+    ) -> Result<(), MembershipError> {
+        self.enter(now, seeds);
+        let own = self.identity().addr;
+        let mut updates = members
+            .into_iter()
+            .filter(|m| m.addr != own)
+            .map(Member::alive)
+            .peekable();
+        // In chunks, draining foca's output queues in between so that they stay small.
+        while updates.peek().is_some() {
+            let result =
+                self.foca
+                    .apply_many(updates.by_ref().take(PRELOAD_CHUNK), false, &mut self.rt);
+            self.drain();
+            result.map_err(|e| MembershipError::Foca(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Common part of the joins: records the seeds and arms the watchdog.
+    fn enter(&mut self, now: Time, seeds: &[SocketAddr]) {
+        self.advance(now);
+        let own = self.identity().addr;
+        self.seeds = seeds.iter().copied().filter(|s| *s != own).collect();
+        self.seeds.dedup();
         self.last_probe = now;
         self.next_watchdog = Some(now + self.watchdog_window());
         self.next_seed_announce = Some(now + self.config.seed_announce_interval);
         if self.connection == Connection::New {
             self.connection = Connection::Disconnected;
         }
-        Ok(())
     }
 
     /// Handles one datagram from `from`.
@@ -329,7 +370,12 @@ impl Node {
 
     /// The next membership event, if any.
     pub fn poll_event(&mut self) -> Option<MembershipEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > KEEP_EVENT_CAPACITY {
+            // Do not keep the buffer of a burst (a preloaded roster) for the node's lifetime.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When [`Node::handle_timeout`] should be called next; `None` when nothing is scheduled.

@@ -11,6 +11,17 @@
 //! queued datagrams and timers are dropped); [`Sim::restart`] starts a new life at the same
 //! address with a larger restart incarnation.
 //!
+//! Start-up: by default member `i` joins at `i` ms by announcing to the seeds. With
+//! [`SimConfig::preloaded`] every member instead starts with the full roster
+//! ([`Node::join_preloaded`]) at a random instant within the first probe period, so the run
+//! starts converged; that is how the measurements start clusters of thousands of members.
+//!
+//! Cost at scale: foca keeps each node's members in a `Vec` searched linearly, so a preloaded
+//! start is O(n³) in total, every handled datagram costs O(n), and the state of all nodes
+//! together is O(n²) identities. With [`SimConfig::views`] off the simulator itself keeps
+//! only O(n + crashes × n) bookkeeping (who declared which crashed member down, and when; who
+//! holds a live member down) instead of one view per member.
+//!
 //! Invariants, checked after every step and at the deadlines they define (a failure message
 //! always starts with `SIM_SEED=<seed>`):
 //! 1. *No false majority*: while loss is at most 5 % and no partition is active, a live member
@@ -82,6 +93,15 @@ pub struct SimConfig {
     pub seeds: usize,
     /// Record a per-node event trace (for failure reports); costs memory on big runs.
     pub trace: bool,
+    /// Start every member with the full roster instead of announce-based joins (see the module
+    /// docs): the run starts converged.
+    pub preloaded: bool,
+    /// Keep one view per member built from its events (O(n²) memory). Without it, the
+    /// observers of a crash are the live members that do not hold the victim down (exact when
+    /// every live member knows every other, as after a preloaded start), the detection
+    /// invariant reads the recorded `Down` events, and [`Sim::converged`] reads the nodes'
+    /// own views.
+    pub views: bool,
 }
 
 impl SimConfig {
@@ -94,6 +114,19 @@ impl SimConfig {
             link: Link::default(),
             seeds: 3,
             trace: true,
+            preloaded: false,
+            views: true,
+        }
+    }
+
+    /// A cluster of `members` that starts converged ([`SimConfig::preloaded`]), with the
+    /// lean bookkeeping of large runs (no views, no trace).
+    pub fn converged(seed: u64, members: usize) -> Self {
+        Self {
+            trace: false,
+            preloaded: true,
+            views: false,
+            ..Self::new(seed, members)
         }
     }
 }
@@ -128,8 +161,30 @@ struct Slot {
 struct Crash {
     id: MemberId,
     at: Time,
+    /// Sorted.
     observers: Vec<usize>,
     detected_by: BTreeMap<usize, Time>,
+}
+
+/// What the survivors did about one crashed member, for measurements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrashReport {
+    /// The crashed life.
+    pub member: MemberId,
+    /// When it crashed.
+    pub at: Time,
+    /// Members that held it active at crash time and are still live.
+    pub observers: usize,
+    /// For each of those that declared it down so far, the delay from the crash to its first
+    /// `Down` (or `Left`) event about it; sorted.
+    pub detections: Vec<Duration>,
+}
+
+impl CrashReport {
+    /// Observers that have not declared it down yet.
+    pub fn undetected(&self) -> usize {
+        self.observers - self.detections.len()
+    }
 }
 
 /// Aggregate counters of a run.
@@ -173,7 +228,9 @@ pub struct Sim {
 const TRACE_LINES: usize = 60;
 
 impl Sim {
-    /// Starts `config.members` members; member `i` joins at `i` ms through the seeds.
+    /// Starts `config.members` members: member `i` joins at `i` ms through the seeds, or, with
+    /// [`SimConfig::preloaded`], every member starts with the full roster at a random instant
+    /// within the first probe period.
     pub fn new(config: SimConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
         let n = config.members;
@@ -210,9 +267,21 @@ impl Sim {
             });
             sim.by_addr.insert(addr_of(i), i);
         }
-        for i in 0..n {
-            sim.now = Time::from_micros(i as u64 * 1000);
-            sim.start(i);
+        if sim.config.preloaded {
+            let roster: Vec<MemberId> = (0..n).map(|i| sim.identity_of(i)).collect();
+            let period = sim.config.membership.probe_period.as_micros() as u64;
+            let mut last = Time::ZERO;
+            for i in 0..n {
+                sim.now = Time::from_micros(sim.rng.random_range(0..period.max(1)));
+                last = last.max(sim.now);
+                sim.start_with(i, Some(&roster));
+            }
+            sim.now = last;
+        } else {
+            for i in 0..n {
+                sim.now = Time::from_micros(i as u64 * 1000);
+                sim.start(i);
+            }
         }
         sim
     }
@@ -288,16 +357,22 @@ impl Sim {
         };
         let id = node.identity().clone();
         self.slots[i].wake = None;
-        let observers: Vec<usize> = self
-            .live()
-            .into_iter()
-            .filter(|&k| {
-                self.slots[k]
-                    .view
-                    .get(&id.addr)
-                    .is_some_and(|(v, s)| *v == id && s.is_active())
-            })
-            .collect();
+        let observers: Vec<usize> = if self.config.views {
+            self.live()
+                .into_iter()
+                .filter(|&k| {
+                    self.slots[k]
+                        .view
+                        .get(&id.addr)
+                        .is_some_and(|(v, s)| *v == id && s.is_active())
+                })
+                .collect()
+        } else {
+            self.live()
+                .into_iter()
+                .filter(|k| !self.down_by[i].contains(k))
+                .collect()
+        };
         let bound = self
             .config
             .membership
@@ -413,6 +488,33 @@ impl Sim {
             .collect()
     }
 
+    /// For each crash, in order, every observer's detection delay.
+    pub fn crash_reports(&self) -> Vec<CrashReport> {
+        self.crashes
+            .iter()
+            .map(|c| {
+                let live: Vec<usize> = c
+                    .observers
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.slots[k].node.is_some())
+                    .collect();
+                let mut detections: Vec<Duration> = live
+                    .iter()
+                    .filter_map(|k| c.detected_by.get(k))
+                    .map(|t| t.saturating_since(c.at))
+                    .collect();
+                detections.sort();
+                CrashReport {
+                    member: c.id.clone(),
+                    at: c.at,
+                    observers: live.len(),
+                    detections,
+                }
+            })
+            .collect()
+    }
+
     /// For each crash, the time until the first observer declared it down.
     pub fn first_detection_times(&self) -> Vec<Option<Duration>> {
         self.crashes
@@ -437,22 +539,52 @@ impl Sim {
         h.finish()
     }
 
-    fn start(&mut self, i: usize) {
-        let seed = self.seed_for(i);
-        let slot = &mut self.slots[i];
-        slot.life += 1;
-        slot.view.clear();
-        slot.wake = None;
-        let id = MemberId::new(
+    fn identity_of(&self, i: usize) -> MemberId {
+        let slot = &self.slots[i];
+        MemberId::new(
             NodeId(i as u64),
             slot.addr,
             Incarnation(slot.restarts),
             Metadata::default(),
-        );
+        )
+    }
+
+    fn start(&mut self, i: usize) {
+        self.start_with(i, None);
+    }
+
+    /// Starts a new life of member `i`, joining through the seeds or with `roster` preloaded.
+    fn start_with(&mut self, i: usize, roster: Option<&[MemberId]>) {
+        let seed = self.seed_for(i);
+        let id = self.identity_of(i);
+        let slot = &mut self.slots[i];
+        slot.life += 1;
+        slot.view.clear();
+        slot.wake = None;
         let auth = Authenticator::new(JobId(1), SIM_SECRET).expect("simulator secret is long");
         let mut node = Node::new(id, self.config.membership.clone(), auth, seed)
             .expect("simulator configuration is valid");
-        let _ = node.join(self.now, &self.seeds);
+        match roster {
+            None => {
+                let _ = node.join(self.now, &self.seeds);
+            }
+            Some(roster) => {
+                node.join_preloaded(self.now, &self.seeds, roster.iter().cloned())
+                    .expect("a preloaded roster is accepted");
+                // The n - 1 `Up` events of the preload are the starting state, not part of the
+                // run: they fill the view (if kept) without going through `observe_event`.
+                let mut ups = 0u64;
+                while let Some(event) = node.poll_event() {
+                    if let MembershipEvent::Up(id) = event {
+                        ups += 1;
+                        if self.config.views {
+                            slot.view.insert(id.addr, (id, MemberState::Alive));
+                        }
+                    }
+                }
+                (i, ups).hash(&mut self.fingerprint);
+            }
+        }
         self.slots[i].node = Some(node);
         self.down_by[i].clear();
         self.after_input(i);
@@ -596,7 +728,9 @@ impl Sim {
                 {
                     self.down_by[j].remove(&k);
                 }
-                self.slots[k].view.insert(id.addr, (id, MemberState::Alive));
+                if self.config.views {
+                    self.slots[k].view.insert(id.addr, (id, MemberState::Alive));
+                }
             }
             MembershipEvent::Suspect(id) => {
                 let view = &mut self.slots[k].view;
@@ -605,10 +739,12 @@ impl Sim {
                 }
             }
             MembershipEvent::Down(id) | MembershipEvent::Left(id) => {
-                let view = &mut self.slots[k].view;
-                let replaced = view.get(&id.addr).is_some_and(|(v, _)| *v != id);
-                if !replaced {
-                    view.insert(id.addr, (id.clone(), MemberState::Down));
+                if self.config.views {
+                    let view = &mut self.slots[k].view;
+                    let replaced = view.get(&id.addr).is_some_and(|(v, _)| *v != id);
+                    if !replaced {
+                        view.insert(id.addr, (id.clone(), MemberState::Down));
+                    }
                 }
                 self.on_down(k, &id);
             }
@@ -623,7 +759,7 @@ impl Sim {
     fn on_down(&mut self, k: usize, id: &MemberId) {
         let now = self.now;
         for crash in &mut self.crashes {
-            if crash.id == *id && crash.observers.contains(&k) {
+            if crash.id == *id && crash.observers.binary_search(&k).is_ok() {
                 crash.detected_by.entry(k).or_insert(now);
             }
         }
@@ -641,7 +777,10 @@ impl Sim {
         self.stats.false_downs += 1;
         self.down_by[j].insert(k);
         let live = self.live();
-        let accusers = self.down_by[j].iter().filter(|o| live.contains(o)).count();
+        let accusers = self.down_by[j]
+            .iter()
+            .filter(|&&o| self.slots[o].node.is_some())
+            .count();
         let max_loss = self
             .links
             .values()
@@ -669,10 +808,14 @@ impl Sim {
             if self.slots[k].node.is_none() {
                 continue;
             }
-            let still_up = self.slots[k]
-                .view
-                .get(&crash.id.addr)
-                .is_some_and(|(v, s)| *v == crash.id && s.is_active());
+            let still_up = if self.config.views {
+                self.slots[k]
+                    .view
+                    .get(&crash.id.addr)
+                    .is_some_and(|(v, s)| *v == crash.id && s.is_active())
+            } else {
+                !crash.detected_by.contains_key(&k)
+            };
             if still_up {
                 missing.push(k);
             }
@@ -711,12 +854,29 @@ impl Sim {
             .collect();
         for &k in &live {
             let own = self.slots[k].addr;
-            let active: BTreeMap<&SocketAddr, &MemberId> = self.slots[k]
-                .view
-                .iter()
-                .filter(|(_, (_, s))| s.is_active())
-                .map(|(a, (id, _))| (a, id))
-                .collect();
+            // Without views, the node's own view (foca's member list) stands in.
+            let members = if self.config.views {
+                Vec::new()
+            } else {
+                self.slots[k]
+                    .node
+                    .as_ref()
+                    .map_or(Vec::new(), Node::members)
+            };
+            let active: BTreeMap<&SocketAddr, &MemberId> = if self.config.views {
+                self.slots[k]
+                    .view
+                    .iter()
+                    .filter(|(_, (_, s))| s.is_active())
+                    .map(|(a, (id, _))| (a, id))
+                    .collect()
+            } else {
+                members
+                    .iter()
+                    .filter(|m| m.state.is_active() && m.id.addr != own)
+                    .map(|m| (&m.id.addr, &m.id))
+                    .collect()
+            };
             let expected: BTreeMap<&SocketAddr, &MemberId> =
                 ids.iter().filter(|(a, _)| **a != own).collect();
             if active != expected {

@@ -142,3 +142,34 @@ fn one_seed_reproduces_a_run_exactly() {
     assert_eq!(run(77), run(77));
     assert_ne!(run(77).0, run(78).0);
 }
+
+#[test]
+fn a_preloaded_start_is_converged_and_lean_bookkeeping_changes_nothing() {
+    let run = |seed: u64, views: bool| {
+        let n = 40;
+        let mut config = SimConfig::converged(seed, n);
+        config.views = views;
+        config.link = lossy(0.02);
+        let mut sim = Sim::new(config);
+        assert!(sim.converged(), "SIM_SEED={seed}: preloaded start");
+        sim.run_for(Duration::from_secs(1));
+        sim.crash(5);
+        sim.run_for(Duration::from_millis(150));
+        sim.crash(17);
+        let bound = sim.config().membership.detection_bound(n);
+        sim.run_for(bound + Duration::from_millis(200));
+        sim.assert_ok();
+        let reports = sim.crash_reports();
+        assert_eq!(reports.len(), 2);
+        for report in &reports {
+            assert_eq!(report.undetected(), 0, "SIM_SEED={seed}: {report:?}");
+            assert!(report.observers >= n - 2, "SIM_SEED={seed}: {report:?}");
+            assert!(report.detections.iter().all(|d| *d <= bound));
+        }
+        assert!(sim.converged(), "SIM_SEED={seed}: views after the crashes");
+        (sim.fingerprint(), sim.stats().clone(), reports)
+    };
+    for seed in seeds(5).into_iter().take(3) {
+        assert_eq!(run(seed, true), run(seed, false), "SIM_SEED={seed}");
+    }
+}

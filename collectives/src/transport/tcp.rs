@@ -46,7 +46,7 @@ pub type TcpTransport = StreamTransport<BufReader<OwnedReadHalf>, OwnedWriteHalf
 /// Read buffer per peer. A header and a small frame arrive in one read; a large payload
 /// bypasses the buffer and lands straight in its destination, so only the part of it that came
 /// in with the header (at most this much) is copied twice.
-const READ_BUF: usize = 64 * 1024;
+const READ_BUF: usize = 4 * 1024;
 const MAGIC: [u8; 4] = *b"RRT1";
 const MAC_LABEL: &str = "ringrun tcp handshake v1";
 /// A hello followed by its nonce.
