@@ -158,6 +158,12 @@ impl<T: Transport> Communicator<T> {
         self.poisoned.as_deref()
     }
 
+    /// Ends the communicator gracefully (bounded by `within`): every peer gets to finish the last
+    /// operation before the links close. See [`Transport::close`].
+    pub async fn close(self, within: Duration) {
+        self.transport.close(within).await;
+    }
+
     /// The transport underneath.
     pub fn transport(&self) -> &T {
         &self.transport

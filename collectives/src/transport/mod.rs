@@ -63,4 +63,9 @@ pub trait Transport {
 
     /// The peer a receive is currently blocked on, for timeout reports.
     fn waiting_on(&self) -> Option<usize>;
+
+    /// Graceful end, bounded by `within`: ends this rank's side of every link, then waits until
+    /// every peer has ended its side too. A peer still finishing the last operation (it may
+    /// need bytes this rank already sent, or still be writing) is not cut off by an early close.
+    async fn close(&self, within: Duration);
 }

@@ -362,6 +362,10 @@ struct Drivers {
     /// Hands the endpoint to the thread when the transport goes, so that the thread can wait
     /// for the connections to drain before it ends.
     done: Option<oneshot::Sender<Endpoint>>,
+    /// Joined on drop, so that a process that exits right after its last collective still
+    /// delivers (and has acknowledged) its last bytes. Bounded: the thread ends within
+    /// `LINGER` plus one second.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drivers {
@@ -376,7 +380,7 @@ impl Drivers {
             .map_err(|e| fail("driver runtime", &e))?;
         let handle = rt.handle().clone();
         let (done, endpoint) = oneshot::channel::<Endpoint>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("ringrun-quic-r{}", spec.rank))
             .spawn(move || {
                 rt.block_on(async move {
@@ -404,6 +408,7 @@ impl Drivers {
             handle,
             conns: Vec::new(),
             done: Some(done),
+            thread: Some(thread),
         })
     }
 }
@@ -425,6 +430,11 @@ impl Drop for Drivers {
         }
         if let Some(done) = self.done.take() {
             let _ = done.send(self.endpoint.clone());
+        }
+        // Our handles would keep the connections open and the thread waiting for them.
+        self.conns.clear();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -223,6 +223,22 @@ where
     fn waiting_on(&self) -> Option<usize> {
         Some(self.waiting_on.load(Ordering::Relaxed)).filter(|p| *p != NOT_WAITING)
     }
+
+    async fn close(&self, within: Duration) {
+        let end = |peer: usize| async move {
+            if let Ok(w) = self.writer(peer) {
+                let _ = w.lock().await.io.shutdown().await;
+            }
+            if let Ok(r) = self.reader(peer) {
+                // Whatever still arrives belongs to no operation: read it away until the end.
+                let mut sink = [0u8; 4096];
+                let io = &mut r.lock().await.io;
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        };
+        let peers = (0..self.size()).filter(|p| *p != self.rank).map(end);
+        let _ = tokio::time::timeout(within, futures_util::future::join_all(peers)).await;
+    }
 }
 
 async fn read_header<R: AsyncRead + Unpin>(peer: usize, io: &mut R) -> Result<Header> {

@@ -73,6 +73,8 @@ pub(super) async fn run<T: Transport>(
         rows.push(row);
         size *= args.step_factor;
     }
+    // The last rank to finish may still need bytes this one sent: end the links gracefully.
+    comm.close(timeout).await;
     let wrong = rows
         .iter()
         .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
