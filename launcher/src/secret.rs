@@ -10,10 +10,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ring::{
-    digest::{SHA256, digest},
-    rand::{SecureRandom, SystemRandom},
-};
+use ring::rand::{SecureRandom, SystemRandom};
 
 /// Environment variable holding the job secret.
 pub(crate) const SECRET_ENV: &str = "RINGRUN_SECRET";
@@ -57,8 +54,5 @@ pub(crate) fn or_random(file: Option<&Path>) -> Result<Vec<u8>> {
 
 /// The 64-bit job id of a run id string.
 pub(crate) fn job_id(run_id: &str) -> ringrun_membership::JobId {
-    let d = digest(&SHA256, run_id.as_bytes());
-    ringrun_membership::JobId(u64::from_le_bytes(
-        d.as_ref()[..8].try_into().expect("8 bytes"),
-    ))
+    ringrun_membership::JobId::from_run_id(run_id)
 }

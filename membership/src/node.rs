@@ -288,6 +288,7 @@ impl Node {
             PacketKind::Leave => self.handle_leave(from, payload),
             PacketKind::ViewRequest => self.handle_view_request(from, payload),
             PacketKind::ViewReply => Ok(()),
+            PacketKind::Control => Err(self.drop_packet(DropReason::BadKind)),
         }
     }
 

@@ -34,6 +34,16 @@ pub const MIN_SECRET_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobId(pub u64);
 
+impl JobId {
+    /// The job id of a run id string (the first 8 bytes of its SHA-256).
+    pub fn from_run_id(run_id: &str) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, run_id.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d.as_ref()[..8]);
+        Self(u64::from_le_bytes(first))
+    }
+}
+
 /// What a datagram carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketKind {
@@ -45,6 +55,9 @@ pub enum PacketKind {
     ViewRequest,
     /// One part of a view reply: postcard of [`crate::ViewChunk`].
     ViewReply,
+    /// A message of a layer above (the runtime's epoch agreement), on that layer's own socket;
+    /// opaque here. Sealed with the same job key, so it is just as authenticated.
+    Control,
 }
 
 impl PacketKind {
@@ -54,6 +67,7 @@ impl PacketKind {
             Self::Leave => 1,
             Self::ViewRequest => 2,
             Self::ViewReply => 3,
+            Self::Control => 4,
         }
     }
 
@@ -63,6 +77,7 @@ impl PacketKind {
             1 => Some(Self::Leave),
             2 => Some(Self::ViewRequest),
             3 => Some(Self::ViewReply),
+            4 => Some(Self::Control),
             _ => None,
         }
     }

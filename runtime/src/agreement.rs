@@ -47,6 +47,10 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// How often a coordinator re-sends `Install` to members that have not confirmed it.
     pub resend: Duration,
+    /// The first view waits for this many live members (the expected world size)...
+    pub initial_size: usize,
+    /// ...but no longer than this after start; then `min_size` is enough.
+    pub initial_wait: Duration,
 }
 
 impl Default for Config {
@@ -57,12 +61,14 @@ impl Default for Config {
             straggler_window: Duration::from_millis(20),
             ack_timeout: Duration::from_millis(500),
             resend: Duration::from_millis(100),
+            initial_size: 1,
+            initial_wait: Duration::ZERO,
         }
     }
 }
 
 /// An agreed view: the epoch number and the members in rank order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct View<I, M> {
     /// The epoch; strictly increasing across installed views.
     pub epoch: u64,
@@ -83,7 +89,7 @@ impl<I: Ord + Clone, M> View<I, M> {
 }
 
 /// What members tell each other.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Msg<I, M> {
     /// Coordinator → proposed members: accept this view.
     Propose(View<I, M>),
@@ -107,6 +113,12 @@ pub enum Msg<I, M> {
     /// Member → coordinator: installed the epoch (stops re-sends).
     Confirm {
         /// The epoch installed.
+        epoch: u64,
+    },
+    /// Member → coordinator: the communicator of `epoch` broke although nobody is known to be
+    /// gone (a reset connection, say): form a new epoch of the same members.
+    Reform {
+        /// The broken epoch.
         epoch: u64,
     },
     /// Member → coordinator, repeated while the member's installed view differs from its live
@@ -160,6 +172,12 @@ pub struct Agreement<I, M> {
     newest_installed_seen: u64,
     aborted_epoch: Option<u64>,
     blocked: Option<String>,
+    started: Time,
+    /// New members are added only while this is set (at a commit boundary) or before the
+    /// first view; lost members are dropped whenever.
+    admitting: bool,
+    /// A member asked for a new epoch of this (installed) epoch number.
+    reform: Option<u64>,
     out: VecDeque<(I, Msg<I, M>)>,
     events: VecDeque<Event<I, M>>,
 }
@@ -189,6 +207,9 @@ where
             newest_installed_seen: 0,
             aborted_epoch: None,
             blocked: None,
+            started: now,
+            admitting: true,
+            reform: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -210,6 +231,38 @@ where
         self.step(now);
     }
 
+    /// Whether new members may be added to the next view. The group opens admission only at a
+    /// commit boundary, so that a joiner never interrupts a collective.
+    pub fn set_admitting(&mut self, now: Time, admitting: bool) {
+        self.admitting = admitting;
+        self.step(now);
+    }
+
+    /// The communicator of `epoch` broke with no member known to be gone: ask the coordinator
+    /// (possibly this member) for a new epoch of the same members.
+    pub fn request_reform(&mut self, now: Time, epoch: u64) {
+        if self.installed_epoch() != epoch {
+            return;
+        }
+        match self.live.keys().next() {
+            Some(c) if *c == self.me => self.reform = Some(epoch),
+            Some(c) => self.out.push_back((c.clone(), Msg::Reform { epoch })),
+            None => {}
+        }
+        self.step(now);
+    }
+
+    /// Members the coordinator would add at the next commit boundary (live, not in the view).
+    pub fn waiting_to_join(&self) -> usize {
+        let Some(view) = &self.installed else {
+            return 0;
+        };
+        self.live
+            .keys()
+            .filter(|i| view.rank_of(i).is_none())
+            .count()
+    }
+
     /// A message from member `from`.
     pub fn handle(&mut self, now: Time, from: I, msg: Msg<I, M>) {
         match msg {
@@ -220,6 +273,11 @@ where
             Msg::Confirm { epoch } => {
                 if self.installed_epoch() == epoch {
                     self.confirmed.insert(from);
+                }
+            }
+            Msg::Reform { epoch } => {
+                if self.installed_epoch() == epoch {
+                    self.reform = Some(epoch);
                 }
             }
             Msg::Nudge { installed } => {
@@ -320,7 +378,9 @@ where
             );
         }
         let kept: BTreeSet<&I> = ids.iter().copied().collect();
-        ids.extend(self.live.keys().filter(|i| !kept.contains(i)));
+        if self.installed.is_none() || self.admitting {
+            ids.extend(self.live.keys().filter(|i| !kept.contains(i)));
+        }
         ids.truncate(self.config.max_size);
         let mut members: Vec<(I, M)> = ids
             .into_iter()
@@ -336,7 +396,8 @@ where
             .installed
             .as_ref()
             .is_some_and(|v| v.members == desired)
-            && self.newest_installed_seen <= self.installed_epoch();
+            && self.newest_installed_seen <= self.installed_epoch()
+            && self.reform != Some(self.installed_epoch());
         if current {
             self.set_blocked(None);
             return;
@@ -350,11 +411,15 @@ where
         if now < self.live_since + self.config.straggler_window || now < self.not_before {
             return;
         }
-        if desired.len() < self.config.min_size {
+        let first = self.installed.is_none() && now < self.started + self.config.initial_wait;
+        let needed = match first {
+            true => self.config.initial_size.max(self.config.min_size),
+            false => self.config.min_size,
+        };
+        if desired.len() < needed {
             let why = format!(
-                "{} live members, waiting for at least {}",
+                "{} live members, waiting for at least {needed}",
                 desired.len(),
-                self.config.min_size
             );
             return self.set_blocked(Some(why));
         }
@@ -496,6 +561,7 @@ where
         info!(epoch = view.epoch, members = ?view.ids(), "view installed");
         self.accepted.retain(|e, _| *e > view.epoch);
         self.installed = Some(view.clone());
+        self.reform = None;
         self.events.push_back(Event::Installed(view));
         self.check_lost();
     }
@@ -693,5 +759,83 @@ mod tests {
             }),
         );
         assert_eq!(drain(&mut c).0, vec![(4, Msg::Ack { epoch: 6 })]);
+    }
+
+    fn installed_with(members: &[u32]) -> Agreement<u32, ()> {
+        let mut a = Agreement::new(1u32, (), Config::default(), ms(0));
+        a.set_live(ms(0), live(members), BTreeSet::new());
+        a.tick(ms(50));
+        for m in members.iter().filter(|m| **m != 1) {
+            a.handle(ms(51), *m, Msg::Ack { epoch: 1 });
+        }
+        assert_eq!(a.installed().map(|v| v.members.len()), Some(members.len()));
+        drain(&mut a);
+        a
+    }
+
+    #[test]
+    fn joiners_wait_for_admission() {
+        let mut a = installed_with(&[1, 2]);
+        a.set_admitting(ms(60), false);
+        a.set_live(ms(60), live(&[1, 2, 3]), BTreeSet::new());
+        a.tick(ms(200));
+        let proposes =
+            |sent: &[(u32, Msg<u32, ()>)]| sent.iter().any(|(_, m)| matches!(m, Msg::Propose(_)));
+        assert!(!proposes(&drain(&mut a).0), "no proposal while closed");
+        assert_eq!(a.waiting_to_join(), 1);
+        a.set_admitting(ms(201), true);
+        let (sent, _) = drain(&mut a);
+        assert!(
+            sent.iter()
+                .any(|(to, m)| *to == 3 && matches!(m, Msg::Propose(v) if v.epoch == 2)),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_member_is_dropped_even_while_admission_is_closed() {
+        let mut a = installed_with(&[1, 2, 3]);
+        a.set_admitting(ms(60), false);
+        a.set_live(ms(60), live(&[1, 2]), BTreeSet::new());
+        a.tick(ms(100));
+        let (sent, _) = drain(&mut a);
+        assert!(matches!(&sent[..], [(2, Msg::Propose(v))] if v.members.len() == 2));
+    }
+
+    #[test]
+    fn a_reform_request_gives_a_new_epoch_of_the_same_members() {
+        let mut a = installed_with(&[1, 2]);
+        a.handle(ms(60), 2, Msg::Reform { epoch: 1 });
+        a.tick(ms(100));
+        let (sent, _) = drain(&mut a);
+        assert!(
+            matches!(&sent[..], [(2, Msg::Propose(v))] if v.epoch == 2 && v.members.len() == 2),
+            "{sent:?}"
+        );
+        a.handle(ms(101), 2, Msg::Ack { epoch: 2 });
+        a.handle(ms(102), 2, Msg::Reform { epoch: 1 });
+        a.tick(ms(300));
+        assert!(
+            !drain(&mut a)
+                .0
+                .iter()
+                .any(|(_, m)| matches!(m, Msg::Propose(_))),
+            "a stale reform request is ignored"
+        );
+    }
+
+    #[test]
+    fn the_first_view_waits_for_the_initial_size_until_the_wait_ends() {
+        let cfg = Config {
+            initial_size: 3,
+            initial_wait: ms(1000),
+            ..Config::default()
+        };
+        let mut a = Agreement::new(1u32, (), cfg, ms(0));
+        a.set_live(ms(0), live(&[1, 2]), BTreeSet::new());
+        a.tick(ms(500));
+        assert!(drain(&mut a).0.is_empty());
+        a.tick(ms(1001));
+        assert!(matches!(&drain(&mut a).0[..], [(2, Msg::Propose(_))]));
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! [`agreement::Agreement`] is the sans-IO epoch-agreement state machine (inputs: the local
 //! membership view, messages, ticks; outputs: messages to send and events such as an installed
-//! view). [`checkpoint`] is the durable on-disk fallback for committed state. The tokio driver, state replication and the `Group` API come with the rest of the
-//! elastic runtime issue.
+//! view). [`member`] names members ([`member::MemberKey`], oldest first) and their endpoints;
+//! [`control`] seals agreement messages with the job key. [`checkpoint`] is the durable on-disk
+//! fallback for committed state.
 
 #![warn(missing_docs)]
 
 pub mod agreement;
 pub mod checkpoint;
+pub mod control;
+pub mod member;

@@ -1,0 +1,105 @@
+//! How the runtime names members and reaches them.
+//!
+//! A [`MemberKey`] orders members by *seniority*: the restart incarnation (the wall clock at
+//! start, in microseconds) comes first, so the coordinator (the lowest live key) is the oldest
+//! live member, and a joiner or a restarted worker never takes over coordination of a group
+//! that is already training. The node id breaks ties.
+
+use std::net::SocketAddr;
+
+use ringrun_membership::{Endpoint, MemberId, Metadata, Transport};
+use serde::{Deserialize, Serialize};
+
+/// The tag of the agreement (control) endpoint in [`Metadata::endpoints`].
+pub const CONTROL_ENDPOINT: Transport = Transport::Other(1);
+
+/// One life of one worker, ordered oldest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MemberKey {
+    /// Restart incarnation (wall clock at start, µs).
+    pub incarnation: u64,
+    /// Stable node id.
+    pub node: u64,
+}
+
+impl std::fmt::Display for MemberKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "n{}.{}", self.node, self.incarnation % 1_000_000)
+    }
+}
+
+/// Where a member listens: the agreement's control socket and its collective transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// UDP socket for agreement messages.
+    pub control: SocketAddr,
+    /// TCP listener for the collective mesh.
+    pub tcp: SocketAddr,
+}
+
+impl Endpoints {
+    /// The metadata endpoints that advertise these.
+    pub fn to_meta(self) -> Vec<Endpoint> {
+        vec![
+            Endpoint {
+                transport: CONTROL_ENDPOINT,
+                addr: self.control,
+            },
+            Endpoint {
+                transport: Transport::Tcp,
+                addr: self.tcp,
+            },
+        ]
+    }
+
+    /// The endpoints a member advertises; `None` for members that take no part in collectives
+    /// (observers, launchers).
+    pub fn from_meta(meta: &Metadata) -> Option<Endpoints> {
+        let find = |t| meta.endpoints.iter().find(|e| e.transport == t);
+        Some(Endpoints {
+            control: find(CONTROL_ENDPOINT)?.addr,
+            tcp: find(Transport::Tcp)?.addr,
+        })
+    }
+}
+
+/// The key and endpoints of a membership identity, if it is a worker.
+pub fn worker(id: &MemberId) -> Option<(MemberKey, Endpoints)> {
+    let key = MemberKey {
+        incarnation: id.incarnation.0,
+        node: id.node.0,
+    };
+    Endpoints::from_meta(&id.meta).map(|e| (key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_lives_sort_first_whatever_their_node_id() {
+        let old = MemberKey {
+            incarnation: 10,
+            node: 9,
+        };
+        let young = MemberKey {
+            incarnation: 11,
+            node: 1,
+        };
+        assert!(old < young);
+    }
+
+    #[test]
+    fn endpoints_round_trip_through_metadata() {
+        let e = Endpoints {
+            control: "127.0.0.1:1000".parse().unwrap(),
+            tcp: "127.0.0.1:2000".parse().unwrap(),
+        };
+        let meta = Metadata {
+            endpoints: e.to_meta(),
+            ..Metadata::default()
+        };
+        assert_eq!(Endpoints::from_meta(&meta), Some(e));
+        assert_eq!(Endpoints::from_meta(&Metadata::default()), None);
+    }
+}
