@@ -58,7 +58,7 @@ where
                 listener.set_nonblocking(true).unwrap();
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let deadline = Instant::now() + setup_within;
-                let t = tcp::connect(listener, &spec, &secret, deadline).await;
+                let t = tcp::connect(&listener, &spec, &secret, deadline).await;
                 body(rank, t).await
             });
             let _ = tx.send((rank, out));
@@ -238,7 +238,7 @@ fn impostor(
             own.set_nonblocking(true).unwrap();
             let own = tokio::net::TcpListener::from_std(own).unwrap();
             let deadline = Instant::now() + Duration::from_secs(3);
-            match tcp::connect(own, &spec, &secret, deadline).await {
+            match tcp::connect(&own, &spec, &secret, deadline).await {
                 Ok(_) => "impostor got in".to_string(),
                 Err(e) => e.to_string(),
             }

@@ -10,5 +10,18 @@
 
 pub mod agreement;
 pub mod checkpoint;
+pub mod config;
 pub mod control;
+mod driver;
+pub mod error;
+mod group;
 pub mod member;
+mod report;
+mod state;
+
+pub use config::GroupConfig;
+pub use driver::{GroupView, Published};
+pub use error::GroupError;
+pub use group::Group;
+pub use report::FaultEvent;
+pub use state::Committed;

@@ -63,14 +63,13 @@ const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// [`CollectiveError::Setup`] if a peer cannot be authenticated or reached, or if by `deadline`
 /// some ranks have not connected (the message names them).
 pub async fn connect(
-    listener: TcpListener,
+    listener: &TcpListener,
     spec: &MeshSpec,
     secret: &JobSecret,
     deadline: Instant,
 ) -> Result<TcpTransport> {
     spec.check()?;
     let claims = Claims::new(spec);
-    let listener = &listener;
     let links = auth::form_mesh(
         spec,
         deadline,

@@ -231,7 +231,7 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
                 addrs: peers(listener.local_addr()?)?,
                 epoch: 0,
             };
-            let t = tcp::connect(listener, &spec, &secret, deadline).await?;
+            let t = tcp::connect(&listener, &spec, &secret, deadline).await?;
             sweep::run(Communicator::new(t, 0, config), args, "tcp").await
         })?,
         TransportKind::Quic => rt.block_on(async {

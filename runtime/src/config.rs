@@ -1,0 +1,175 @@
+//! How a group is configured: explicitly, or from the `RINGRUN_*` environment the launcher
+//! sets (every variable is listed on [`GroupConfig::from_env`]).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use ringrun_collectives::CommConfig;
+use ringrun_membership::{MIN_SECRET_LEN, MembershipConfig};
+
+use crate::error::GroupError;
+
+/// Everything a member needs to join a group.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Stable node id of this worker slot (ties between members started in the same
+    /// microsecond are broken by it).
+    pub node: u64,
+    /// The job's run id; members of different runs never talk.
+    pub run_id: String,
+    /// The job secret (at least 16 bytes): authenticates membership, agreement and transport.
+    pub secret: Vec<u8>,
+    /// Address every socket of this member binds to.
+    pub bind: IpAddr,
+    /// Membership (SWIM) port; 0 picks a free one.
+    pub member_port: u16,
+    /// Membership addresses of members to join through (this member's own is skipped).
+    pub seeds: Vec<SocketAddr>,
+    /// Host label gossiped to the others.
+    pub host: String,
+    /// Rank of this worker on its host.
+    pub local_rank: u32,
+    /// No epoch with fewer members is formed.
+    pub min_size: usize,
+    /// At most this many members; more wait outside.
+    pub max_size: usize,
+    /// The first epoch waits for this many members...
+    pub initial_size: usize,
+    /// ...for at most this long; then `min_size` is enough.
+    pub initial_wait: Duration,
+    /// SWIM timing.
+    pub membership: MembershipConfig,
+    /// Deadline of one collective. A dead peer is reported long before it (SWIM detects in
+    /// about a second); it bounds the wait on a live but silent one.
+    pub op_timeout: Duration,
+    /// How long [`crate::Group::join`] and [`crate::Group::restore`] wait for an epoch.
+    pub restore_timeout: Duration,
+    /// How long a commit boundary waits for waiting joiners to be admitted.
+    pub admit_wait: Duration,
+    /// Directory for durable checkpoints, if any.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Every this many commits, the committed state is also written to disk.
+    pub checkpoint_every: u64,
+    /// Collective tuning.
+    pub comm: CommConfig,
+}
+
+impl GroupConfig {
+    /// A configuration for a job on this host's loopback.
+    pub fn local(node: u64, secret: impl Into<Vec<u8>>) -> GroupConfig {
+        GroupConfig {
+            node,
+            run_id: "ringrun".into(),
+            secret: secret.into(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            member_port: 0,
+            seeds: Vec::new(),
+            host: "localhost".into(),
+            local_rank: 0,
+            min_size: 1,
+            max_size: usize::MAX,
+            initial_size: 1,
+            initial_wait: Duration::from_secs(10),
+            membership: MembershipConfig::default(),
+            op_timeout: Duration::from_secs(60),
+            restore_timeout: Duration::from_secs(60),
+            admit_wait: Duration::from_secs(3),
+            checkpoint_dir: None,
+            checkpoint_every: 10,
+            comm: CommConfig::default(),
+        }
+    }
+
+    /// The configuration the launcher hands its workers:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `RINGRUN_SECRET` or `RINGRUN_SECRET_FILE` | job secret (≥ 16 bytes) | required |
+    /// | `RINGRUN_NODE_ID` | stable node id | the process id |
+    /// | `RINGRUN_RUN_ID` | run id | `ringrun` |
+    /// | `RINGRUN_BIND` | address to bind | `127.0.0.1` |
+    /// | `RINGRUN_MEMBER_PORT` | SWIM port | `0` (any) |
+    /// | `RINGRUN_SEEDS` | `HOST:PORT,...` membership seeds | none (new group) |
+    /// | `RINGRUN_HOST` | host label | `localhost` |
+    /// | `RINGRUN_LOCAL_RANK` | rank on this host | `0` |
+    /// | `RINGRUN_MIN_SIZE`, `RINGRUN_MAX_SIZE` | world size bounds | 1, unbounded |
+    /// | `RINGRUN_INITIAL_SIZE` | size the first epoch waits for | `RINGRUN_MIN_SIZE` |
+    /// | `RINGRUN_INITIAL_WAIT_MS` | how long it waits | 10000 |
+    /// | `RINGRUN_OP_TIMEOUT_MS` | deadline of one collective | 60000 |
+    /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
+    /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
+    /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
+    pub fn from_env() -> Result<GroupConfig, GroupError> {
+        let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
+            (_, Some(path)) => {
+                std::fs::read(&path).map_err(|e| bad(format!("RINGRUN_SECRET_FILE {path}: {e}")))?
+            }
+            (Some(s), None) => s.into_bytes(),
+            (None, None) => return Err(bad("no job secret: set RINGRUN_SECRET".into())),
+        };
+        let secret = secret.trim_ascii().to_vec();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(bad(format!("the job secret needs {MIN_SECRET_LEN} bytes")));
+        }
+        let mut c = GroupConfig::local(
+            parse("RINGRUN_NODE_ID")?.unwrap_or(std::process::id() as u64),
+            secret,
+        );
+        if let Some(r) = var("RINGRUN_RUN_ID") {
+            c.run_id = r;
+        }
+        c.bind = parse("RINGRUN_BIND")?.unwrap_or(c.bind);
+        c.member_port = parse("RINGRUN_MEMBER_PORT")?.unwrap_or(0);
+        c.seeds = match var("RINGRUN_SEEDS") {
+            Some(s) => parse_seeds(&s)?,
+            None => Vec::new(),
+        };
+        c.host = var("RINGRUN_HOST").unwrap_or(c.host);
+        c.local_rank = parse("RINGRUN_LOCAL_RANK")?.unwrap_or(0);
+        c.min_size = parse("RINGRUN_MIN_SIZE")?.unwrap_or(1);
+        c.max_size = parse("RINGRUN_MAX_SIZE")?.unwrap_or(usize::MAX);
+        c.initial_size = parse("RINGRUN_INITIAL_SIZE")?.unwrap_or(c.min_size);
+        let ms = |name, default: Duration| -> Result<Duration, GroupError> {
+            Ok(parse::<u64>(name)?.map_or(default, Duration::from_millis))
+        };
+        c.initial_wait = ms("RINGRUN_INITIAL_WAIT_MS", c.initial_wait)?;
+        c.op_timeout = ms("RINGRUN_OP_TIMEOUT_MS", c.op_timeout)?;
+        c.restore_timeout = ms("RINGRUN_RESTORE_TIMEOUT_MS", c.restore_timeout)?;
+        c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);
+        c.checkpoint_every = parse("RINGRUN_CHECKPOINT_EVERY")?.unwrap_or(10).max(1);
+        Ok(c)
+    }
+}
+
+/// `HOST:PORT,...`; host names are resolved.
+pub fn parse_seeds(list: &str) -> Result<Vec<SocketAddr>, GroupError> {
+    use std::net::ToSocketAddrs;
+    let mut seeds = Vec::new();
+    for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let mut addrs = s
+            .to_socket_addrs()
+            .map_err(|e| bad(format!("seed {s}: {e}")))?;
+        seeds.extend(addrs.next());
+    }
+    Ok(seeds)
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, GroupError>
+where
+    T::Err: std::fmt::Display,
+{
+    var(name)
+        .map(|v| v.parse().map_err(|e| bad(format!("{name}={v}: {e}"))))
+        .transpose()
+}
+
+fn bad(what: String) -> GroupError {
+    GroupError::InvalidArgument(what)
+}

@@ -1,0 +1,281 @@
+//! The tokio shell around membership and agreement.
+//!
+//! One thread runs a current-thread runtime with two tasks' worth of work: the SWIM member
+//! (from `ringrun-membership`) and this loop, which owns the [`Agreement`], feeds it the SWIM
+//! view, control datagrams and ticks, sends what it asks for and publishes what it decides.
+//! It runs on its own thread so that agreement goes on while the caller computes or blocks in
+//! a collective. Aborts reach a collective in flight through the [`Cancel`] the group
+//! registers for its current epoch.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ringrun_collectives::Cancel;
+use ringrun_membership::{DriverConfig, MemberState, Membership};
+use tokio::{
+    net::UdpSocket,
+    sync::{broadcast::error::RecvError, mpsc, watch},
+};
+use tracing::{debug, info, info_span, warn};
+
+use crate::{
+    agreement::{self, Agreement, Event, View},
+    control::ControlCodec,
+    member::{self, Endpoints, MemberKey},
+};
+
+/// How often the agreement's timers are evaluated.
+const TICK: Duration = Duration::from_millis(10);
+
+/// An agreed view of the group.
+pub type GroupView = View<MemberKey, Endpoints>;
+
+/// What the driver has decided, as the group reads it.
+#[derive(Clone, Debug, Default)]
+pub struct Published {
+    /// The installed view and when it was installed.
+    pub view: Option<(Arc<GroupView>, Instant)>,
+    /// The newest epoch whose members were lost, and when that was noticed.
+    pub aborted: Option<(u64, Instant)>,
+    /// Why no view can be formed now, if that is the case.
+    pub blocked: Option<String>,
+    /// Live workers not in the view, waiting for a commit boundary.
+    pub waiting_to_join: usize,
+    /// The driver stopped (its error, if any).
+    pub stopped: Option<String>,
+}
+
+/// The collective in flight, for the driver to cancel on an abort.
+pub(crate) type CancelSlot = Arc<Mutex<Option<(u64, Cancel)>>>;
+
+pub(crate) enum Command {
+    Admit(bool),
+    Reform(u64),
+    Leave,
+}
+
+/// Handle to the driver thread.
+pub(crate) struct Driver {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) published: watch::Receiver<Published>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub(crate) struct Setup {
+    pub(crate) me: MemberKey,
+    pub(crate) membership: DriverConfig,
+    pub(crate) agreement: agreement::Config,
+    pub(crate) control: std::net::UdpSocket,
+    pub(crate) codec: ControlCodec,
+    pub(crate) cancel: CancelSlot,
+}
+
+impl Driver {
+    pub(crate) fn spawn(setup: Setup) -> std::io::Result<Driver> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (tx, published) = watch::channel(Published::default());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        setup.control.set_nonblocking(true)?;
+        let thread = std::thread::Builder::new()
+            .name("ringrun-group".into())
+            .spawn(move || {
+                let stopped = rt.block_on(run(setup, rx, &tx));
+                tx.send_modify(|p| p.stopped = Some(stopped.err().unwrap_or_default()));
+            })?;
+        Ok(Driver {
+            commands,
+            published,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn send(&self, c: Command) {
+        let _ = self.commands.send(c);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Leave);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Loop {
+    agreement: Agreement<MemberKey, Endpoints>,
+    codec: ControlCodec,
+    socket: UdpSocket,
+    control_addrs: BTreeMap<MemberKey, SocketAddr>,
+    cancel: CancelSlot,
+    start: Instant,
+    dropped: u64,
+}
+
+async fn run(
+    setup: Setup,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    out: &watch::Sender<Published>,
+) -> Result<(), String> {
+    let (membership, mut events) = Membership::start(setup.membership)
+        .await
+        .map_err(|e| e.to_string())?;
+    let view = membership.view();
+    let now = Instant::now();
+    let mut l = Loop {
+        agreement: Agreement::new(
+            setup.me,
+            own_endpoints(&membership)?,
+            setup.agreement,
+            Duration::ZERO,
+        ),
+        codec: setup.codec,
+        socket: UdpSocket::from_std(setup.control).map_err(|e| e.to_string())?,
+        control_addrs: BTreeMap::new(),
+        cancel: setup.cancel,
+        start: now,
+        dropped: 0,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(_) | Err(RecvError::Lagged(_)) => l.refresh_live(&view.borrow()),
+                Err(RecvError::Closed) => break,
+            },
+            got = l.socket.recv_from(&mut buf) => match got {
+                Ok((n, _)) => l.on_datagram(&buf[..n]),
+                Err(e) => debug!(error = %e, "control socket"),
+            },
+            _ = tick.tick() => { let now = l.now(); l.agreement.tick(now) }
+            cmd = commands.recv() => {
+                let now = l.now();
+                match cmd {
+                    Some(Command::Admit(open)) => l.agreement.set_admitting(now, open),
+                    Some(Command::Reform(epoch)) => l.agreement.request_reform(now, epoch),
+                    Some(Command::Leave) | None => break,
+                }
+            }
+        }
+        l.flush().await;
+        l.publish(out);
+    }
+    if l.dropped > 0 {
+        info!(
+            dropped = l.dropped,
+            "control datagrams dropped (unauthenticated or malformed)"
+        );
+    }
+    membership.leave().await.map_err(|e| e.to_string())
+}
+
+fn own_endpoints(m: &Membership) -> Result<Endpoints, String> {
+    Endpoints::from_meta(&m.identity().meta).ok_or_else(|| "no endpoints in own metadata".into())
+}
+
+impl Loop {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn refresh_live(&mut self, members: &[ringrun_membership::MemberInfo]) {
+        let (mut live, mut left) = (BTreeMap::new(), BTreeSet::new());
+        for info in members {
+            let Some((key, endpoints)) = member::worker(&info.id) else {
+                continue;
+            };
+            self.control_addrs.insert(key, endpoints.control);
+            match info.state {
+                s if s.is_active() => {
+                    live.insert(key, endpoints);
+                }
+                MemberState::Left => {
+                    left.insert(key);
+                }
+                _ => {}
+            }
+        }
+        let now = self.now();
+        self.agreement.set_live(now, live, left);
+    }
+
+    fn on_datagram(&mut self, packet: &[u8]) {
+        match self.codec.open(*self.agreement.id(), packet) {
+            Ok((from, msg)) => {
+                let now = self.now();
+                self.agreement.handle(now, from, msg);
+            }
+            Err(reason) => {
+                self.dropped += 1;
+                debug!(%reason, "control datagram dropped");
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some((to, msg)) = self.agreement.poll_send() {
+            let Some(addr) = self.control_addrs.get(&to) else {
+                debug!(%to, "no control address yet; the agreement will retry");
+                continue;
+            };
+            let packet = self.codec.seal(*self.agreement.id(), to, &msg);
+            if let Err(e) = self.socket.send_to(&packet, addr).await {
+                warn!(%to, error = %e, "control send failed");
+            }
+        }
+    }
+
+    fn publish(&mut self, out: &watch::Sender<Published>) {
+        let waiting = self.agreement.waiting_to_join();
+        let mut events = Vec::new();
+        while let Some(ev) = self.agreement.poll_event() {
+            events.push(ev);
+        }
+        if events.is_empty() && out.borrow().waiting_to_join == waiting {
+            return;
+        }
+        out.send_modify(|p| {
+            p.waiting_to_join = waiting;
+            for ev in events {
+                self.apply(p, ev);
+            }
+        });
+    }
+
+    fn apply(&self, p: &mut Published, ev: Event<MemberKey, Endpoints>) {
+        let now = Instant::now();
+        match ev {
+            Event::Installed(view) => {
+                let _span = info_span!("view_change", epoch = view.epoch).entered();
+                info!(size = view.members.len(), "epoch installed");
+                self.cancel_older_than(view.epoch, "a newer epoch was installed");
+                p.view = Some((Arc::new(view), now));
+                p.blocked = None;
+            }
+            Event::Abort { epoch, lost } => {
+                let _span = info_span!("view_change", epoch).entered();
+                info!(?lost, "members lost: aborting the epoch's collectives");
+                self.cancel_older_than(epoch + 1, "members of the epoch were lost");
+                p.aborted = Some((epoch, now));
+            }
+            Event::Blocked(why) => p.blocked = Some(why),
+        }
+    }
+
+    fn cancel_older_than(&self, epoch: u64, why: &str) {
+        let slot = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((e, cancel)) = slot.as_ref()
+            && *e < epoch
+        {
+            cancel.cancel(why);
+        }
+    }
+}

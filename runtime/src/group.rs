@@ -1,0 +1,542 @@
+//! [`Group`]: the blocking API workers, the C ABI and the Python package call.
+//!
+//! The group owns a driver thread (SWIM and epoch agreement, [`crate::driver`]) and, on the
+//! caller's thread, a current-thread runtime on which collectives and mesh set-up run. Every
+//! collective registers a cancellation handle for its epoch, so that the driver aborts it the
+//! moment the epoch's membership changes. After a failed call the group refuses collectives
+//! (with [`GroupError::MembershipChanged`]) until the caller calls [`Group::restore`], which
+//! waits for the next epoch, connects its mesh and agrees the state to resume from.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ringrun_collectives::{
+    Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp,
+    transport::tcp::{self, JobSecret, MeshSpec, TcpTransport},
+};
+use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
+use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
+use tracing::{info, info_span, warn};
+
+use crate::{
+    agreement,
+    checkpoint::Store,
+    config::GroupConfig,
+    control::ControlCodec,
+    driver::{CancelSlot, Command, Driver, GroupView, Published, Setup},
+    error::GroupError,
+    member::{Endpoints, MemberKey},
+    report::{FaultEvent, Open},
+    state::{self, Committed, Decision},
+};
+
+type Result<T> = std::result::Result<T, GroupError>;
+
+/// Longest a mesh set-up may take before the epoch is given up and re-formed.
+const MESH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One member of an elastic training group.
+pub struct Group {
+    config: GroupConfig,
+    me: MemberKey,
+    secret: JobSecret,
+    rt: Runtime,
+    listener: TcpListener,
+    driver: Driver,
+    published: watch::Receiver<Published>,
+    cancel: CancelSlot,
+    comm: Option<Communicator<TcpTransport>>,
+    view: Option<Arc<GroupView>>,
+    /// The epoch given up on, why, and when.
+    broken: Option<(u64, String)>,
+    memory: Option<Committed>,
+    store: Option<Store>,
+    commits: u64,
+    step_hint: u64,
+    fault: Option<Open>,
+    faults: Vec<FaultEvent>,
+}
+
+impl Group {
+    /// Joins (or starts) the group described by `config`, waits until an epoch containing this
+    /// member is installed and agrees the state to start from ([`Group::restore`] returns it).
+    pub fn join(config: GroupConfig) -> Result<Group> {
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| GroupError::Internal(format!("{what}: {e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| internal("runtime", &e))?;
+        let listener = rt
+            .block_on(TcpListener::bind(SocketAddr::new(config.bind, 0)))
+            .map_err(|e| internal("TCP listener", &e))?;
+        let control = std::net::UdpSocket::bind(SocketAddr::new(config.bind, 0))
+            .map_err(|e| internal("control socket", &e))?;
+        let endpoints = Endpoints {
+            control: control.local_addr().map_err(|e| internal("control", &e))?,
+            tcp: listener
+                .local_addr()
+                .map_err(|e| internal("listener", &e))?,
+        };
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let me = MemberKey {
+            incarnation,
+            node: config.node,
+        };
+        let job = JobId::from_run_id(&config.run_id);
+        let auth = Authenticator::new(job, &config.secret).map_err(|e| internal("secret", &e))?;
+        let cancel: CancelSlot = Arc::new(Mutex::new(None));
+        let driver = Driver::spawn(Setup {
+            me,
+            membership: DriverConfig {
+                bind: SocketAddr::new(config.bind, config.member_port),
+                seeds: config.seeds.clone(),
+                node: NodeId(config.node),
+                meta: Metadata {
+                    endpoints: endpoints.to_meta(),
+                    local_rank: config.local_rank,
+                    host: config.host.clone(),
+                    device: "cpu".into(),
+                },
+                job,
+                secret: config.secret.clone(),
+                membership: config.membership.clone(),
+                incarnation: Some(Incarnation(incarnation)),
+            },
+            agreement: agreement::Config {
+                min_size: config.min_size,
+                max_size: config.max_size,
+                initial_size: config.initial_size,
+                initial_wait: config.initial_wait,
+                ..agreement::Config::default()
+            },
+            control,
+            codec: ControlCodec::new(auth),
+            cancel: cancel.clone(),
+        })
+        .map_err(|e| internal("driver thread", &e))?;
+        let store = match &config.checkpoint_dir {
+            Some(dir) => Some(Store::open(dir, 2).map_err(|e| internal("checkpoints", &e))?),
+            None => None,
+        };
+        let mut group = Group {
+            secret: JobSecret::from_bytes(&config.secret),
+            published: driver.published.clone(),
+            config,
+            me,
+            rt,
+            listener,
+            driver,
+            cancel,
+            comm: None,
+            view: None,
+            broken: None,
+            memory: None,
+            store,
+            commits: 0,
+            step_hint: 0,
+            fault: None,
+            faults: Vec::new(),
+        };
+        info!(member = %me, "joining");
+        group.restore()?;
+        Ok(group)
+    }
+
+    /// This member's rank in the current epoch.
+    pub fn rank(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.rank())
+    }
+
+    /// Members in the current epoch.
+    pub fn size(&self) -> usize {
+        self.comm.as_ref().map_or(0, |c| c.size())
+    }
+
+    /// The current epoch (0 before the first).
+    pub fn epoch(&self) -> u64 {
+        self.comm.as_ref().map_or(0, |c| c.epoch())
+    }
+
+    /// This member's key.
+    pub fn id(&self) -> MemberKey {
+        self.me
+    }
+
+    /// Recoveries so far, oldest first.
+    pub fn faults(&self) -> &[FaultEvent] {
+        &self.faults
+    }
+
+    /// Tells the group which step the caller is working on, so that the fault report can say
+    /// how many steps a recovery rolled back.
+    pub fn set_step(&mut self, step: u64) {
+        self.step_hint = step;
+    }
+
+    /// Allreduce of `buf` in place.
+    pub fn allreduce<E: Element>(&mut self, buf: &mut [E], op: ReduceOp) -> Result<()> {
+        let _span = info_span!("allreduce", epoch = self.epoch(), count = buf.len()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.allreduce(buf, op, &ctl));
+        self.end(epoch, r)
+    }
+
+    /// Allreduce of many buffers in one call: packed into one fused buffer of each dtype,
+    /// reduced once, unpacked.
+    pub fn allreduce_many<E: Element>(
+        &mut self,
+        bufs: &mut [&mut [E]],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let mut fused: Vec<E> = Vec::with_capacity(total);
+        bufs.iter().for_each(|b| fused.extend_from_slice(b));
+        self.allreduce(&mut fused, op)?;
+        let mut rest = &fused[..];
+        for b in bufs.iter_mut() {
+            let (head, tail) = rest.split_at(b.len());
+            b.copy_from_slice(head);
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Broadcast of `buf` from `root`.
+    pub fn broadcast<E: Element>(&mut self, buf: &mut [E], root: usize) -> Result<()> {
+        let _span = info_span!("broadcast", epoch = self.epoch(), count = buf.len()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.broadcast(buf, root, &ctl));
+        self.end(epoch, r)
+    }
+
+    /// Allgather: `recv` holds every rank's `send`, in rank order.
+    pub fn allgather<E: Element>(&mut self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let _span = info_span!("allgather", epoch = self.epoch(), count = send.len()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.allgather(send, recv, &ctl));
+        self.end(epoch, r)
+    }
+
+    /// Barrier.
+    pub fn barrier(&mut self) -> Result<()> {
+        let _span = info_span!("barrier", epoch = self.epoch()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.barrier(&ctl));
+        self.end(epoch, r)
+    }
+
+    /// Commits the group's state after `step`. Every rank must commit the same step and bytes
+    /// (they are checked). Joiners waiting outside are admitted here, and receive this state.
+    pub fn commit(&mut self, step: u64, state: Vec<u8>) -> Result<()> {
+        let _span = info_span!("commit", epoch = self.epoch(), step, bytes = state.len()).entered();
+        let committed = Committed::new(step, Arc::new(state));
+        let waiting = self.published.borrow().waiting_to_join;
+        let record = state::commit_record(&committed, waiting);
+        let mut all = vec![[0u64; 4]; self.size().max(1)];
+        self.allgather_words(&record, &mut all)?;
+        let joiners = state::check_commit(&all).map_err(GroupError::Mismatch)?;
+        self.memory = Some(committed);
+        self.step_hint = step;
+        self.commits += 1;
+        self.checkpoint_if_due()?;
+        if joiners > 0 {
+            self.admit()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for an epoch this member belongs to (after a failure: a newer one), connects it
+    /// and agrees the state to resume from: the newest committed step any member holds (or
+    /// the newest durable checkpoint when the whole group restarted). Returns that step and
+    /// its bytes, identical on every rank, or `None` on a fresh start.
+    pub fn restore(&mut self) -> Result<Option<(u64, Arc<Vec<u8>>)>> {
+        let deadline = Instant::now() + self.config.restore_timeout;
+        loop {
+            if self.healthy() {
+                return Ok(self.memory.as_ref().map(|c| (c.step, c.bytes.clone())));
+            }
+            let view = self.wait_for_view(deadline)?;
+            match self.enter(view) {
+                Ok(()) => continue,
+                Err(e) if e.recoverable() && Instant::now() < deadline => {
+                    warn!(error = %e, "epoch failed while forming; waiting for the next");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Leaves the group gracefully (the others re-form without it at once).
+    pub fn leave(self) {
+        info!(member = %self.me, "leaving");
+        drop(self);
+    }
+
+    fn healthy(&self) -> bool {
+        let Some(comm) = &self.comm else { return false };
+        self.broken.is_none() && self.stale(comm.epoch(), &self.published.borrow()).is_none()
+    }
+
+    /// Why the epoch `epoch` is over, if it is.
+    fn stale(&self, epoch: u64, p: &Published) -> Option<String> {
+        if let Some((e, _)) = p.aborted
+            && e >= epoch
+        {
+            return Some("members of the epoch were lost".into());
+        }
+        match &p.view {
+            Some((v, _)) if v.epoch > epoch => Some(format!("epoch {} was installed", v.epoch)),
+            _ => None,
+        }
+    }
+
+    /// Checks the epoch is usable and registers a cancellation handle for one collective.
+    fn begin(&mut self) -> Result<(Ctl, u64)> {
+        let Some(comm) = &self.comm else {
+            return Err(changed(0, "not in an epoch: call restore".into()));
+        };
+        let epoch = comm.epoch();
+        if let Some((e, why)) = &self.broken {
+            return Err(changed(*e, why.clone()));
+        }
+        let cancel = Cancel::new();
+        *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, cancel.clone()));
+        // Checked after registering, so an abort published in between is not missed.
+        let p = self.published.borrow().clone();
+        if let Some(why) = self.stale(epoch, &p) {
+            let at = p.aborted.map_or_else(Instant::now, |(_, t)| t);
+            self.give_up(epoch, why.clone(), at);
+            return Err(changed(epoch, why));
+        }
+        Ok((
+            Ctl::timeout(self.config.op_timeout).with_cancel(cancel),
+            epoch,
+        ))
+    }
+
+    fn end<R>(&mut self, epoch: u64, r: std::result::Result<R, CollectiveError>) -> Result<R> {
+        match r {
+            Ok(v) => {
+                if let Some(f) = self.fault.take_if(|f| f.is_restored()) {
+                    self.faults.push(f.finish());
+                }
+                Ok(v)
+            }
+            Err(CollectiveError::InvalidArgument(m)) => Err(GroupError::InvalidArgument(m)),
+            Err(e) => {
+                let at = self
+                    .published
+                    .borrow()
+                    .aborted
+                    .map_or_else(Instant::now, |(_, t)| t);
+                self.give_up(epoch, e.to_string(), at.min(Instant::now()));
+                Err(GroupError::from_collective(epoch, e))
+            }
+        }
+    }
+
+    /// The epoch's communicator is finished with: ask for a new epoch (a no-op if the
+    /// coordinator is already forming one) and open a fault report.
+    fn give_up(&mut self, epoch: u64, why: String, at: Instant) {
+        if self.broken.is_some() {
+            return;
+        }
+        warn!(epoch, reason = %why, "epoch over");
+        self.driver.send(Command::Reform(epoch));
+        if self.fault.is_none() {
+            self.fault = Some(Open::new(epoch, self.size(), why.clone(), at));
+        }
+        self.broken = Some((epoch, why));
+    }
+
+    fn wait_for_view(&mut self, deadline: Instant) -> Result<Arc<GroupView>> {
+        let after = self.comm.as_ref().map_or(0, |c| c.epoch());
+        loop {
+            let p = self.published.borrow_and_update().clone();
+            if let Some(why) = p.stopped {
+                return Err(GroupError::Internal(format!("membership stopped: {why}")));
+            }
+            if let Some((v, _)) = &p.view
+                && v.epoch > after
+                && v.rank_of(&self.me).is_some()
+            {
+                return Ok(v.clone());
+            }
+            let changed = self.published.changed();
+            let wait = async { tokio::time::timeout_at(deadline.into(), changed).await };
+            if !matches!(self.rt.block_on(wait), Ok(Ok(()))) {
+                let why = p
+                    .blocked
+                    .unwrap_or_else(|| "no epoch with this member".into());
+                return Err(GroupError::NoQuorum(why));
+            }
+        }
+    }
+
+    /// Connects the mesh of `view` and agrees the state to resume from.
+    fn enter(&mut self, view: Arc<GroupView>) -> Result<()> {
+        let _span = info_span!("view_change", epoch = view.epoch).entered();
+        let rank = view.rank_of(&self.me).expect("wait_for_view checked");
+        let spec = MeshSpec {
+            rank,
+            addrs: view.members.iter().map(|(_, e)| e.tcp).collect(),
+            epoch: view.epoch,
+        };
+        self.comm = None;
+        let connect = tcp::connect(
+            &self.listener,
+            &spec,
+            &self.secret,
+            Instant::now() + MESH_TIMEOUT,
+        );
+        let transport = match self.rt.block_on(connect) {
+            Ok(t) => t,
+            Err(e) => {
+                self.driver.send(Command::Reform(view.epoch));
+                return Err(changed(view.epoch, format!("mesh set-up: {e}")));
+            }
+        };
+        self.comm = Some(Communicator::new(
+            transport,
+            view.epoch,
+            self.config.comm.clone(),
+        ));
+        self.broken = None;
+        self.view = Some(view.clone());
+        self.sync()?;
+        let installed = self
+            .published
+            .borrow()
+            .view
+            .as_ref()
+            .map_or_else(Instant::now, |(_, t)| *t);
+        let restored = self.memory.as_ref().map_or(0, |c| c.step);
+        if let Some(f) = &mut self.fault {
+            f.restored(
+                view.epoch,
+                view.members.len(),
+                installed,
+                self.step_hint.saturating_sub(restored),
+            );
+        }
+        info!(
+            rank,
+            size = view.members.len(),
+            step = restored,
+            "epoch entered"
+        );
+        Ok(())
+    }
+
+    /// The first operation of every epoch: agree on and distribute the state to resume from.
+    fn sync(&mut self) -> Result<()> {
+        let disk = match (&self.memory, &self.store) {
+            (None, Some(store)) => store
+                .load_latest()
+                .map_err(|e| GroupError::Internal(e.to_string()))?,
+            _ => None,
+        };
+        let record = state::record(self.memory.as_ref(), disk.as_ref().map(|c| c.step));
+        let mut all = vec![[0u64; 4]; self.size()];
+        self.allgather_words(&record, &mut all)?;
+        match state::decide(&all) {
+            Decision::Fresh | Decision::Keep { .. } => Ok(()),
+            Decision::Broadcast {
+                step,
+                root,
+                from_disk,
+            } => {
+                let mine = match (from_disk, &self.memory, disk) {
+                    (true, _, Some(c)) => c.state,
+                    (false, Some(c), _) => c.bytes.to_vec(),
+                    _ => Vec::new(),
+                };
+                let mut len = [mine.len() as i64];
+                self.broadcast(&mut len, root)?;
+                let mut bytes = mine;
+                bytes.resize(len[0] as usize, 0);
+                self.broadcast(&mut bytes, root)?;
+                info!(
+                    step,
+                    root,
+                    bytes = bytes.len(),
+                    from_disk,
+                    "state distributed"
+                );
+                self.memory = Some(Committed::new(step, Arc::new(bytes)));
+                Ok(())
+            }
+        }
+    }
+
+    /// Joiners are waiting: let the coordinator admit them and move to their epoch together.
+    fn admit(&mut self) -> Result<()> {
+        let epoch = self.epoch();
+        self.driver.send(Command::Admit(true));
+        let until = Instant::now() + self.config.admit_wait;
+        let newer = loop {
+            let p = self.published.borrow_and_update().clone();
+            if let Some((v, _)) = p.view.filter(|(v, _)| v.epoch > epoch) {
+                break Some(v);
+            }
+            let changed = self.published.changed();
+            let wait = async { tokio::time::timeout_at(until.into(), changed).await };
+            if !matches!(self.rt.block_on(wait), Ok(Ok(()))) {
+                break None;
+            }
+        };
+        self.driver.send(Command::Admit(false));
+        match newer {
+            Some(_) => {
+                self.comm = None;
+                self.restore().map(|_| ())
+            }
+            None => {
+                info!("joiners were not admitted in time; going on");
+                Ok(())
+            }
+        }
+    }
+
+    /// Allgather of one record of words per rank (the collectives carry them as i64).
+    fn allgather_words(&mut self, record: &[u64; 4], all: &mut [[u64; 4]]) -> Result<()> {
+        let send: &[i64] = bytemuck::cast_slice(record);
+        self.allgather(send, bytemuck::cast_slice_mut(all.as_flattened_mut()))
+    }
+
+    fn checkpoint_if_due(&mut self) -> Result<()> {
+        let (Some(store), Some(c), Some(view)) = (&self.store, &self.memory, &self.view) else {
+            return Ok(());
+        };
+        if !self.commits.is_multiple_of(self.config.checkpoint_every) {
+            return Ok(());
+        }
+        // One writer per host: the lowest rank whose endpoint has this member's IP.
+        let my_ip = self.listener.local_addr().map(|a| a.ip()).ok();
+        let first_here = view
+            .members
+            .iter()
+            .position(|(_, e)| Some(e.tcp.ip()) == my_ip);
+        if first_here == Some(self.rank()) {
+            store
+                .save(c.step, &c.bytes)
+                .map_err(|e| GroupError::Internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn changed(epoch: u64, reason: String) -> GroupError {
+    GroupError::MembershipChanged { epoch, reason }
+}

@@ -1,0 +1,123 @@
+//! Groups of threads in one process, over loopback: forming, collectives, a graceful leave, a
+//! join at a commit boundary with state transfer. Crashes (SIGKILL) are in the workspace's
+//! multi-process tests.
+
+use std::{
+    sync::{Arc, Barrier, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ringrun_collectives::ReduceOp;
+use ringrun_runtime::{Group, GroupConfig, GroupError};
+
+const SECRET: &str = "group-test-secret-0123456789";
+
+fn config(node: u64, seeds: &[std::net::SocketAddr], port: u16, initial: usize) -> GroupConfig {
+    let mut c = GroupConfig::local(node, SECRET);
+    c.member_port = port;
+    c.seeds = seeds.to_vec();
+    c.initial_size = initial;
+    c.restore_timeout = Duration::from_secs(20);
+    c.op_timeout = Duration::from_secs(20);
+    c
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Retries a step after a membership change, as a training loop does.
+fn step(g: &mut Group, v: &mut [f32]) -> Result<(), GroupError> {
+    let start = Instant::now();
+    loop {
+        match g.allreduce(v, ReduceOp::Sum) {
+            Ok(()) => return Ok(()),
+            Err(e @ GroupError::MembershipChanged { .. })
+                if start.elapsed() < Duration::from_secs(30) =>
+            {
+                eprintln!("member {}: {e}; restoring", g.id());
+                g.restore()?;
+                v.fill(1.0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[test]
+fn form_reduce_leave_and_join_with_state() {
+    let port = free_udp_port();
+    let seed = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    let all_formed = Arc::new(Barrier::new(3));
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for node in 0..3u64 {
+        let (seed, all_formed, done_tx) = (seed.clone(), all_formed.clone(), done_tx.clone());
+        threads.push(thread::spawn(move || {
+            let p = if node == 0 { port } else { 0 };
+            let mut g = Group::join(config(node, &seed, p, 3)).expect("join");
+            assert_eq!(g.size(), 3);
+            assert_eq!(g.restore().unwrap(), None, "a fresh start has no state");
+            let mut v = vec![1.0f32; 1000];
+            g.allreduce(&mut v, ReduceOp::Sum).unwrap();
+            assert!(v.iter().all(|x| *x == 3.0));
+            g.commit(1, b"state after step 1".to_vec()).unwrap();
+            all_formed.wait();
+            if node == 2 {
+                g.leave();
+                return;
+            }
+            // The survivors see the leave as a membership change and go on with two.
+            let mut v = vec![1.0f32; 1000];
+            step(&mut g, &mut v).unwrap();
+            assert_eq!(g.size(), 2, "member {node}");
+            assert!(v.iter().all(|x| *x == 2.0));
+            g.commit(2, b"state after step 2".to_vec()).unwrap();
+            done_tx.send(node).unwrap();
+            // Keep committing until the joiner is in: it is admitted at a commit boundary.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut s = 3;
+            while g.size() < 3 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+                match g.commit(s, format!("state after step {s}").into_bytes()) {
+                    Ok(()) => s += 1,
+                    // The admission raced a commit: roll back to the last commit, as a loop does.
+                    Err(GroupError::MembershipChanged { .. }) => {
+                        let (restored, _) = g.restore().unwrap().expect("state");
+                        s = restored + 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(g.size(), 3, "the joiner was admitted");
+            let mut v = vec![1.0f32; 10];
+            step(&mut g, &mut v).unwrap();
+            assert!(v.iter().all(|x| *x == 3.0));
+            g.leave();
+        }));
+    }
+    for _ in 0..2 {
+        done_rx.recv_timeout(Duration::from_secs(40)).unwrap();
+    }
+    let mut joiner = Group::join(config(7, &seed, 0, 1)).expect("join");
+    let (step_no, bytes) = joiner
+        .restore()
+        .unwrap()
+        .expect("the joiner receives the state");
+    assert_eq!(
+        bytes.as_slice(),
+        format!("state after step {step_no}").as_bytes()
+    );
+    assert_eq!(joiner.size(), 3);
+    let mut v = vec![1.0f32; 10];
+    step(&mut joiner, &mut v).unwrap();
+    assert!(v.iter().all(|x| *x == 3.0));
+    for t in threads {
+        t.join().unwrap();
+    }
+}
