@@ -4,6 +4,7 @@ mod bench;
 mod member;
 mod secret;
 mod status;
+mod train;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,9 @@ enum Cmd {
     /// Join a job's membership group and stay (debugging, tests).
     #[command(hide = true)]
     Member(member::MemberArgs),
+    /// Train a small deterministic model as one elastic worker (tests, demo).
+    #[command(hide = true)]
+    TrainWorker(train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::main(args),
         Cmd::Status(args) => status::main(args),
         Cmd::Member(args) => member::main(args),
+        Cmd::TrainWorker(args) => train::main(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("ringrun: {e:#}");

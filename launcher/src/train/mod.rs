@@ -1,0 +1,146 @@
+//! `ringrun train-worker` (hidden): the small deterministic trainer the elastic tests and the
+//! demo run under faults. It joins the group from the `RINGRUN_*` environment, trains
+//! [`model::Problem`] with a commit after every step, survives membership changes by restoring
+//! the last commit, and prints one line per step, one per fault and a final digest of the
+//! model, which must equal `ringrun train-worker --reference`'s.
+
+pub(crate) mod model;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ring::digest::{SHA256, digest};
+use ringrun_collectives::ReduceOp;
+use ringrun_runtime::{FaultEvent, Group, GroupConfig, GroupError};
+
+use model::Problem;
+
+/// Options of `ringrun train-worker`.
+#[derive(Args, Debug)]
+pub(crate) struct TrainArgs {
+    /// Steps to train.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Pause after each step, in milliseconds (stands in for computation).
+    #[arg(long, default_value_t = 0)]
+    step_ms: u64,
+    /// Print the fault-free result computed in this process and exit.
+    #[arg(long)]
+    reference: bool,
+}
+
+pub(crate) fn main(args: TrainArgs) -> Result<ExitCode> {
+    let p = Problem::default();
+    if args.reference {
+        let (w, losses) = p.reference(args.steps);
+        println!(
+            "final {} loss {:.6}",
+            model_digest(&w),
+            losses.last().copied().unwrap_or(0.0)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = GroupConfig::from_env()?;
+    let mut group = Group::join(config).context("joining the group")?;
+    let (mut next, mut w) = resume(&p, group.restore()?)?;
+    let mut loss = f64::NAN;
+    let mut reported = 0;
+    while next < args.steps {
+        group.set_step(next);
+        match one_step(&p, &mut group, &w, next) {
+            Ok((w2, l)) => match group.commit(next, model::encode(next, &w2)) {
+                Ok(()) => {
+                    println!(
+                        "step {next} loss {l:.6} size {} epoch {}",
+                        group.size(),
+                        group.epoch()
+                    );
+                    (w, loss, next) = (w2, l, next + 1);
+                }
+                Err(e) => (next, w) = recover(&p, &mut group, e)?,
+            },
+            Err(e) => (next, w) = recover(&p, &mut group, e)?,
+        }
+        for f in &group.faults()[reported..] {
+            println!("fault {}", fault_json(f));
+        }
+        reported = group.faults().len();
+        std::thread::sleep(Duration::from_millis(args.step_ms));
+    }
+    println!("final {} loss {loss:.6}", model_digest(&w));
+    group.leave();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn one_step(
+    p: &Problem,
+    g: &mut Group,
+    w: &[f64],
+    step: u64,
+) -> Result<(Vec<f64>, f64), GroupError> {
+    let mut buf = p.local_gradients(w, step, g.rank(), g.size());
+    g.allreduce(&mut buf, ReduceOp::Sum)?;
+    let mut w2 = w.to_vec();
+    let loss = p.apply(&mut w2, &buf);
+    Ok((w2, loss))
+}
+
+/// After a failed step: wait for the next epoch and resume from the last commit.
+fn recover(p: &Problem, g: &mut Group, e: GroupError) -> Result<(u64, Vec<f64>)> {
+    if !matches!(
+        e,
+        GroupError::MembershipChanged { .. } | GroupError::Timeout(_)
+    ) {
+        bail!("step failed: {e}");
+    }
+    eprintln!("membership changed ({e}); restoring");
+    let restored = g.restore().context("restoring after a membership change")?;
+    let (next, w) = resume(p, restored)?;
+    println!(
+        "restored to step {next} size {} epoch {}",
+        g.size(),
+        g.epoch()
+    );
+    Ok((next, w))
+}
+
+fn resume(
+    p: &Problem,
+    restored: Option<(u64, std::sync::Arc<Vec<u8>>)>,
+) -> Result<(u64, Vec<f64>)> {
+    match restored {
+        None => Ok((0, vec![0.0; p.dim])),
+        Some((_, bytes)) => {
+            let (step, w) =
+                model::decode(&bytes, p.dim).context("restored state has the wrong shape")?;
+            Ok((step + 1, w))
+        }
+    }
+}
+
+fn model_digest(w: &[f64]) -> String {
+    let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    digest(&SHA256, &bytes).as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn fault_json(f: &FaultEvent) -> String {
+    let ms =
+        |d: Option<Duration>| d.map_or(serde_json::Value::Null, |d| (d.as_secs_f64() * 1e3).into());
+    serde_json::json!({
+        "from_epoch": f.from_epoch,
+        "to_epoch": f.to_epoch,
+        "size_before": f.size_before,
+        "size_after": f.size_after,
+        "reason": f.reason,
+        "detected_unix_ms": f.detected_unix_ms,
+        "epoch_ms": ms(f.to_installed),
+        "restore_ms": ms(f.to_restored),
+        "resume_ms": ms(f.to_first_collective),
+        "steps_rolled_back": f.steps_rolled_back,
+    })
+    .to_string()
+}
