@@ -26,6 +26,7 @@ struct Job {
     steps: u64,
     initial: usize,
     checkpoints: Option<std::path::PathBuf>,
+    crash_at: Vec<(usize, String)>,
     workers: Vec<Option<Worker>>,
     finished: Vec<Lines>,
 }
@@ -49,12 +50,24 @@ impl Job {
         steps: u64,
         checkpoints: Option<std::path::PathBuf>,
     ) -> Job {
+        Job::start_full(name, n, steps, checkpoints, &[])
+    }
+
+    /// `crash_at`: (node, `point:value`) crash points (see `ringrun_runtime::failpoint`).
+    fn start_full(
+        name: &str,
+        n: usize,
+        steps: u64,
+        checkpoints: Option<std::path::PathBuf>,
+        crash_at: &[(usize, &str)],
+    ) -> Job {
         let mut job = Job {
             name: format!("{name}-{}", std::process::id()),
             ports: (0..n).map(|_| free_udp_port()).collect(),
             steps,
             initial: n,
             checkpoints,
+            crash_at: crash_at.iter().map(|(n, c)| (*n, c.to_string())).collect(),
             workers: (0..n).map(|_| None).collect(),
             finished: Vec::new(),
         };
@@ -70,6 +83,11 @@ impl Job {
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
+        let crash = self
+            .crash_at
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, c)| c.clone());
         let mut child = Command::new(EXE)
             .args([
                 "train-worker",
@@ -92,6 +110,7 @@ impl Job {
                 self.checkpoints.clone().unwrap_or_default(),
             )
             .env("RINGRUN_CHECKPOINT_EVERY", "10")
+            .env("RINGRUN_CRASH_AT", crash.unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -172,6 +191,13 @@ impl Job {
                 thread::sleep(Duration::from_millis(20));
             };
             thread::sleep(Duration::from_millis(50)); // let the reader drain
+            if self.crash_at.iter().any(|(n, _)| *n == node) {
+                assert!(
+                    !status.success(),
+                    "node {node} was to crash but exited with {status}"
+                );
+                continue;
+            }
             assert!(status.success(), "node {node} exited with {status}");
             let lines = w.lines.lock().unwrap();
             let last = lines
@@ -340,4 +366,40 @@ fn the_whole_group_restarts_from_the_disk_checkpoint() {
         assert_eq!(f.split(" loss").next(), expected.split(" loss").next());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `n` workers with crash points and checks the survivors end with the reference model.
+fn crash_run(name: &str, n: usize, crashes: &[(usize, &str)]) {
+    let steps = 80;
+    let expected = reference(steps);
+    let mut job = Job::start_full(name, n, steps, None, crashes);
+    let finals = job.finish(Duration::from_secs(60));
+    assert_eq!(finals.len(), n - crashes.len());
+    for f in &finals {
+        assert_eq!(
+            f.split(" loss").next(),
+            expected.split(" loss").next(),
+            "{f}"
+        );
+    }
+    let survivors: Vec<usize> = (0..n)
+        .filter(|i| !crashes.iter().any(|(c, _)| c == i))
+        .collect();
+    assert_no_commit_lost(&job, &survivors);
+}
+
+#[test]
+fn crash_mid_allreduce() {
+    crash_run("mid-allreduce", 4, &[(2, "allreduce:30")]);
+}
+
+#[test]
+fn crash_mid_commit() {
+    crash_run("mid-commit", 4, &[(1, "commit:30")]);
+}
+
+#[test]
+fn crash_during_the_view_change_after_a_crash() {
+    // Node 1 dies in a commit; node 3 dies entering the epoch that replaces it.
+    crash_run("mid-view-change", 5, &[(1, "commit:30"), (3, "sync:2")]);
 }
