@@ -503,8 +503,18 @@ impl Group {
         self.driver.send(Command::Admit(false));
         match newer {
             Some(_) => {
+                let committed = self.memory.clone();
                 self.comm = None;
-                self.restore().map(|_| ())
+                self.restore()?;
+                // The new epoch may have been formed without this member first (a flapping
+                // link) and moved on: then the caller's state is not the group's any more.
+                match self.memory == committed {
+                    true => Ok(()),
+                    false => Err(changed(
+                        self.epoch(),
+                        "the group moved on while this member was out: restore".into(),
+                    )),
+                }
             }
             None => {
                 info!("joiners were not admitted in time; going on");
