@@ -33,8 +33,13 @@ fn sigkill_one_of_four_then_restart_it() {
         resumed < Duration::from_secs(5),
         "resumed after {resumed:?}"
     );
+    let respawned = Instant::now();
     job.spawn(2);
-    job.wait_line(2, "step ", Duration::from_secs(30));
+    let back = job.wait_line(2, "step ", Duration::from_secs(30));
+    eprintln!(
+        "restart → first step done by the restarted worker: {:?}",
+        back - respawned
+    );
     let finals = job.finish(Duration::from_secs(60));
     assert_eq!(finals.len(), 4);
     for f in &finals {
@@ -159,4 +164,33 @@ fn crash_mid_commit() {
 fn crash_during_the_view_change_after_a_crash() {
     // Node 1 dies in a commit; node 3 dies entering the epoch that replaces it.
     crash_run("mid-view-change", 5, &[(1, "commit:30"), (3, "sync:2")]);
+}
+
+#[test]
+fn the_maximum_world_size_holds_and_a_waiting_worker_takes_a_lost_place() {
+    let steps = 150;
+    let expected = reference(steps);
+    let mut job = Job::start_capped("maxsize", 4, 3, steps, 3);
+    job.wait_line(0, "step 10 ", Duration::from_secs(30));
+    job.spawn(3);
+    thread::sleep(Duration::from_millis(800));
+    let too_big = job
+        .lines(0)
+        .iter()
+        .any(|(_, l)| l.starts_with("step ") && l.contains(" size 4 "));
+    assert!(
+        !too_big,
+        "a fourth member was admitted over the maximum of 3"
+    );
+    let killed = job.kill(1);
+    let admitted = job.wait_line(3, "step ", Duration::from_secs(30));
+    eprintln!(
+        "kill → the waiting worker's first step: {:?}",
+        admitted - killed
+    );
+    let finals = job.finish(Duration::from_secs(60));
+    assert_eq!(finals.len(), 3);
+    for f in &finals {
+        assert_eq!(f.split(" loss").next(), expected.split(" loss").next());
+    }
 }

@@ -24,6 +24,8 @@ pub struct Job {
     ports: Vec<u16>,
     steps: u64,
     initial: usize,
+    /// `RINGRUN_MAX_SIZE`, if set.
+    pub max_size: Option<usize>,
     checkpoints: Option<std::path::PathBuf>,
     crash_at: Vec<(usize, String)>,
     /// Per member: the namespace to run in and the address to bind (None: loopback).
@@ -67,6 +69,7 @@ impl Job {
             ports: (0..n).map(|_| free_udp_port()).collect(),
             steps,
             initial: n,
+            max_size: None,
             checkpoints,
             crash_at: crash_at.iter().map(|(n, c)| (*n, c.to_string())).collect(),
             hosts: None,
@@ -74,6 +77,26 @@ impl Job {
             finished: Vec::new(),
         };
         for node in 0..n {
+            job.spawn(node);
+        }
+        job
+    }
+
+    /// A job of `n` slots where only the first `running` are started, with a world size cap.
+    pub fn start_capped(name: &str, n: usize, running: usize, steps: u64, max: usize) -> Job {
+        let mut job = Job {
+            name: format!("{name}-{}", std::process::id()),
+            ports: (0..n).map(|_| free_udp_port()).collect(),
+            steps,
+            initial: max,
+            max_size: Some(max),
+            checkpoints: None,
+            crash_at: Vec::new(),
+            hosts: None,
+            workers: (0..n).map(|_| None).collect(),
+            finished: Vec::new(),
+        };
+        for node in 0..running {
             job.spawn(node);
         }
         job
@@ -87,6 +110,7 @@ impl Job {
             ports: vec![7400; n],
             steps,
             initial: n,
+            max_size: None,
             checkpoints: None,
             crash_at: Vec::new(),
             hosts: Some(hosts),
@@ -142,6 +166,10 @@ impl Job {
             .env("RINGRUN_SEEDS", seeds.join(","))
             .env("RINGRUN_INITIAL_SIZE", self.initial.to_string())
             .env("RINGRUN_MIN_SIZE", "2")
+            .env(
+                "RINGRUN_MAX_SIZE",
+                self.max_size.map(|m| m.to_string()).unwrap_or_default(),
+            )
             .env("RINGRUN_RESTORE_TIMEOUT_MS", "30000")
             .env("RINGRUN_OP_TIMEOUT_MS", "20000")
             .env(
