@@ -1,6 +1,8 @@
 //! `ringrun`: the command line.
 
 mod bench;
+mod demo;
+mod launch;
 mod member;
 mod secret;
 mod status;
@@ -20,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a small elastic training job on this host, kill a worker, and check the result.
+    Demo(demo::DemoArgs),
+    /// Start local workers of an elastic job: `ringrun launch --np 4 -- python train.py`.
+    Launch(launch::LaunchCmd),
     /// Allreduce benchmark with nccl-tests' all_reduce_perf output.
     Bench(bench::BenchArgs),
     /// Print a running job's members, as one of them sees it.
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
+        Cmd::Demo(args) => demo::main(args),
+        Cmd::Launch(args) => launch::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::Status(args) => status::main(args),
         Cmd::Member(args) => member::main(args),
@@ -50,4 +58,18 @@ fn main() -> ExitCode {
         eprintln!("ringrun: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Seeds given as `HOST:PORT` strings, resolved.
+pub(crate) fn launch_seeds(seeds: &[String]) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for s in seeds {
+        out.extend(
+            s.to_socket_addrs()
+                .map_err(|e| anyhow::anyhow!("seed {s}: {e}"))?
+                .next(),
+        );
+    }
+    Ok(out)
 }

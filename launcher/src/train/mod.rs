@@ -119,7 +119,7 @@ fn resume(
     }
 }
 
-fn model_digest(w: &[f64]) -> String {
+pub(crate) fn model_digest(w: &[f64]) -> String {
     let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
     digest(&SHA256, &bytes).as_ref()[..16]
         .iter()
