@@ -179,3 +179,86 @@ fn the_demo_kills_a_worker_and_ends_with_the_reference_model() {
     assert!(faults[0]["steps_rolled_back"].as_u64().unwrap() <= 1);
     assert!(stdout.contains("loss per step"));
 }
+
+#[test]
+fn status_shows_the_epoch_and_ranks_of_a_launched_job() {
+    let secret = "status-test-secret-0123456789";
+    let mut job = Command::new(EXE)
+        .args([
+            "launch",
+            "--np",
+            "3",
+            "--run-id",
+            "statusjob",
+            "--",
+            EXE,
+            "train-worker",
+            "--steps",
+            "2000",
+            "--step-ms",
+            "5",
+        ])
+        .env("RINGRUN_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(job.stderr.take().unwrap()).lines();
+    let seed = loop {
+        let line = lines.next().expect("launcher output").unwrap();
+        if let Some(rest) = line.split("--seeds ").nth(1) {
+            break rest.split('`').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let out = Command::new(EXE)
+            .args([
+                "status",
+                "--seeds",
+                &seed,
+                "--json",
+                "--job-id",
+                "statusjob",
+            ])
+            .env("RINGRUN_SECRET", secret)
+            .output()
+            .unwrap();
+        let v: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        let ranked = v.as_ref().map_or(0, |v| {
+            v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["rank"].is_u64())
+                .count()
+        });
+        if ranked == 3 {
+            break v.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed 3 ranked members: {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SIGTERM, which the launcher forwards: no worker outlives the test.
+    let pid = job.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = job.wait();
+    assert!(report["epoch"].as_u64().unwrap() >= 1, "{report}");
+    let mut ranks: Vec<u64> = report["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["rank"].as_u64())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, vec![0, 1, 2], "{report}");
+    for m in report["members"].as_array().unwrap() {
+        for field in ["id", "addr", "state", "incarnation"] {
+            assert!(!m[field].is_null(), "{field} missing: {m}");
+        }
+    }
+}

@@ -163,6 +163,11 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
             })
         })
         .collect::<Result<_>>()?;
+    eprintln!(
+        "ringrun: job {} on {}: `ringrun status --seeds {watch_addr}` shows its members",
+        a.run_id,
+        hostname()
+    );
     let mut seeds = vec![watch_addr];
     seeds.extend(slots.iter().map(|s| s.member_addr));
     seeds.extend(crate::launch_seeds(&a.seeds)?);
