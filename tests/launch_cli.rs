@@ -262,3 +262,86 @@ fn status_shows_the_epoch_and_ranks_of_a_launched_job() {
         }
     }
 }
+
+#[test]
+fn a_discovery_script_grows_and_shrinks_the_job_and_training_stays_exact() {
+    let dir = std::env::temp_dir().join(format!("ringrun-discovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hosts = dir.join("hosts");
+    let script = dir.join("discover.sh");
+    std::fs::write(&hosts, "localhost:2\n").unwrap();
+    std::fs::write(&script, format!("#!/bin/sh\ncat {}\n", hosts.display())).unwrap();
+    Command::new("chmod")
+        .args(["+x", script.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let steps = 400;
+    let mut job = Command::new(EXE)
+        .args([
+            "launch",
+            "--host-discovery-script",
+            script.to_str().unwrap(),
+            "--discovery-interval-ms",
+            "200",
+            "--",
+        ])
+        .args([
+            EXE,
+            "train-worker",
+            "--steps",
+            &steps.to_string(),
+            "--step-ms",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(job.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        out.lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut all = Vec::new();
+    let wait_for = |pred: &dyn Fn(&str) -> bool, all: &mut Vec<String>| loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("launcher output in time");
+        let hit = pred(&line);
+        all.push(line);
+        if hit {
+            return;
+        }
+    };
+    wait_for(&|l| l.contains(" size 2 "), &mut all);
+    std::fs::write(&hosts, "localhost:3\n").unwrap();
+    wait_for(&|l| l.contains(" size 3 "), &mut all);
+    std::fs::write(&hosts, "localhost:1\n").unwrap();
+    wait_for(&|l| l.contains(" size 1 "), &mut all);
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        all.push(l);
+    }
+    let status = job.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "{all:?}");
+    assert_eq!(
+        all.iter().filter(|l| l.contains("leaving at step")).count(),
+        2,
+        "two workers left gracefully"
+    );
+    let reference = Command::new(EXE)
+        .args(["train-worker", "--reference", "--steps", &steps.to_string()])
+        .output()
+        .unwrap();
+    let expected = text(&reference.stdout)
+        .split(" loss")
+        .next()
+        .unwrap()
+        .to_string();
+    let finals: Vec<&String> = all.iter().filter(|l| l.contains("] final ")).collect();
+    assert_eq!(finals.len(), 1, "{all:?}");
+    assert!(finals[0].contains(&expected), "{} vs {expected}", finals[0]);
+}

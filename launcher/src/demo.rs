@@ -88,9 +88,10 @@ pub(crate) fn main(mut args: DemoArgs) -> Result<ExitCode> {
             } = &ev
             {
                 seen.note(*slot, text);
+                let rank = job.sup.slots()[*slot].rank;
                 for k in kills
                     .iter_mut()
-                    .filter(|k| k.at.is_none() && k.rank == job.slots[*slot].rank)
+                    .filter(|k| k.at.is_none() && k.rank == rank)
                 {
                     if step_of(text).is_some_and(|s| s >= k.step) {
                         job.sup.kill(*slot);

@@ -2,6 +2,7 @@
 //! horovodrun, hand each its role through the environment ([`env`]), tag their output, restart
 //! the ones that fail ([`supervisor`]), report membership events ([`watch`]).
 
+pub(crate) mod discovery;
 pub(crate) mod env;
 pub(crate) mod supervisor;
 pub(crate) mod watch;
@@ -68,6 +69,17 @@ pub(crate) struct LaunchArgs {
     /// The job's run id (all hosts of a job must agree).
     #[arg(long, default_value = "ringrun")]
     pub(crate) run_id: String,
+    /// Horovod-style host discovery: an executable printing `host:slots` lines, polled; this
+    /// host's workers grow and shrink to its slots.
+    #[arg(long)]
+    pub(crate) host_discovery_script: Option<PathBuf>,
+    /// How often the discovery script runs, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) discovery_interval_ms: u64,
+    /// This host's name in the discovery script's output (default: its host name;
+    /// `localhost` and the --bind address always match).
+    #[arg(long)]
+    pub(crate) host_name: Option<String>,
     /// inprocess: survivors keep running and a failed worker is restarted and rejoins;
     /// restart: every local worker is restarted on any failure (static-world scripts).
     #[arg(long, value_enum, default_value = "inprocess")]
@@ -88,8 +100,10 @@ pub(crate) struct LaunchCmd {
 pub(crate) struct Running {
     pub(crate) sup: Supervisor,
     pub(crate) seen: std::sync::mpsc::Receiver<watch::Seen>,
-    pub(crate) slots: Vec<Slot>,
     pub(crate) started: Instant,
+    discovery: Option<discovery::Discovery>,
+    bind: IpAddr,
+    node_rank: usize,
 }
 
 pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
@@ -97,6 +111,7 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
     let signals = watch::signals()?;
     let mut report = Report::default();
     loop {
+        job.rediscover()?;
         for ev in job.sup.poll(Duration::from_millis(50))? {
             report.print(&job, &ev);
         }
@@ -137,13 +152,25 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         );
     }
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
+    let host = a.host_name.clone().unwrap_or_else(hostname);
+    let discovery = a.host_discovery_script.clone().map(|script| {
+        let names = vec![host.clone(), "localhost".into(), a.bind.to_string()];
+        discovery::Discovery::new(
+            script,
+            names,
+            Duration::from_millis(a.discovery_interval_ms),
+        )
+    });
+    let nproc = match &discovery {
+        Some(d) => d.slots()?,
+        None => nproc,
+    };
     let joining = !a.seeds.is_empty();
     let secret = match joining {
         true => secret::from_file_or_env(a.secret_file.as_deref())?
             .context("joining a job needs its secret: --secret-file or RINGRUN_SECRET")?,
         false => secret::or_random(a.secret_file.as_deref())?,
     };
-    let host = hostname();
     let launcher_node = u64::MAX - a.node_rank as u64;
     let (watch_addr, seen) = watch::start(
         a.bind,
@@ -187,13 +214,58 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
     };
-    let sup = Supervisor::start(cmd, job, slots.clone(), a.mode, a.log_dir.clone())?;
+    let sup = Supervisor::start(cmd, job, slots, a.mode, a.log_dir.clone())?;
     Ok(Running {
         sup,
         seen,
-        slots,
         started: Instant::now(),
+        discovery,
+        bind: a.bind,
+        node_rank: a.node_rank,
     })
+}
+
+impl Running {
+    /// Polls the discovery script when due and grows or shrinks this host's workers.
+    fn rediscover(&mut self) -> Result<()> {
+        let Some(d) = self.discovery.as_mut() else {
+            return Ok(());
+        };
+        if !d.due() {
+            return Ok(());
+        }
+        let target = match d.slots() {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("ringrun: host discovery: {e:#}");
+                return Ok(());
+            }
+        };
+        let active = self.sup.active();
+        for &i in active.iter().skip(target).rev() {
+            eprintln!(
+                "ringrun: host discovery: {target} slot(s) here; stopping worker {}",
+                self.sup.slots()[i].rank
+            );
+            self.sup.retire(i);
+        }
+        for _ in active.len()..target {
+            let i = self.sup.slots().len();
+            let slot = Slot {
+                node_id: (self.node_rank * 65_536 + i) as u64,
+                local_rank: i,
+                rank: self.node_rank * 65_536 + i,
+                member_addr: SocketAddr::new(self.bind, free_udp_port(self.bind)?),
+                restarts: 0,
+            };
+            eprintln!(
+                "ringrun: host discovery: {target} slot(s) here; starting worker {}",
+                slot.rank
+            );
+            self.sup.add_worker(slot)?;
+        }
+        Ok(())
+    }
 }
 
 fn parse_nnodes(s: Option<&str>) -> Result<(usize, Option<usize>)> {
@@ -237,7 +309,7 @@ impl Report {
                 ..
             } => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "[{}] {text}", job.slots[*slot].rank);
+                let _ = writeln!(out, "[{}] {text}", job.sup.slots()[*slot].rank);
             }
             Event::Line {
                 slot,
@@ -245,7 +317,7 @@ impl Report {
                 text,
                 ..
             } => {
-                eprintln!("[{}] {text}", job.slots[*slot].rank);
+                eprintln!("[{}] {text}", job.sup.slots()[*slot].rank);
             }
             Event::Exited { slot, status, at } => {
                 if !status.success() {
@@ -254,7 +326,7 @@ impl Report {
                 eprintln!(
                     "ringrun: +{:.2}s worker {} exited: {status}",
                     t(*at),
-                    job.slots[*slot].rank
+                    job.sup.slots()[*slot].rank
                 );
             }
             Event::Restarting {
@@ -263,23 +335,27 @@ impl Report {
                 after,
             } => {
                 let who = slot.map_or("all workers".to_string(), |s| {
-                    format!("worker {}", job.slots[s].rank)
+                    format!("worker {}", job.sup.slots()[s].rank)
                 });
                 eprintln!("ringrun: restarting {who} in {after:?} (restart {attempt})");
             }
             Event::GaveUp { slot } => {
                 eprintln!(
                     "ringrun: worker {} failed and the restart budget is spent: stopping",
-                    job.slots[*slot].rank
+                    job.sup.slots()[*slot].rank
                 );
             }
         }
     }
 
     pub(crate) fn membership(&mut self, job: &Running, seen: &watch::Seen) {
-        let slot = job.slots.iter().position(|s| s.member_addr == seen.addr);
+        let slot = job
+            .sup
+            .slots()
+            .iter()
+            .position(|s| s.member_addr == seen.addr);
         let who = slot.map_or(format!("{} (n{})", seen.addr, seen.node), |s| {
-            format!("worker {}", job.slots[s].rank)
+            format!("worker {}", job.sup.slots()[s].rank)
         });
         let mut line = format!(
             "+{:.2}s {who} {}",

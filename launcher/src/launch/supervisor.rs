@@ -64,6 +64,8 @@ pub(crate) struct Supervisor {
     lines: Receiver<(usize, bool, String)>,
     lines_tx: Sender<(usize, bool, String)>,
     failed: bool,
+    /// Workers asked to stop by a shrink: their exit is neither a failure nor restarted.
+    retiring: Vec<bool>,
 }
 
 impl Supervisor {
@@ -92,6 +94,7 @@ impl Supervisor {
             lines,
             lines_tx,
             failed: false,
+            retiring: vec![false; n],
         };
         for i in 0..n {
             s.spawn(i)?;
@@ -177,7 +180,7 @@ impl Supervisor {
                     status,
                     at: Instant::now(),
                 });
-                if !status.success() {
+                if !status.success() && !self.retiring[i] {
                     events.extend(self.on_failure(i));
                 }
             }
@@ -278,6 +281,37 @@ impl Supervisor {
         }
     }
 
+    /// Starts one more worker (a host discovery script grew this host); returns its index.
+    pub(crate) fn add_worker(&mut self, slot: Slot) -> Result<usize> {
+        self.slots.push(slot);
+        self.children.push(None);
+        self.done.push(None);
+        self.retiring.push(false);
+        let i = self.slots.len() - 1;
+        self.spawn(i)?;
+        Ok(i)
+    }
+
+    /// Asks worker `i` to stop (SIGTERM: it leaves the group gracefully); not restarted.
+    pub(crate) fn retire(&mut self, i: usize) {
+        self.retiring[i] = true;
+        if let Some(child) = &self.children[i] {
+            let _ = kill_process(Pid::from_child(child), Signal::TERM);
+        }
+    }
+
+    /// Indices of running workers not asked to stop.
+    pub(crate) fn active(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|i| self.children[*i].is_some() && !self.retiring[*i])
+            .collect()
+    }
+
+    /// The worker slots started so far.
+    pub(crate) fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
     /// SIGKILLs worker `i` (fault injection).
     pub(crate) fn kill(&mut self, i: usize) {
         if let Some(child) = self.children[i].as_mut() {
@@ -292,7 +326,8 @@ impl Supervisor {
 
     /// The job succeeded: every worker's last exit was a success and the budget held.
     pub(crate) fn succeeded(&self) -> bool {
-        !self.failed && self.done.iter().all(|d| d.is_some_and(|s| s.success()))
+        let ok = |i: usize| self.retiring[i] || self.done[i].is_some_and(|s| s.success());
+        !self.failed && (0..self.done.len()).all(ok)
     }
 
     pub(crate) fn restarts(&self) -> u32 {
