@@ -60,16 +60,20 @@ fn main() -> ExitCode {
     })
 }
 
-/// Seeds given as `HOST:PORT` strings, resolved.
-pub(crate) fn launch_seeds(seeds: &[String]) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+/// Seeds given as `HOST:PORT` strings, resolved (preferring IPv4 or IPv6 as asked).
+pub(crate) fn launch_seeds(
+    seeds: &[String],
+    prefer_v4: bool,
+) -> anyhow::Result<Vec<std::net::SocketAddr>> {
     use std::net::ToSocketAddrs;
     let mut out = Vec::new();
     for s in seeds {
-        out.extend(
-            s.to_socket_addrs()
-                .map_err(|e| anyhow::anyhow!("seed {s}: {e}"))?
-                .next(),
-        );
+        let addrs: Vec<_> = s
+            .to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("seed {s}: {e}"))?
+            .collect();
+        let preferred = addrs.iter().find(|a| a.is_ipv4() == prefer_v4);
+        out.extend(preferred.or(addrs.first()).copied());
     }
     Ok(out)
 }

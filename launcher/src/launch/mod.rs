@@ -4,6 +4,7 @@
 
 pub(crate) mod discovery;
 pub(crate) mod env;
+pub(crate) mod slurm;
 pub(crate) mod supervisor;
 pub(crate) mod watch;
 
@@ -48,6 +49,10 @@ pub(crate) struct LaunchArgs {
     /// Address the workers bind (and advertise).
     #[arg(long, default_value = "127.0.0.1")]
     pub(crate) bind: IpAddr,
+    /// The launcher's own membership port (0: any). Every host's launcher of a multi-host
+    /// job uses the same one, so the host list is the seed list (Slurm: 29450 by default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) port: u16,
     /// This host's index among the job's hosts (GROUP_RANK).
     #[arg(long, default_value_t = 0)]
     pub(crate) node_rank: usize,
@@ -141,6 +146,7 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
 
 /// Resolves the options into a job and starts its workers.
 pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
+    let a = &with_slurm(a.clone(), |k| std::env::var(k).ok())?;
     let nproc = a.nproc.unwrap_or(1);
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
@@ -173,7 +179,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     };
     let launcher_node = u64::MAX - a.node_rank as u64;
     let (watch_addr, seen) = watch::start(
-        a.bind,
+        SocketAddr::new(a.bind, a.port),
         JobId::from_run_id(&a.run_id),
         secret.clone(),
         host.clone(),
@@ -197,7 +203,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     );
     let mut seeds = vec![watch_addr];
     seeds.extend(slots.iter().map(|s| s.member_addr));
-    seeds.extend(crate::launch_seeds(&a.seeds)?);
+    seeds.extend(crate::launch_seeds(&a.seeds, a.bind.is_ipv4())?);
     let world = nproc * min_nodes.max(1);
     let job = JobEnv {
         run_id: a.run_id.clone(),
@@ -266,6 +272,33 @@ impl Running {
         }
         Ok(())
     }
+}
+
+/// Inside a Slurm allocation with no --seeds: the node list (on --port, default 29450) is the
+/// seed list, SLURM_NODEID the node rank, SLURM_JOB_ID the run id.
+fn with_slurm(mut a: LaunchArgs, var: impl Fn(&str) -> Option<String>) -> Result<LaunchArgs> {
+    let Some(s) = slurm::from_env(var)?.filter(|_| a.seeds.is_empty()) else {
+        return Ok(a);
+    };
+    if a.port == 0 {
+        a.port = 29450;
+    }
+    a.seeds = s.hosts.iter().map(|h| format!("{h}:{}", a.port)).collect();
+    a.node_rank = s.node_rank;
+    if a.run_id == "ringrun" {
+        a.run_id = format!("slurm-{}", s.job_id);
+    }
+    a.nproc = a.nproc.or(s.tasks_per_node);
+    if a.nnodes.is_none() {
+        a.nnodes = Some(s.hosts.len().to_string());
+    }
+    eprintln!(
+        "ringrun: Slurm allocation: node {} of {} ({})",
+        s.node_rank,
+        s.hosts.len(),
+        s.hosts.join(",")
+    );
+    Ok(a)
 }
 
 fn parse_nnodes(s: Option<&str>) -> Result<(usize, Option<usize>)> {

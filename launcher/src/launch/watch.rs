@@ -29,7 +29,7 @@ pub(crate) struct Seen {
 
 /// Starts the watcher thread; returns its membership address and the events.
 pub(crate) fn start(
-    bind: std::net::IpAddr,
+    bind: SocketAddr,
     job: JobId,
     secret: Vec<u8>,
     host: String,
@@ -49,7 +49,7 @@ pub(crate) fn start(
             };
             rt.block_on(async move {
                 let config = DriverConfig {
-                    bind: SocketAddr::new(bind, 0),
+                    bind,
                     seeds: Vec::new(),
                     node: NodeId(node),
                     meta: Metadata {
