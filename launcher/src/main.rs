@@ -68,10 +68,15 @@ pub(crate) fn launch_seeds(
     use std::net::ToSocketAddrs;
     let mut out = Vec::new();
     for s in seeds {
-        let addrs: Vec<_> = s
-            .to_socket_addrs()
-            .map_err(|e| anyhow::anyhow!("seed {s}: {e}"))?
-            .collect();
+        // A seed that does not resolve yet (a pod not scheduled) is skipped: any one live
+        // seed is enough to join, and the epoch's majority rule guards against a lonely start.
+        let addrs: Vec<_> = match s.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                eprintln!("ringrun: seed {s} skipped: {e}");
+                continue;
+            }
+        };
         let preferred = addrs.iter().find(|a| a.is_ipv4() == prefer_v4);
         out.extend(preferred.or(addrs.first()).copied());
     }

@@ -212,7 +212,10 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         world_size: world,
         local_world_size: nproc,
         group_rank: a.node_rank,
-        min_size: a.min_np.unwrap_or(1),
+        min_size: a
+            .min_np
+            .or(a.nnodes.as_ref().map(|_| min_nodes * nproc))
+            .unwrap_or(1),
         max_size: a.max_np.or(max_nodes.map(|m| m * nproc)),
         master: SocketAddr::new(a.bind, free_tcp_port(a.bind)?),
         max_restarts: a.max_restarts,
