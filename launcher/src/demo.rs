@@ -79,7 +79,7 @@ pub(crate) fn main(mut args: DemoArgs) -> Result<ExitCode> {
                 .stop(rustix::process::Signal::TERM, Duration::from_secs(5));
             bail!("the demo did not finish in time");
         }
-        for ev in job.sup.poll(Duration::from_millis(20))? {
+        for ev in job.poll(Duration::from_millis(20), &mut report)? {
             if let Event::Line {
                 slot,
                 text,
@@ -103,9 +103,6 @@ pub(crate) fn main(mut args: DemoArgs) -> Result<ExitCode> {
             if !args.json || !matches!(ev, Event::Line { stderr: false, .. }) {
                 report.print(&job, &ev);
             }
-        }
-        for s in job.seen.try_iter() {
-            report.membership(&job, &s);
         }
     }
     report.summary(&job);

@@ -5,6 +5,11 @@
 //! from outside the job, truncated, or garbage is rejected with a reason and counted by the
 //! caller. Replays inside the job are harmless by construction: agreement messages carry epoch
 //! numbers and the state machine ignores stale ones.
+//!
+//! Besides agreement messages, a launcher that reaped a worker sends [`Control::Exited`]: proof
+//! that the member is gone, which lets the group re-form without waiting for SWIM's suspicion
+//! timeout and lets the majority rule leave the member out (it cannot be on the other side of a
+//! partition).
 
 use ringrun_membership::{Authenticator, DropReason, wire::PacketKind};
 use serde::{Deserialize, Serialize};
@@ -18,10 +23,24 @@ use crate::{
 pub type ControlMsg = Msg<MemberKey, Endpoints>;
 
 #[derive(Serialize, Deserialize)]
-struct Envelope {
-    from: MemberKey,
-    to: MemberKey,
-    msg: ControlMsg,
+enum Envelope {
+    Agreement {
+        from: MemberKey,
+        to: MemberKey,
+        msg: ControlMsg,
+    },
+    Exited {
+        member: MemberKey,
+    },
+}
+
+/// What a control datagram says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// An agreement message from a member.
+    Agreement(MemberKey, ControlMsg),
+    /// A launcher saw this member's process exit.
+    Exited(MemberKey),
 }
 
 /// Seals and opens control datagrams.
@@ -38,36 +57,47 @@ impl ControlCodec {
 
     /// The sealed datagram for `msg`.
     pub fn seal(&self, from: MemberKey, to: MemberKey, msg: &ControlMsg) -> Vec<u8> {
-        let env = EnvelopeRef { from, to, msg };
-        let payload = postcard::to_allocvec(&env).expect("agreement messages always encode");
+        let env = EnvelopeRef::Agreement { from, to, msg };
+        self.seal_envelope(&env)
+    }
+
+    /// The sealed datagram saying `member`'s process has exited.
+    pub fn seal_exited(&self, member: MemberKey) -> Vec<u8> {
+        self.seal_envelope(&EnvelopeRef::Exited { member })
+    }
+
+    fn seal_envelope(&self, env: &EnvelopeRef<'_>) -> Vec<u8> {
+        let payload = postcard::to_allocvec(env).expect("control messages always encode");
         let mut out = Vec::new();
         self.auth.seal(PacketKind::Control, &payload, &mut out);
         out
     }
 
-    /// Opens a datagram addressed to `me`: `(sender, message)`.
-    pub fn open(
-        &self,
-        me: MemberKey,
-        packet: &[u8],
-    ) -> Result<(MemberKey, ControlMsg), DropReason> {
+    /// Opens a datagram for `me`.
+    pub fn open(&self, me: MemberKey, packet: &[u8]) -> Result<Control, DropReason> {
         let (kind, payload) = self.auth.open(packet)?;
         if kind != PacketKind::Control {
             return Err(DropReason::BadKind);
         }
-        let env: Envelope = postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)?;
-        match env.to == me {
-            true => Ok((env.from, env.msg)),
-            false => Err(DropReason::Malformed),
+        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
+            Envelope::Agreement { from, to, msg } if to == me => Ok(Control::Agreement(from, msg)),
+            Envelope::Agreement { .. } => Err(DropReason::Malformed),
+            Envelope::Exited { member } => Ok(Control::Exited(member)),
         }
     }
 }
 
+/// Serialises like [`Envelope`] without cloning the message.
 #[derive(Serialize)]
-struct EnvelopeRef<'a> {
-    from: MemberKey,
-    to: MemberKey,
-    msg: &'a ControlMsg,
+enum EnvelopeRef<'a> {
+    Agreement {
+        from: MemberKey,
+        to: MemberKey,
+        msg: &'a ControlMsg,
+    },
+    Exited {
+        member: MemberKey,
+    },
 }
 
 #[cfg(test)]
@@ -104,7 +134,14 @@ mod tests {
     fn round_trips_and_checks_the_addressee() {
         let c = codec(b"0123456789abcdef");
         let packet = c.seal(key(1), key(2), &propose());
-        assert_eq!(c.open(key(2), &packet), Ok((key(1), propose())));
+        assert_eq!(
+            c.open(key(2), &packet),
+            Ok(Control::Agreement(key(1), propose()))
+        );
+        assert_eq!(
+            c.open(key(2), &c.seal_exited(key(5))),
+            Ok(Control::Exited(key(5)))
+        );
         assert_eq!(c.open(key(3), &packet), Err(DropReason::Malformed));
     }
 

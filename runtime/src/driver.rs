@@ -24,7 +24,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::{
     agreement::{self, Agreement, Event, View},
-    control::ControlCodec,
+    control::{Control, ControlCodec},
     member::{self, Endpoints, EpochAnnotation, MemberKey},
 };
 
@@ -114,6 +114,9 @@ struct Loop {
     codec: ControlCodec,
     socket: UdpSocket,
     control_addrs: BTreeMap<MemberKey, SocketAddr>,
+    /// Members a launcher saw exit: never live again, and known to have exited.
+    exited: BTreeSet<MemberKey>,
+    members: Vec<ringrun_membership::MemberInfo>,
     cancel: CancelSlot,
     start: Instant,
     dropped: u64,
@@ -139,6 +142,8 @@ async fn run(
         codec: setup.codec,
         socket: UdpSocket::from_std(setup.control).map_err(|e| e.to_string())?,
         control_addrs: BTreeMap::new(),
+        exited: BTreeSet::new(),
+        members: Vec::new(),
         cancel: setup.cancel,
         start: now,
         dropped: 0,
@@ -149,7 +154,10 @@ async fn run(
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Ok(_) | Err(RecvError::Lagged(_)) => l.refresh_live(&view.borrow()),
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    l.members = view.borrow().to_vec();
+                    l.refresh_live();
+                }
                 Err(RecvError::Closed) => break,
             },
             got = l.socket.recv_from(&mut buf) => match got {
@@ -200,14 +208,15 @@ impl Loop {
         self.start.elapsed()
     }
 
-    fn refresh_live(&mut self, members: &[ringrun_membership::MemberInfo]) {
-        let (mut live, mut left) = (BTreeMap::new(), BTreeSet::new());
-        for info in members {
+    fn refresh_live(&mut self) {
+        let (mut live, mut left) = (BTreeMap::new(), self.exited.clone());
+        for info in &self.members {
             let Some((key, endpoints)) = member::worker(&info.id) else {
                 continue;
             };
             self.control_addrs.insert(key, endpoints.control);
             match info.state {
+                _ if self.exited.contains(&key) => {}
                 s if s.is_active() => {
                     live.insert(key, endpoints);
                 }
@@ -223,9 +232,15 @@ impl Loop {
 
     fn on_datagram(&mut self, packet: &[u8]) {
         match self.codec.open(*self.agreement.id(), packet) {
-            Ok((from, msg)) => {
+            Ok(Control::Agreement(from, msg)) => {
                 let now = self.now();
                 self.agreement.handle(now, from, msg);
+            }
+            Ok(Control::Exited(member)) => {
+                if member != *self.agreement.id() && self.exited.insert(member) {
+                    info!(%member, "a launcher saw the member exit");
+                    self.refresh_live();
+                }
             }
             Err(reason) => {
                 self.dropped += 1;

@@ -20,7 +20,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ringrun_membership::JobId;
+use ringrun_membership::{Authenticator, JobId};
+use ringrun_runtime::{control::ControlCodec, member::MemberKey};
 use rustix::process::Signal;
 
 use crate::secret;
@@ -109,6 +110,10 @@ pub(crate) struct Running {
     discovery: Option<discovery::Discovery>,
     bind: IpAddr,
     node_rank: usize,
+    /// Live workers seen by SWIM (membership address → key, control address), to tell them
+    /// when a local worker's process exits.
+    workers: BTreeMap<SocketAddr, (MemberKey, SocketAddr)>,
+    notify: (std::net::UdpSocket, ControlCodec),
 }
 
 pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
@@ -117,11 +122,8 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
     let mut report = Report::default();
     loop {
         job.rediscover()?;
-        for ev in job.sup.poll(Duration::from_millis(50))? {
+        for ev in job.poll(Duration::from_millis(50), &mut report)? {
             report.print(&job, &ev);
-        }
-        for seen in job.seen.try_iter() {
-            report.membership(&job, &seen);
         }
         let sig = signals.load(Ordering::SeqCst);
         if sig != 0 {
@@ -223,8 +225,15 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
     };
+    let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
+    let notify = (
+        std::net::UdpSocket::bind((a.bind, 0))?,
+        ControlCodec::new(auth),
+    );
     let sup = Supervisor::start(cmd, job, slots, a.mode, a.log_dir.clone())?;
     Ok(Running {
+        workers: BTreeMap::new(),
+        notify,
         sup,
         seen,
         started: Instant::now(),
@@ -235,6 +244,45 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
 }
 
 impl Running {
+    /// Polls the workers and the membership watcher; tells the group at once when a local
+    /// worker's process exits (proof of death: no waiting for SWIM's suspicion timeout).
+    pub(crate) fn poll(&mut self, within: Duration, report: &mut Report) -> Result<Vec<Event>> {
+        let events = self.sup.poll(within)?;
+        for ev in &events {
+            if let Event::Exited { slot, status, .. } = ev
+                && !status.success()
+            {
+                self.announce_exit(*slot);
+            }
+        }
+        let seen: Vec<watch::Seen> = self.seen.try_iter().collect();
+        for s in &seen {
+            match (s.what, s.worker) {
+                ("up", Some(w)) => {
+                    self.workers.insert(s.addr, w);
+                }
+                ("down" | "left", _) => {
+                    self.workers.remove(&s.addr);
+                }
+                _ => {}
+            }
+            report.membership(self, s);
+        }
+        Ok(events)
+    }
+
+    fn announce_exit(&mut self, slot: usize) {
+        let addr = self.sup.slots()[slot].member_addr;
+        let Some((key, _)) = self.workers.remove(&addr) else {
+            return;
+        };
+        let (socket, codec) = &self.notify;
+        let packet = codec.seal_exited(key);
+        for (_, control) in self.workers.values() {
+            let _ = socket.send_to(&packet, control);
+        }
+    }
+
     /// Polls the discovery script when due and grows or shrinks this host's workers.
     fn rediscover(&mut self) -> Result<()> {
         let Some(d) = self.discovery.as_mut() else {

@@ -17,6 +17,7 @@ use anyhow::Result;
 use ringrun_membership::{
     DriverConfig, JobId, Membership, MembershipConfig, MembershipEvent, Metadata, NodeId,
 };
+use ringrun_runtime::member::{self, MemberKey};
 
 /// A membership event as the launcher reports it.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub(crate) struct Seen {
     pub(crate) what: &'static str,
     pub(crate) addr: SocketAddr,
     pub(crate) node: u64,
+    /// The worker's key and control address (none for members that are not workers).
+    pub(crate) worker: Option<(MemberKey, SocketAddr)>,
 }
 
 /// Starts the watcher thread; returns its membership address and the events.
@@ -91,6 +94,7 @@ async fn forward(mut events: tokio::sync::broadcast::Receiver<MembershipEvent>, 
             what,
             addr: id.addr,
             node: id.node.0,
+            worker: member::worker(&id).map(|(k, e)| (k, e.control)),
         };
         if tx.send(seen).is_err() {
             return;
