@@ -301,7 +301,10 @@ int ringrun_init_config(const struct ringrun_config_t *config);
 
 /*
  Leaves the group gracefully (the others re-form without this process at once) and frees
- it. Succeeds when not initialised, so it is safe to call twice.
+ it. Collective, like `MPI_Finalize`: it first waits at a barrier (best effort, bounded by
+ the op timeout, errors ignored) so that no member leaves while another is still finishing
+ its last collective, which would abort it. Succeeds when not initialised, so it is safe
+ to call twice.
  */
 int ringrun_finalize(void);
 

@@ -194,11 +194,15 @@ pub unsafe extern "C" fn ringrun_init_config(config: *const ringrun_config_t) ->
 }
 
 /// Leaves the group gracefully (the others re-form without this process at once) and frees
-/// it. Succeeds when not initialised, so it is safe to call twice.
+/// it. Collective, like `MPI_Finalize`: it first waits at a barrier (best effort, bounded by
+/// the op timeout, errors ignored) so that no member leaves while another is still finishing
+/// its last collective, which would abort it. Succeeds when not initialised, so it is safe
+/// to call twice.
 #[unsafe(no_mangle)]
 pub extern "C" fn ringrun_finalize() -> c_int {
     guard(|| {
-        if let Some(g) = lock().take() {
+        if let Some(mut g) = lock().take() {
+            let _ = g.group.barrier();
             g.group.leave();
         }
         Ok(())
