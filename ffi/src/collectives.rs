@@ -1,0 +1,182 @@
+//! The collectives: allreduce (one buffer or many), broadcast, allgather, barrier.
+//!
+//! Each entry point checks every pointer before it builds a slice (see [`Raw`]), then calls
+//! the group with the matching Rust element type.
+
+use std::ffi::{c_int, c_void};
+
+use crate::{
+    group::with_global,
+    status::{guard, invalid},
+    types::{Raw, dtype, op, ringrun_dtype_t, ringrun_op_t, with_element},
+};
+
+/// Allreduce of `count` elements: `recvbuf` receives the reduction of every rank's `sendbuf`.
+/// In place when `sendbuf == recvbuf`; otherwise the two must not overlap. Buffers must be
+/// aligned for `dtype`; NULL only with `count == 0`. Every rank must pass the same count,
+/// dtype and op (else `RINGRUN_MISMATCH` on every rank).
+///
+/// # Safety
+/// `sendbuf` is readable and `recvbuf` writable for `count` elements of `dtype`, and no other
+/// thread touches them during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_allreduce(
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: usize,
+    dtype: ringrun_dtype_t,
+    op: ringrun_op_t,
+) -> c_int {
+    guard(|| {
+        let (dt, op) = (self::dtype(dtype)?, self::op(op)?);
+        let recv = Raw::new(recvbuf, count, dt, "recvbuf")?;
+        let send = Raw::new(sendbuf, count, dt, "sendbuf")?;
+        if send.ptr != recv.ptr && send.overlaps(&recv) {
+            return Err(invalid("sendbuf and recvbuf overlap (and are not equal)"));
+        }
+        with_global(|g| {
+            if send.ptr != recv.ptr && count > 0 {
+                // SAFETY: both valid for `bytes` (caller's contract), checked non-overlapping.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        send.ptr.cast::<u8>(),
+                        recv.ptr.cast::<u8>(),
+                        recv.bytes,
+                    )
+                };
+            }
+            with_element!(dt, E => {
+                // SAFETY: checked by `Raw::new`; exclusive per the caller's contract.
+                let buf = unsafe { recv.slice_mut::<E>() };
+                Ok(g.group.allreduce(buf, op)?)
+            })
+        })
+    })
+}
+
+/// Allreduce of `n` buffers in place, as one fused operation: `bufs[i]` holds `counts[i]`
+/// elements of `dtype`. The buffers must not overlap each other.
+///
+/// # Safety
+/// `bufs` and `counts` point to `n` entries (or are NULL with `n == 0`); each buffer is
+/// writable for its count and untouched by other threads during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_allreduce_many(
+    bufs: *const *mut c_void,
+    counts: *const usize,
+    n: usize,
+    dtype: ringrun_dtype_t,
+    op: ringrun_op_t,
+) -> c_int {
+    guard(|| {
+        let (dt, op) = (self::dtype(dtype)?, self::op(op)?);
+        if n > 0 && (bufs.is_null() || counts.is_null()) {
+            return Err(invalid("bufs or counts is NULL"));
+        }
+        if !bufs.is_aligned() || !counts.is_aligned() {
+            return Err(invalid("bufs or counts is misaligned"));
+        }
+        let (ptrs, counts): (&[*mut c_void], &[usize]) = if n == 0 {
+            (&[], &[])
+        } else {
+            // SAFETY: non-null, aligned, `n` entries each per the caller's contract.
+            unsafe {
+                (
+                    std::slice::from_raw_parts(bufs, n),
+                    std::slice::from_raw_parts(counts, n),
+                )
+            }
+        };
+        let raws = ptrs
+            .iter()
+            .zip(counts)
+            .enumerate()
+            .map(|(i, (p, c))| Raw::new(*p, *c, dt, &format!("bufs[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Overlapping buffers would alias two `&mut` slices: sort by address, compare
+        // neighbours.
+        let mut sorted: Vec<&Raw> = raws.iter().filter(|r| r.bytes > 0).collect();
+        sorted.sort_by_key(|r| r.ptr as usize);
+        if sorted.windows(2).any(|w| w[0].overlaps(w[1])) {
+            return Err(invalid("two of the buffers overlap"));
+        }
+        with_global(|g| {
+            with_element!(dt, E => {
+                // SAFETY: each checked by `Raw::new`, pairwise disjoint (checked above),
+                // exclusive per the caller's contract.
+                let mut slices: Vec<&mut [E]> =
+                    raws.iter().map(|r| unsafe { r.slice_mut::<E>() }).collect();
+                Ok(g.group.allreduce_many(&mut slices, op)?)
+            })
+        })
+    })
+}
+
+/// Broadcast of `count` elements in place from rank `root` to every rank.
+///
+/// # Safety
+/// `buf` is writable for `count` elements of `dtype` and untouched by other threads.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_broadcast(
+    buf: *mut c_void,
+    count: usize,
+    dtype: ringrun_dtype_t,
+    root: c_int,
+) -> c_int {
+    guard(|| {
+        let dt = self::dtype(dtype)?;
+        let raw = Raw::new(buf, count, dt, "buf")?;
+        let root = usize::try_from(root).map_err(|_| invalid(format!("root {root} < 0")))?;
+        with_global(|g| {
+            let size = g.group.size();
+            if root >= size {
+                return Err(invalid(format!("root {root} is not a rank of {size}")));
+            }
+            with_element!(dt, E => {
+                // SAFETY: checked by `Raw::new`; exclusive per the caller's contract.
+                let buf = unsafe { raw.slice_mut::<E>() };
+                Ok(g.group.broadcast(buf, root)?)
+            })
+        })
+    })
+}
+
+/// Allgather: `recvbuf` (`count * size` elements, size from `ringrun_size` in this epoch)
+/// receives every rank's `count` elements of `sendbuf`, in rank order. The buffers must not
+/// overlap.
+///
+/// # Safety
+/// `sendbuf` is readable for `count` elements, `recvbuf` writable for `count * size`, both
+/// untouched by other threads during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_allgather(
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: usize,
+    dtype: ringrun_dtype_t,
+) -> c_int {
+    guard(|| {
+        let dt = self::dtype(dtype)?;
+        let send = Raw::new(sendbuf, count, dt, "sendbuf")?;
+        with_global(|g| {
+            let total = count
+                .checked_mul(g.group.size())
+                .ok_or_else(|| invalid("count * size overflows"))?;
+            let recv = Raw::new(recvbuf, total, dt, "recvbuf")?;
+            if send.overlaps(&recv) {
+                return Err(invalid("sendbuf and recvbuf overlap"));
+            }
+            with_element!(dt, E => {
+                // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.
+                let (s, r) = unsafe { (send.slice::<E>(), recv.slice_mut::<E>()) };
+                Ok(g.group.allgather(s, r)?)
+            })
+        })
+    })
+}
+
+/// Blocks until every rank of the epoch has called it.
+#[unsafe(no_mangle)]
+pub extern "C" fn ringrun_barrier() -> c_int {
+    guard(|| with_global(|g| Ok(g.group.barrier()?)))
+}

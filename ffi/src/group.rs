@@ -1,0 +1,279 @@
+//! The process-wide group behind the ABI: joining, leaving, rank, size, epoch.
+//!
+//! One group per process, behind a mutex: calls from several threads are safe and serialise
+//! (a collective holds the lock until it returns). A thread that must not block behind a
+//! long collective should not share the group.
+
+use std::{
+    ffi::{CStr, c_char, c_int},
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use ringrun_membership::MIN_SECRET_LEN;
+use ringrun_runtime::{Group, GroupConfig, config::parse_seeds};
+
+use crate::status::{Fail, guard, invalid, ringrun_status_t::*};
+
+/// What the ABI keeps between calls.
+pub struct Global {
+    pub group: Group,
+    /// The state the last `ringrun_restore` returned, for `ringrun_restored_copy`.
+    pub restored: Option<(u64, Arc<Vec<u8>>)>,
+}
+
+static GLOBAL: Mutex<Option<Global>> = Mutex::new(None);
+
+fn lock() -> MutexGuard<'static, Option<Global>> {
+    // A panic inside a call poisons the mutex; the group itself is still consistent (the
+    // runtime re-forms after any failed call), so the lock is taken over rather than lost.
+    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the initialised global state.
+pub fn with_global<R>(f: impl FnOnce(&mut Global) -> Result<R, Fail>) -> Result<R, Fail> {
+    let mut g = lock();
+    let global = g.as_mut().ok_or_else(|| {
+        Fail(
+            RINGRUN_NOT_INITIALIZED,
+            "ringrun is not initialised: call ringrun_init first".into(),
+        )
+    })?;
+    f(global)
+}
+
+/// A write to the socket of a peer that just died raises SIGPIPE, whose default action kills
+/// the process: Rust programs ignore it from `main`, but a C or Python host may not have. The
+/// runtime needs EPIPE instead (it turns it into a membership change), so ignore SIGPIPE
+/// unless the host installed a handler of its own.
+fn ignore_sigpipe() {
+    // SAFETY: `sigaction` with a NULL new action only reads the current one into `old`, a
+    // zeroed, valid `sigaction`; `signal(SIGPIPE, SIG_IGN)` is async-signal-safe and only
+    // changes the disposition of a signal nobody handles.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_DFL
+        {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
+}
+
+fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
+    let mut g = lock();
+    if g.is_some() {
+        return Err(invalid("already initialised: call ringrun_finalize first"));
+    }
+    ignore_sigpipe();
+    let group = Group::join(config?)?;
+    *g = Some(Global {
+        group,
+        restored: None,
+    });
+    Ok(())
+}
+
+/// Joins (or starts) the group described by the launcher's `RINGRUN_*` environment
+/// (`RINGRUN_SECRET`, `RINGRUN_SEEDS`, `RINGRUN_MIN_SIZE`, ...). Blocks until this process is
+/// a member of an agreed epoch. Call `ringrun_restore` next to learn the state to start from.
+/// If SIGPIPE has its default disposition it is set to ignored (a peer dying mid-write must
+/// be an error, not the end of this process).
+#[unsafe(no_mangle)]
+pub extern "C" fn ringrun_init() -> c_int {
+    guard(|| join(GroupConfig::from_env().map_err(Fail::from)))
+}
+
+/// Explicit configuration for `ringrun_init_config`. Zero / NULL fields take the default
+/// shown; start from `ringrun_config_t c = {0};` so that fields added later stay default.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ringrun_config_t {
+    /// Job secret, NUL-terminated, at least 16 bytes. Required.
+    pub secret: *const c_char,
+    /// Run id; members of different runs never talk. NULL: `"ringrun"`.
+    pub run_id: *const c_char,
+    /// Stable node id of this worker slot. 0 is a valid id.
+    pub node_id: u64,
+    /// Address to bind. NULL: `"127.0.0.1"`.
+    pub bind: *const c_char,
+    /// Membership (UDP) port. 0: any free port.
+    pub member_port: u16,
+    /// Membership seeds, `"HOST:PORT,HOST:PORT"`. NULL: start a new group.
+    pub seeds: *const c_char,
+    /// No epoch with fewer members is formed. 0: 1.
+    pub min_size: u32,
+    /// At most this many members. 0: unbounded.
+    pub max_size: u32,
+    /// The first epoch waits for this many members. 0: `min_size`.
+    pub initial_size: u32,
+    /// Deadline of one collective in ms. 0: 60000.
+    pub op_timeout_ms: u64,
+    /// How long init and restore wait for an epoch, in ms. 0: 60000.
+    pub restore_timeout_ms: u64,
+    /// Directory for durable checkpoints. NULL: none.
+    pub checkpoint_dir: *const c_char,
+}
+
+/// Reads an optional C string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string valid for the call.
+unsafe fn opt_str(p: *const c_char, what: &str) -> Result<Option<String>, Fail> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null and NUL-terminated per the caller's contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map(|s| Some(s.to_owned()))
+        .map_err(|_| invalid(format!("{what} is not UTF-8")))
+}
+
+fn config_from(c: &ringrun_config_t) -> Result<GroupConfig, Fail> {
+    // SAFETY: the strings are NULL or NUL-terminated per the documented contract of
+    // `ringrun_config_t`.
+    let (secret, run_id, bind, seeds, dir) = unsafe {
+        (
+            opt_str(c.secret, "secret")?,
+            opt_str(c.run_id, "run_id")?,
+            opt_str(c.bind, "bind")?,
+            opt_str(c.seeds, "seeds")?,
+            opt_str(c.checkpoint_dir, "checkpoint_dir")?,
+        )
+    };
+    let secret = secret.ok_or_else(|| invalid("config.secret is NULL"))?;
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(invalid(format!(
+            "the job secret needs at least {MIN_SECRET_LEN} bytes"
+        )));
+    }
+    let mut g = GroupConfig::local(c.node_id, secret.into_bytes());
+    if let Some(r) = run_id {
+        g.run_id = r;
+    }
+    if let Some(b) = bind {
+        g.bind = b.parse().map_err(|e| invalid(format!("bind {b:?}: {e}")))?;
+    }
+    g.member_port = c.member_port;
+    if let Some(s) = seeds {
+        g.seeds = parse_seeds(&s)?;
+    }
+    g.min_size = (c.min_size as usize).max(1);
+    if c.max_size > 0 {
+        g.max_size = c.max_size as usize;
+    }
+    g.initial_size = match c.initial_size {
+        0 => g.min_size,
+        n => n as usize,
+    };
+    if c.op_timeout_ms > 0 {
+        g.op_timeout = Duration::from_millis(c.op_timeout_ms);
+    }
+    if c.restore_timeout_ms > 0 {
+        g.restore_timeout = Duration::from_millis(c.restore_timeout_ms);
+    }
+    g.checkpoint_dir = dir.map(PathBuf::from);
+    Ok(g)
+}
+
+/// Joins (or starts) the group described by `config` instead of the environment.
+///
+/// # Safety
+/// `config` is NULL (an error) or points to a valid `ringrun_config_t` whose strings are
+/// NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_init_config(config: *const ringrun_config_t) -> c_int {
+    guard(|| {
+        // SAFETY: NULL is checked; otherwise valid per the caller's contract.
+        let c = unsafe { config.as_ref() }.ok_or_else(|| invalid("config is NULL"))?;
+        join(config_from(c))
+    })
+}
+
+/// Leaves the group gracefully (the others re-form without this process at once) and frees
+/// it. Collective, like `MPI_Finalize`: it first waits at a barrier (best effort, bounded by
+/// the op timeout, errors ignored) so that no member leaves while another is still finishing
+/// its last collective, which would abort it. Succeeds when not initialised, so it is safe
+/// to call twice.
+#[unsafe(no_mangle)]
+pub extern "C" fn ringrun_finalize() -> c_int {
+    guard(|| {
+        if let Some(mut g) = lock().take() {
+            let _ = g.group.barrier();
+            g.group.leave();
+        }
+        Ok(())
+    })
+}
+
+/// Writes 1 to `*initialized` when `ringrun_init` succeeded and `ringrun_finalize` was not
+/// called since, else 0.
+///
+/// # Safety
+/// `initialized` is NULL (an error) or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_initialized(initialized: *mut c_int) -> c_int {
+    guard(|| {
+        let v = c_int::from(lock().is_some());
+        // SAFETY: checked for NULL in `write_out`; valid per the caller's contract.
+        unsafe { write_out(initialized, v, "initialized") }
+    })
+}
+
+/// Writes `v` through an out-pointer.
+///
+/// # Safety
+/// `p` is NULL (an error) or valid and aligned for a write of `T`.
+pub unsafe fn write_out<T>(p: *mut T, v: T, what: &str) -> Result<(), Fail> {
+    if p.is_null() {
+        return Err(invalid(format!("{what} is NULL")));
+    }
+    if !p.is_aligned() {
+        return Err(invalid(format!("{what} is misaligned")));
+    }
+    // SAFETY: non-null and aligned (checked), valid for writes per the caller's contract.
+    unsafe { p.write(v) };
+    Ok(())
+}
+
+/// This process's rank in the current epoch (ranks change after a membership change).
+///
+/// # Safety
+/// `rank` is NULL (an error) or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_rank(rank: *mut c_int) -> c_int {
+    guard(|| {
+        let r = with_global(|g| Ok(g.group.rank() as c_int))?;
+        // SAFETY: see `write_out`.
+        unsafe { write_out(rank, r, "rank") }
+    })
+}
+
+/// Members in the current epoch.
+///
+/// # Safety
+/// `size` is NULL (an error) or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_size(size: *mut c_int) -> c_int {
+    guard(|| {
+        let s = with_global(|g| Ok(g.group.size() as c_int))?;
+        // SAFETY: see `write_out`.
+        unsafe { write_out(size, s, "size") }
+    })
+}
+
+/// The current epoch number (it grows with every membership change).
+///
+/// # Safety
+/// `epoch` is NULL (an error) or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_epoch(epoch: *mut u64) -> c_int {
+    guard(|| {
+        let e = with_global(|g| Ok(g.group.epoch()))?;
+        // SAFETY: see `write_out`.
+        unsafe { write_out(epoch, e, "epoch") }
+    })
+}
