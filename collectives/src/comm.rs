@@ -535,12 +535,21 @@ async fn guarded<T: Transport>(
         }
     };
     let deadline = tokio::time::Instant::from_std(ctl.deadline);
+    let mut fut = std::pin::pin!(fut);
     tokio::select! {
         biased;
-        () = cancelled => Err(CollectiveError::Aborted {
-            reason: ctl.cancel.as_ref().and_then(Cancel::reason).unwrap_or_default(),
-        }),
-        r = fut => r,
+        () = cancelled => {
+            // One last look at the call: an outcome already there (success, or a peer's
+            // Mismatch notice already in the socket) wins over a cancel that raced with it, so
+            // every rank of a mismatched call reports the mismatch.
+            match futures_util::FutureExt::now_or_never(fut.as_mut()) {
+                Some(r @ (Ok(()) | Err(CollectiveError::Mismatch { .. }))) => r,
+                _ => Err(CollectiveError::Aborted {
+                    reason: ctl.cancel.as_ref().and_then(Cancel::reason).unwrap_or_default(),
+                }),
+            }
+        }
+        r = fut.as_mut() => r,
         () = tokio::time::sleep_until(deadline) => Err(CollectiveError::Timeout {
             waiting_on: t.waiting_on(),
             waited: started.elapsed(),

@@ -22,8 +22,10 @@ pub enum GroupError {
     /// buffers unspecified; the epoch is re-formed. Recovery: [`crate::Group::restore`].
     #[error("timed out: {0}")]
     Timeout(String),
-    /// Ranks disagreed about a call (size, dtype, op, step). State: nothing committed, output
-    /// buffers unspecified. Recovery: fix the caller; then [`crate::Group::restore`].
+    /// Ranks disagreed about a call (size, dtype, op, step); every rank of the call gets it.
+    /// State: nothing committed, output buffers unspecified, the epoch's connections are
+    /// discarded (the next call returns `MembershipChanged`). Recovery: fix the caller; then
+    /// [`crate::Group::restore`].
     #[error("mismatch across ranks: {0}")]
     Mismatch(String),
     /// Invalid input to this call (nothing was sent). State unchanged; recoverable by the

@@ -38,6 +38,8 @@ type Result<T> = std::result::Result<T, GroupError>;
 
 /// Longest a mesh set-up may take before the epoch is given up and re-formed.
 const MESH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a rank that saw a Mismatch waits before asking for a new epoch (see `Group::end`).
+const MISMATCH_GRACE: Duration = Duration::from_millis(100);
 
 /// One member of an elastic training group.
 pub struct Group {
@@ -53,6 +55,9 @@ pub struct Group {
     view: Option<Arc<GroupView>>,
     /// The epoch given up on, why, and when.
     broken: Option<(u64, String)>,
+    /// `broken` by a mismatch and the re-form not yet requested: not before this time (see
+    /// `end`).
+    reform_pending: Option<Instant>,
     memory: Option<Committed>,
     store: Option<Store>,
     commits: u64,
@@ -138,6 +143,7 @@ impl Group {
             comm: None,
             view: None,
             broken: None,
+            reform_pending: None,
             memory: None,
             store,
             commits: 0,
@@ -265,6 +271,7 @@ impl Group {
     /// its bytes, identical on every rank, or `None` on a fresh start.
     pub fn restore(&mut self) -> Result<Option<(u64, Arc<Vec<u8>>)>> {
         let deadline = Instant::now() + self.config.restore_timeout;
+        self.request_pending_reform();
         loop {
             if self.healthy() {
                 return Ok(self.memory.as_ref().map(|c| (c.step, c.bytes.clone())));
@@ -310,8 +317,9 @@ impl Group {
             return Err(changed(0, "not in an epoch: call restore".into()));
         };
         let epoch = comm.epoch();
-        if let Some((e, why)) = &self.broken {
-            return Err(changed(*e, why.clone()));
+        if let Some((e, why)) = self.broken.clone() {
+            self.request_pending_reform();
+            return Err(changed(e, why));
         }
         let cancel = Cancel::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, cancel.clone()));
@@ -337,6 +345,13 @@ impl Group {
                 Ok(v)
             }
             Err(CollectiveError::InvalidArgument(m)) => Err(GroupError::InvalidArgument(m)),
+            Err(e @ CollectiveError::Mismatch { .. }) => {
+                // A caller's bug, not a lost member: every rank must see `Mismatch`, so the
+                // re-form that would cancel the peers' calls waits for this rank's next call.
+                self.broken = Some((epoch, e.to_string()));
+                self.reform_pending = Some(Instant::now() + MISMATCH_GRACE);
+                Err(GroupError::from_collective(epoch, e))
+            }
             Err(e) => {
                 let at = self
                     .published
@@ -346,6 +361,17 @@ impl Group {
                 self.give_up(epoch, e.to_string(), at.min(Instant::now()));
                 Err(GroupError::from_collective(epoch, e))
             }
+        }
+    }
+
+    fn request_pending_reform(&mut self) {
+        if let Some((epoch, _)) = self.broken
+            && let Some(not_before) = self.reform_pending.take()
+        {
+            // The peers' calls end on this rank's Mismatch notice, already in their sockets; a
+            // re-form now could cancel them first, and they would see a membership change.
+            std::thread::sleep(not_before.saturating_duration_since(Instant::now()));
+            self.driver.send(Command::Reform(epoch));
         }
     }
 
@@ -416,6 +442,7 @@ impl Group {
             self.config.comm.clone(),
         ));
         self.broken = None;
+        self.reform_pending = None;
         self.view = Some(view.clone());
         self.sync()?;
         let installed = self

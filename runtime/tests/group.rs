@@ -121,3 +121,34 @@ fn form_reduce_leave_and_join_with_state() {
         t.join().unwrap();
     }
 }
+
+/// Ranks that pass different sizes all get `Mismatch` (not a membership change), and then
+/// `restore` gives them a working epoch again.
+#[test]
+fn mismatched_sizes_fail_on_every_rank_and_the_group_recovers() {
+    let port = free_udp_port();
+    let seed = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    let done = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2u64)
+        .map(|node| {
+            let (seed, done) = (seed.clone(), done.clone());
+            thread::spawn(move || {
+                let p = if node == 0 { port } else { 0 };
+                let mut g = Group::join(config(node, &seed, p, 2)).expect("join");
+                g.restore().unwrap();
+                let mut v = vec![1.0f32; 10 * (g.rank() + 1)];
+                let e = g.allreduce(&mut v, ReduceOp::Sum).unwrap_err();
+                assert!(matches!(e, GroupError::Mismatch(_)), "member {node}: {e}");
+                g.restore().unwrap();
+                let mut v = vec![1.0f32; 10];
+                step(&mut g, &mut v).unwrap();
+                assert!(v.iter().all(|x| *x == 2.0));
+                done.wait();
+                g.leave();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
