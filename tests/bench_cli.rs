@@ -301,3 +301,26 @@ fn ranks_given_explicit_peers_form_a_job_without_a_parent() {
     assert!(outs[1].status.success(), "{}", text(&outs[1].stderr));
     assert!(outs[1].stdout.is_empty(), "only rank 0 prints");
 }
+
+/// Without CUDA, `--device cuda` fails before starting ranks, with one line naming the library.
+#[test]
+fn device_cuda_without_a_gpu_fails_with_one_clear_line() {
+    let out = bench(&[
+        "--device", "cuda", "--np", "2", "-b", "8", "-e", "64", "-n", "1",
+    ]);
+    let stderr = text(&out.stderr);
+    if out.status.success() {
+        println!("skipped: a CUDA device is present (the GPU tests cover it)");
+        return;
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("not found") || lines[0].contains("no CUDA device"),
+        "{stderr}"
+    );
+    if !std::path::Path::new("/proc/driver/nvidia").exists() {
+        assert!(lines[0].contains("libcuda.so.1 not found"), "{stderr}");
+    }
+}

@@ -12,6 +12,9 @@
 //! Frames carry the operation's signature (`frame`), so ranks that disagree about a call get
 //! [`CollectiveError::Mismatch`] rather than wrong data.
 //!
+//! Device (GPU) buffers go through [`device`]: the same contract over a backend such as NCCL
+//! (module `nccl`, feature `nccl`), or staged through host memory over these transports.
+//!
 //! Operations are `async` and are meant to run on a current-thread tokio runtime owned by the
 //! calling thread (`block_on`): the thread that calls the collective does its I/O, with no hand-off
 //! to another thread.
@@ -21,9 +24,14 @@
 mod algo;
 mod cancel;
 mod comm;
+pub mod device;
 mod dtype;
 mod error;
 pub mod frame;
+// The only module of this crate with `unsafe`: raw NCCL and CUDA calls, each with a SAFETY note.
+#[cfg(feature = "nccl")]
+#[allow(unsafe_code)]
+pub mod nccl;
 pub mod reduce;
 pub mod schedule;
 mod spin;

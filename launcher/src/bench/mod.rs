@@ -1,9 +1,11 @@
-//! `ringrun bench`: nccl-tests' `all_reduce_perf`, over ringrun's CPU transports.
+//! `ringrun bench`: nccl-tests' `all_reduce_perf`, over ringrun's CPU transports, or on GPU
+//! buffers with `--device cuda` (`device`: NCCL, or staged through host memory).
 //!
 //! Without `--rank`, this process is the parent: it spawns `--np` ranks of itself, exchanges
 //! their addresses (`rendezvous`) and exits with the worst child status. With `--rank` and
 //! `--peers`, it is one rank of a multi-host run. Rank 0 prints the table (`report`).
 
+mod device;
 mod rendezvous;
 mod report;
 mod sweep;
@@ -58,9 +60,13 @@ pub(crate) struct BenchArgs {
     /// Check results (1) or not (0).
     #[arg(short = 'c', long = "check", default_value_t = 1)]
     check: u8,
-    /// Transport between ranks.
-    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
-    transport: TransportKind,
+    /// Transport between ranks (default: tcp, or nccl with --device cuda). `nccl` implies
+    /// --device cuda; tcp or quic with --device cuda stage GPU buffers through host memory.
+    #[arg(long, value_enum)]
+    transport: Option<TransportKind>,
+    /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
     /// Allreduce algorithm (`tree` is recursive doubling).
     #[arg(long, value_enum, default_value_t = AlgoArg::Auto)]
     algo: AlgoArg,
@@ -106,6 +112,26 @@ pub(crate) struct BenchArgs {
 enum TransportKind {
     Tcp,
     Quic,
+    Nccl,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl BenchArgs {
+    /// The device and the transport, defaults resolved: (cuda?, data transport).
+    fn resolved(&self) -> (bool, TransportKind) {
+        let cuda = self.device == DeviceKind::Cuda || self.transport == Some(TransportKind::Nccl);
+        let default = if cuda {
+            TransportKind::Nccl
+        } else {
+            TransportKind::Tcp
+        };
+        (cuda, self.transport.unwrap_or(default))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -140,6 +166,11 @@ fn parse_op(s: &str) -> Result<ReduceOp, String> {
 pub(crate) fn main(args: BenchArgs) -> Result<ExitCode> {
     if args.step_factor < 2 || args.min_bytes > args.max_bytes || args.np == 0 {
         bail!("need --np ≥ 1, -b ≤ -e and -f ≥ 2");
+    }
+    let (cuda, transport) = args.resolved();
+    if cuda {
+        // Before any rank starts: a machine without the libraries gets one clear line.
+        device::probe(transport == TransportKind::Nccl)?;
     }
     match args.rank {
         Some(rank) => run_rank(&args, rank, JobSecret::from_bytes(&secret(&args)?)),
@@ -223,8 +254,13 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
             None => Ok(args.peers.clone()),
         }
     };
-    let wrong = match args.transport {
-        TransportKind::Tcp => rt.block_on(async {
+    let (cuda, transport) = args.resolved();
+    let timeout = Duration::from_secs(args.timeout);
+    let max_bytes = args.max_bytes / args.dtype.size() * args.dtype.size();
+    let wrong = match transport {
+        // NCCL's own bootstrap aside, the ranks also need a CPU mesh: for the unique id and the
+        // bench's bookkeeping reductions.
+        TransportKind::Tcp | TransportKind::Nccl => rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(bind).await?;
             let spec = MeshSpec {
                 rank,
@@ -232,7 +268,16 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
                 epoch: 0,
             };
             let t = tcp::connect(&listener, &spec, &secret, deadline).await?;
-            sweep::run(Communicator::new(t, 0, config), args, "tcp").await
+            let comm = Communicator::new(t, 0, config);
+            if cuda {
+                let nccl = transport == TransportKind::Nccl;
+                let engine = device::GpuEngine::new(comm, nccl, "tcp", timeout).await?;
+                let algo = if nccl { "nccl" } else { "ring" };
+                sweep::run(engine, args, algo).await
+            } else {
+                let algo = comm.allreduce_algo(args.dtype, args.max_bytes).name();
+                sweep::run(sweep::CpuEngine::new(comm, "tcp", max_bytes), args, algo).await
+            }
         })?,
         TransportKind::Quic => rt.block_on(async {
             let socket = std::net::UdpSocket::bind(bind)?;
@@ -242,7 +287,14 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
                 epoch: 0,
             };
             let t = quic::connect(socket, &spec, &secret, deadline).await?;
-            sweep::run(Communicator::new(t, 0, config), args, "quic").await
+            let comm = Communicator::new(t, 0, config);
+            if cuda {
+                let engine = device::GpuEngine::new(comm, false, "quic", timeout).await?;
+                sweep::run(engine, args, "ring").await
+            } else {
+                let algo = comm.allreduce_algo(args.dtype, args.max_bytes).name();
+                sweep::run(sweep::CpuEngine::new(comm, "quic", max_bytes), args, algo).await
+            }
         })?,
     };
     Ok(if wrong == 0 {
