@@ -36,7 +36,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn workers_get_the_torchrun_tf_and_ringrun_environment_with_tagged_output() {
-    let script = r#"echo "RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE LOCAL_WORLD_SIZE=$LOCAL_WORLD_SIZE GROUP_RANK=$GROUP_RANK MASTER=$MASTER_ADDR:$MASTER_PORT RESTARTS=$TORCHELASTIC_RESTART_COUNT/$TORCHELASTIC_MAX_RESTARTS RUN=$TORCHELASTIC_RUN_ID NODE=$RINGRUN_NODE_ID SEEDS=$RINGRUN_SEEDS"; echo "TF $TF_CONFIG"; echo oops >&2"#;
+    let script = r#"echo "RANK=$RANK LOCAL_RANK=$LOCAL_RANK WORLD_SIZE=$WORLD_SIZE LOCAL_WORLD_SIZE=$LOCAL_WORLD_SIZE GROUP_RANK=$GROUP_RANK MASTER=$MASTER_ADDR:$MASTER_PORT RESTARTS=$TORCHELASTIC_RESTART_COUNT/$TORCHELASTIC_MAX_RESTARTS RUN=$TORCHELASTIC_RUN_ID NODE=$RINGRUN_NODE_ID TRANSPORT=$RINGRUN_TRANSPORT SEEDS=$RINGRUN_SEEDS"; echo "TF $TF_CONFIG"; echo oops >&2"#;
     let out = launch(
         &["--np", "3", "--max-restarts", "0", "--run-id", "envtest"],
         script,
@@ -52,6 +52,7 @@ fn workers_get_the_torchrun_tf_and_ringrun_environment_with_tagged_output() {
         assert!(line.contains(&format!("RANK={r} LOCAL_RANK={r} WORLD_SIZE=3 LOCAL_WORLD_SIZE=3 GROUP_RANK=0 MASTER=127.0.0.1:")), "{line}");
         assert!(line.contains("RESTARTS=0/0 RUN=envtest"), "{line}");
         assert!(line.contains("SEEDS=127.0.0.1:"), "{line}");
+        assert!(line.contains("TRANSPORT=auto"), "{line}");
         let tf = stdout
             .lines()
             .find(|l| l.starts_with(&format!("[{r}] TF ")))
@@ -151,8 +152,18 @@ fn sigterm_is_forwarded_to_the_workers() {
 
 #[test]
 fn the_demo_kills_a_worker_and_ends_with_the_reference_model() {
+    demo_survives_a_kill("tcp");
+}
+
+#[test]
+fn the_demo_survives_a_kill_over_quic() {
+    demo_survives_a_kill("quic");
+}
+
+fn demo_survives_a_kill(transport: &str) {
     let mut child = Command::new(EXE)
         .args(["demo", "--json", "--steps", "120", "--kill", "1@40"])
+        .args(["--transport", transport])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

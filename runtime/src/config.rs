@@ -10,7 +10,7 @@ use std::{
 use ringrun_collectives::CommConfig;
 use ringrun_membership::{MIN_SECRET_LEN, MembershipConfig};
 
-use crate::error::GroupError;
+use crate::{error::GroupError, mesh::MeshKind};
 
 /// Everything a member needs to join a group.
 #[derive(Clone, Debug)]
@@ -55,6 +55,8 @@ pub struct GroupConfig {
     pub checkpoint_every: u64,
     /// Collective tuning.
     pub comm: CommConfig,
+    /// What the epochs' collectives run over.
+    pub transport: MeshKind,
 }
 
 impl GroupConfig {
@@ -80,6 +82,7 @@ impl GroupConfig {
             checkpoint_dir: None,
             checkpoint_every: 10,
             comm: CommConfig::default(),
+            transport: MeshKind::default(),
         }
     }
 
@@ -102,6 +105,7 @@ impl GroupConfig {
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
+    /// | `RINGRUN_TRANSPORT` | `auto`, `tcp` or `quic` ([`MeshKind`]) | `auto` (TCP) |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
             (_, Some(path)) => {
@@ -140,6 +144,7 @@ impl GroupConfig {
         c.restore_timeout = ms("RINGRUN_RESTORE_TIMEOUT_MS", c.restore_timeout)?;
         c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);
         c.checkpoint_every = parse("RINGRUN_CHECKPOINT_EVERY")?.unwrap_or(10).max(1);
+        c.transport = parse("RINGRUN_TRANSPORT")?.unwrap_or_default();
         Ok(c)
     }
 }

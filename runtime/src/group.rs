@@ -15,7 +15,7 @@ use std::{
 
 use ringrun_collectives::{
     Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp,
-    transport::tcp::{self, JobSecret, MeshSpec, TcpTransport},
+    transport::tcp::{JobSecret, MeshSpec},
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
 use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
@@ -30,6 +30,7 @@ use crate::{
     error::GroupError,
     failpoint,
     member::{Endpoints, MemberKey},
+    mesh::{self, EpochTransport},
     report::{FaultEvent, Open},
     state::{self, Committed, Decision},
 };
@@ -51,7 +52,7 @@ pub struct Group {
     driver: Driver,
     published: watch::Receiver<Published>,
     cancel: CancelSlot,
-    comm: Option<Communicator<TcpTransport>>,
+    comm: Option<Communicator<EpochTransport>>,
     view: Option<Arc<GroupView>>,
     /// The epoch given up on, why, and when.
     broken: Option<(u64, String)>,
@@ -422,8 +423,11 @@ impl Group {
             addrs: view.members.iter().map(|(_, e)| e.tcp).collect(),
             epoch: view.epoch,
         };
-        self.comm = None;
-        let connect = tcp::connect(
+        if let Some(old) = self.comm.take() {
+            mesh::discard(old);
+        }
+        let connect = mesh::connect(
+            self.config.transport,
             &self.listener,
             &spec,
             &self.secret,

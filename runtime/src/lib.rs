@@ -17,6 +17,7 @@ pub mod error;
 pub mod failpoint;
 mod group;
 pub mod member;
+pub mod mesh;
 mod report;
 mod state;
 

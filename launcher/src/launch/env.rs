@@ -41,6 +41,8 @@ pub(crate) struct JobEnv {
     pub(crate) master: SocketAddr,
     pub(crate) max_restarts: u32,
     pub(crate) checkpoint_dir: Option<String>,
+    /// `--transport`, handed on as `RINGRUN_TRANSPORT`.
+    pub(crate) transport: String,
     pub(crate) host: String,
     /// Every launch-time worker address, for TF_CONFIG.
     pub(crate) workers: Vec<SocketAddr>,
@@ -68,6 +70,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
             "RINGRUN_CHECKPOINT_DIR",
             job.checkpoint_dir.clone().unwrap_or_default(),
         ),
+        ("RINGRUN_TRANSPORT", job.transport.clone()),
         ("RANK", slot.rank.to_string()),
         ("LOCAL_RANK", slot.local_rank.to_string()),
         ("WORLD_SIZE", job.world_size.to_string()),
@@ -112,6 +115,7 @@ mod tests {
             master: "127.0.0.1:29500".parse().unwrap(),
             max_restarts: 3,
             checkpoint_dir: None,
+            transport: "auto".into(),
             host: "h".into(),
             workers: vec![
                 "127.0.0.1:7000".parse().unwrap(),

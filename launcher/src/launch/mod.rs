@@ -63,8 +63,8 @@ pub(crate) struct LaunchArgs {
     /// Directory for durable checkpoints.
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// Collective transport (the runtime's epochs run over TCP today).
-    #[arg(long, default_value = "auto")]
+    /// Collective transport of the workers' epochs (auto = tcp; quic encrypts every byte).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
     pub(crate) transport: String,
     /// File holding the job secret (default: $RINGRUN_SECRET; a local-only job gets a random one).
     #[arg(long)]
@@ -153,12 +153,6 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
-    if !matches!(a.transport.as_str(), "auto" | "tcp") {
-        bail!(
-            "--transport {}: the elastic runtime runs over tcp for now",
-            a.transport
-        );
-    }
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
     let host = a.host_name.clone().unwrap_or_else(hostname);
     let discovery = a.host_discovery_script.clone().map(|script| {
@@ -222,6 +216,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         master: SocketAddr::new(a.bind, free_tcp_port(a.bind)?),
         max_restarts: a.max_restarts,
         checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
+        transport: a.transport.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
     };

@@ -1,0 +1,180 @@
+//! The transport of one epoch: which kind the group asked for, and how its links are formed.
+//!
+//! Every epoch starts with the TCP mesh on the member's advertised listener (the only address
+//! the view carries); it is authenticated with the job secret and serves as the *boot* mesh
+//! for the others. QUIC needs a fresh UDP socket per epoch (a quinn endpoint owns its socket
+//! and drains after close), so its addresses are swapped over the boot mesh rather than
+//! advertised in the membership metadata.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use ringrun_collectives::{
+    CollectiveError, Communicator, Ctl,
+    frame::ErrorCode,
+    frame::Header,
+    transport::{
+        Transport,
+        quic::{self, QuicTransport},
+        tcp::{self, JobSecret, MeshSpec, TcpTransport},
+    },
+};
+use tokio::net::TcpListener;
+
+/// The transport a group's epochs run over (`RINGRUN_TRANSPORT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MeshKind {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// QUIC: encrypted, for untrusted networks.
+    Quic,
+}
+
+impl std::str::FromStr for MeshKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MeshKind, String> {
+        match s {
+            "auto" | "tcp" => Ok(MeshKind::Tcp),
+            "quic" => Ok(MeshKind::Quic),
+            other => Err(format!("unknown transport {other:?} (auto, tcp, quic)")),
+        }
+    }
+}
+
+/// One epoch's links, whichever kind they are.
+pub enum EpochTransport {
+    /// Over TCP.
+    Tcp(TcpTransport),
+    /// Over QUIC.
+    Quic(QuicTransport),
+}
+
+/// Forms the links of `spec`'s epoch of kind `kind`, by `deadline`.
+pub async fn connect(
+    kind: MeshKind,
+    listener: &TcpListener,
+    spec: &MeshSpec,
+    secret: &JobSecret,
+    deadline: Instant,
+) -> Result<EpochTransport, CollectiveError> {
+    let boot = tcp::connect(listener, spec, secret, deadline).await?;
+    match kind {
+        MeshKind::Tcp => Ok(EpochTransport::Tcp(boot)),
+        MeshKind::Quic => {
+            let ip = listener.local_addr().map_err(setup)?.ip();
+            let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(setup)?;
+            let addrs =
+                swap_addrs(boot, spec, socket.local_addr().map_err(setup)?, deadline).await?;
+            let quic_spec = MeshSpec {
+                rank: spec.rank,
+                addrs,
+                epoch: spec.epoch,
+            };
+            Ok(EpochTransport::Quic(
+                quic::connect(socket, &quic_spec, secret, deadline).await?,
+            ))
+        }
+    }
+}
+
+/// Every rank's `mine`, by rank, gathered over the boot mesh (which is then closed).
+async fn swap_addrs(
+    boot: TcpTransport,
+    spec: &MeshSpec,
+    mine: SocketAddr,
+    deadline: Instant,
+) -> Result<Vec<SocketAddr>, CollectiveError> {
+    let mut comm = Communicator::new(boot, spec.epoch, Default::default());
+    let mut all = vec![0i64; spec.size()];
+    let ctl = Ctl::timeout(deadline.saturating_duration_since(Instant::now()));
+    comm.allgather(&[i64::from(mine.port())], &mut all, &ctl)
+        .await?;
+    comm.close(Duration::from_secs(1)).await;
+    spec.addrs
+        .iter()
+        .zip(all)
+        .map(|(a, port)| {
+            let port = u16::try_from(port).map_err(|_| setup(format!("port {port}")))?;
+            Ok(SocketAddr::new(a.ip(), port))
+        })
+        .collect()
+}
+
+fn setup(e: impl std::fmt::Display) -> CollectiveError {
+    CollectiveError::Setup(format!("epoch transport: {e}"))
+}
+
+macro_rules! each {
+    ($self:ident, $t:ident => $e:expr) => {
+        match $self {
+            EpochTransport::Tcp($t) => $e,
+            EpochTransport::Quic($t) => $e,
+        }
+    };
+}
+
+impl Transport for EpochTransport {
+    fn rank(&self) -> usize {
+        each!(self, t => t.rank())
+    }
+
+    fn size(&self) -> usize {
+        each!(self, t => t.size())
+    }
+
+    async fn send(
+        &self,
+        peer: usize,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<(), CollectiveError> {
+        each!(self, t => t.send(peer, header, payload).await)
+    }
+
+    async fn recv(
+        &self,
+        peer: usize,
+        expect: &Header,
+        dst: &mut [u8],
+    ) -> Result<(), CollectiveError> {
+        each!(self, t => t.recv(peer, expect, dst).await)
+    }
+
+    async fn abort_all(
+        &self,
+        header: &Header,
+        code: ErrorCode,
+        subject: Option<usize>,
+        message: &str,
+        within: Duration,
+    ) {
+        each!(self, t => t.abort_all(header, code, subject, message, within).await)
+    }
+
+    async fn last_word(&self, peer: usize, within: Duration) -> Option<CollectiveError> {
+        each!(self, t => t.last_word(peer, within).await)
+    }
+
+    fn waiting_on(&self) -> Option<usize> {
+        each!(self, t => t.waiting_on())
+    }
+
+    async fn close(&self, within: Duration) {
+        each!(self, t => t.close(within).await)
+    }
+}
+
+/// Drops a finished epoch's communicator without making the caller wait. A QUIC transport
+/// lingers (up to `quic::LINGER`) until its peers acknowledge its last bytes, and a dead peer
+/// never does, so it is dropped on a short-lived thread of its own; TCP drops at once.
+pub fn discard(comm: Communicator<EpochTransport>) {
+    if matches!(comm.transport(), EpochTransport::Quic(_)) {
+        let _ = std::thread::Builder::new()
+            .name("ringrun-epoch-drop".into())
+            .spawn(move || drop(comm));
+    }
+}
