@@ -68,7 +68,7 @@ impl From<GroupError> for Fail {
             GroupError::Mismatch(_) => RINGRUN_MISMATCH,
             GroupError::InvalidArgument(_) => RINGRUN_INVALID_ARGUMENT,
             GroupError::NoQuorum(_) => RINGRUN_NO_QUORUM,
-            GroupError::Internal(_) => RINGRUN_INTERNAL,
+            GroupError::Internal(_) | GroupError::DeviceUnavailable(_) => RINGRUN_INTERNAL,
         };
         Fail(status, e.to_string())
     }
