@@ -42,6 +42,8 @@ pub(crate) struct JobEnv {
     pub(crate) max_restarts: u32,
     pub(crate) checkpoint_dir: Option<String>,
     pub(crate) host: String,
+    /// `RINGRUN_TRANSPORT` for the workers (`nccl`: device groups), unset for the default.
+    pub(crate) transport: Option<String>,
     /// Every launch-time worker address, for TF_CONFIG.
     pub(crate) workers: Vec<SocketAddr>,
 }
@@ -67,6 +69,10 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
         (
             "RINGRUN_CHECKPOINT_DIR",
             job.checkpoint_dir.clone().unwrap_or_default(),
+        ),
+        (
+            "RINGRUN_TRANSPORT",
+            job.transport.clone().unwrap_or_default(),
         ),
         ("RANK", slot.rank.to_string()),
         ("LOCAL_RANK", slot.local_rank.to_string()),
@@ -113,6 +119,7 @@ mod tests {
             max_restarts: 3,
             checkpoint_dir: None,
             host: "h".into(),
+            transport: None,
             workers: vec![
                 "127.0.0.1:7000".parse().unwrap(),
                 "127.0.0.1:7001".parse().unwrap(),
@@ -139,5 +146,12 @@ mod tests {
         let tf: serde_json::Value = serde_json::from_str(&v["TF_CONFIG"]).unwrap();
         assert_eq!(tf["task"]["index"], 1);
         assert_eq!(tf["cluster"]["worker"][1], "127.0.0.1:7001");
+        assert!(!v.contains_key("RINGRUN_TRANSPORT"));
+        let nccl = JobEnv {
+            transport: Some("nccl".into()),
+            ..job()
+        };
+        let v: std::collections::BTreeMap<_, _> = vars(&nccl, &slot).into_iter().collect();
+        assert_eq!(v["RINGRUN_TRANSPORT"], "nccl");
     }
 }

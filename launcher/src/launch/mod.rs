@@ -63,7 +63,9 @@ pub(crate) struct LaunchArgs {
     /// Directory for durable checkpoints.
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// Collective transport (the runtime's epochs run over TCP today).
+    /// Collective transport: `tcp` (and `auto`) for host buffers; `nccl` gives every worker a
+    /// device group (`RINGRUN_TRANSPORT=nccl`: one NCCL communicator per epoch on GPU
+    /// `LOCAL_RANK % devices`), which fails at join, naming the library, without CUDA and NCCL.
     #[arg(long, default_value = "auto")]
     pub(crate) transport: String,
     /// File holding the job secret (default: $RINGRUN_SECRET; a local-only job gets a random one).
@@ -153,12 +155,11 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
-    if !matches!(a.transport.as_str(), "auto" | "tcp") {
-        bail!(
-            "--transport {}: the elastic runtime runs over tcp for now",
-            a.transport
-        );
-    }
+    let transport = match a.transport.as_str() {
+        "auto" | "tcp" => None,
+        "nccl" => Some("nccl".to_string()),
+        t => bail!("--transport {t}: the elastic runtime runs over tcp, or nccl for GPU buffers"),
+    };
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
     let host = a.host_name.clone().unwrap_or_else(hostname);
     let discovery = a.host_discovery_script.clone().map(|script| {
@@ -223,6 +224,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         max_restarts: a.max_restarts,
         checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
         host,
+        transport,
         workers: slots.iter().map(|s| s.member_addr).collect(),
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
