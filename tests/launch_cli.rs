@@ -356,3 +356,52 @@ fn a_discovery_script_grows_and_shrinks_the_job_and_training_stays_exact() {
     assert_eq!(finals.len(), 1, "{all:?}");
     assert!(finals[0].contains(&expected), "{} vs {expected}", finals[0]);
 }
+
+/// `--transport nccl` is accepted and reaches the workers as `RINGRUN_TRANSPORT=nccl`; on a
+/// machine without the CUDA driver their join fails at once with an error naming libcuda, and
+/// the job fails cleanly (no hang, no panic).
+#[test]
+fn transport_nccl_without_cuda_fails_at_join_naming_libcuda() {
+    let cuda = ringrun_collectives::nccl::probe_cuda();
+    if cuda.is_ok() && ringrun_collectives::nccl::probe_nccl().is_ok() {
+        println!("skipped: CUDA and NCCL are present, so the workers would form a device group");
+        return;
+    }
+    let script =
+        format!("echo \"transport=$RINGRUN_TRANSPORT\"; exec {EXE} train-worker --steps 3");
+    let start = Instant::now();
+    let out = launch(
+        &["--transport", "nccl", "--np", "2", "--max-restarts", "0"],
+        &script,
+        Duration::from_secs(30),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("] transport=nccl"), "{stdout}");
+    let needle = if cuda.is_err() {
+        "libcuda.so.1"
+    } else {
+        "libnccl.so"
+    };
+    assert!(
+        stderr.contains("device group unavailable") && stderr.contains(needle),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn an_unknown_transport_is_rejected() {
+    let out = launch(&["--transport", "shm"], "true", Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--transport shm"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -72,8 +72,9 @@ typedef enum ringrun_status_t {
    */
   RINGRUN_NOT_INITIALIZED = 5,
   /*
-   The library or the group failed (sockets, threads, a bug). Not recoverable in-process:
-   finalize and exit.
+   The library or the group failed (sockets, threads, a bug; or, at init, a device group
+   (`RINGRUN_TRANSPORT=nccl`) on a machine without CUDA or NCCL: the message names the
+   library). Not recoverable in-process: finalize and exit.
    */
   RINGRUN_INTERNAL = 6,
   /*
@@ -231,11 +232,15 @@ uint32_t ringrun_abi_version(void);
  Allreduce of `count` elements: `recvbuf` receives the reduction of every rank's `sendbuf`.
  In place when `sendbuf == recvbuf`; otherwise the two must not overlap. Buffers must be
  aligned for `dtype`; NULL only with `count == 0`. Every rank must pass the same count,
- dtype and op (else `RINGRUN_MISMATCH` on every rank).
+ dtype and op (else `RINGRUN_MISMATCH` on every rank). In a device group
+ (`RINGRUN_TRANSPORT=nccl`) both may be CUDA device pointers on this process's GPU: the
+ call then runs on NCCL and returns when the result is on the device (ordered after the
+ stream set with `ringrun_set_stream`); mixing device and host buffers is
+ `RINGRUN_INVALID_ARGUMENT`.
 
  # Safety
- `sendbuf` is readable and `recvbuf` writable for `count` elements of `dtype`, and no other
- thread touches them during the call.
+ `sendbuf` is readable and `recvbuf` writable for `count` elements of `dtype` (host memory,
+ or device memory of this process's GPU), and nothing else touches them during the call.
  */
 int ringrun_allreduce(const void *sendbuf,
                       void *recvbuf,
@@ -245,7 +250,7 @@ int ringrun_allreduce(const void *sendbuf,
 
 /*
  Allreduce of `n` buffers in place, as one fused operation: `bufs[i]` holds `counts[i]`
- elements of `dtype`. The buffers must not overlap each other.
+ elements of `dtype`. The buffers must not overlap each other. Host memory only.
 
  # Safety
  `bufs` and `counts` point to `n` entries (or are NULL with `n == 0`); each buffer is
@@ -258,21 +263,23 @@ int ringrun_allreduce_many(void *const *bufs,
                            ringrun_op_t op);
 
 /*
- Broadcast of `count` elements in place from rank `root` to every rank.
+ Broadcast of `count` elements in place from rank `root` to every rank. `buf` may be a CUDA
+ device pointer in a device group (as for `ringrun_allreduce`).
 
  # Safety
- `buf` is writable for `count` elements of `dtype` and untouched by other threads.
+ `buf` is writable for `count` elements of `dtype` (host, or device memory of this
+ process's GPU) and untouched by others during the call.
  */
 int ringrun_broadcast(void *buf, size_t count, ringrun_dtype_t dtype, int root);
 
 /*
  Allgather: `recvbuf` (`count * size` elements, size from `ringrun_size` in this epoch)
  receives every rank's `count` elements of `sendbuf`, in rank order. The buffers must not
- overlap.
+ overlap. Both may be CUDA device pointers in a device group (as for `ringrun_allreduce`).
 
  # Safety
- `sendbuf` is readable for `count` elements, `recvbuf` writable for `count * size`, both
- untouched by other threads during the call.
+ `sendbuf` is readable for `count` elements, `recvbuf` writable for `count * size` (host, or
+ device memory of this process's GPU), both untouched by others during the call.
  */
 int ringrun_allgather(const void *sendbuf, void *recvbuf, size_t count, ringrun_dtype_t dtype);
 
@@ -282,9 +289,27 @@ int ringrun_allgather(const void *sendbuf, void *recvbuf, size_t count, ringrun_
 int ringrun_barrier(void);
 
 /*
+ Orders the device collectives after the caller's CUDA stream (`cudaStream_t`): each later
+ call on device buffers first makes the group's stream wait (on the device, through an event;
+ the host does not wait) for the work enqueued on `stream` so far, then returns when the
+ collective finished on the device, so work the caller enqueues afterwards sees the result.
+ NULL (the default) means no ordering: the caller must have finished writing the buffers.
+ Host buffers, and groups without a device side, ignore it.
+
+ # Safety
+ `stream` is NULL or a stream of the device this process's group uses, and stays alive
+ until it is replaced or the group finalised.
+ */
+int ringrun_set_stream(void *stream);
+
+/*
  Joins (or starts) the group described by the launcher's `RINGRUN_*` environment
  (`RINGRUN_SECRET`, `RINGRUN_SEEDS`, `RINGRUN_MIN_SIZE`, ...). Blocks until this process is
  a member of an agreed epoch. Call `ringrun_restore` next to learn the state to start from.
+ With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side:
+ one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices`, and the collectives
+ accept device pointers; without CUDA or NCCL this fails (`RINGRUN_INTERNAL`, the message
+ names the missing library).
  If SIGPIPE has its default disposition it is set to ignored (a peer dying mid-write must
  be an error, not the end of this process).
  */

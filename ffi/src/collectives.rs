@@ -2,10 +2,17 @@
 //!
 //! Each entry point checks every pointer before it builds a slice (see [`Raw`]), then calls
 //! the group with the matching Rust element type.
+//!
+//! Device memory: in a device group (`RINGRUN_TRANSPORT=nccl`), allreduce, broadcast and
+//! allgather accept CUDA device pointers (`cudaMalloc`); CUDA says which memory a pointer is,
+//! and device buffers run on the group's NCCL communicator (see `device.rs` and
+//! `ringrun_set_stream`). The buffers of one call must all be on the device or all on the host.
+//! In a CPU group every pointer is host memory and CUDA is never loaded.
 
 use std::ffi::{c_int, c_void};
 
 use crate::{
+    device::{self, Call},
     group::with_global,
     status::{guard, invalid},
     types::{Raw, dtype, op, ringrun_dtype_t, ringrun_op_t, with_element},
@@ -14,11 +21,15 @@ use crate::{
 /// Allreduce of `count` elements: `recvbuf` receives the reduction of every rank's `sendbuf`.
 /// In place when `sendbuf == recvbuf`; otherwise the two must not overlap. Buffers must be
 /// aligned for `dtype`; NULL only with `count == 0`. Every rank must pass the same count,
-/// dtype and op (else `RINGRUN_MISMATCH` on every rank).
+/// dtype and op (else `RINGRUN_MISMATCH` on every rank). In a device group
+/// (`RINGRUN_TRANSPORT=nccl`) both may be CUDA device pointers on this process's GPU: the
+/// call then runs on NCCL and returns when the result is on the device (ordered after the
+/// stream set with `ringrun_set_stream`); mixing device and host buffers is
+/// `RINGRUN_INVALID_ARGUMENT`.
 ///
 /// # Safety
-/// `sendbuf` is readable and `recvbuf` writable for `count` elements of `dtype`, and no other
-/// thread touches them during the call.
+/// `sendbuf` is readable and `recvbuf` writable for `count` elements of `dtype` (host memory,
+/// or device memory of this process's GPU), and nothing else touches them during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_allreduce(
     sendbuf: *const c_void,
@@ -35,6 +46,19 @@ pub unsafe extern "C" fn ringrun_allreduce(
             return Err(invalid("sendbuf and recvbuf overlap (and are not equal)"));
         }
         with_global(|g| {
+            if device::on_device(g, &[send.ptr, recv.ptr])? {
+                let (send, recv, bytes) = (send.ptr as usize, recv.ptr as usize, recv.bytes);
+                return device::run(
+                    g,
+                    Call::Allreduce {
+                        send,
+                        recv,
+                        bytes,
+                        dtype: dt,
+                        op,
+                    },
+                );
+            }
             if send.ptr != recv.ptr && count > 0 {
                 // SAFETY: both valid for `bytes` (caller's contract), checked non-overlapping.
                 unsafe {
@@ -55,7 +79,7 @@ pub unsafe extern "C" fn ringrun_allreduce(
 }
 
 /// Allreduce of `n` buffers in place, as one fused operation: `bufs[i]` holds `counts[i]`
-/// elements of `dtype`. The buffers must not overlap each other.
+/// elements of `dtype`. The buffers must not overlap each other. Host memory only.
 ///
 /// # Safety
 /// `bufs` and `counts` point to `n` entries (or are NULL with `n == 0`); each buffer is
@@ -112,10 +136,12 @@ pub unsafe extern "C" fn ringrun_allreduce_many(
     })
 }
 
-/// Broadcast of `count` elements in place from rank `root` to every rank.
+/// Broadcast of `count` elements in place from rank `root` to every rank. `buf` may be a CUDA
+/// device pointer in a device group (as for `ringrun_allreduce`).
 ///
 /// # Safety
-/// `buf` is writable for `count` elements of `dtype` and untouched by other threads.
+/// `buf` is writable for `count` elements of `dtype` (host, or device memory of this
+/// process's GPU) and untouched by others during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_broadcast(
     buf: *mut c_void,
@@ -132,6 +158,18 @@ pub unsafe extern "C" fn ringrun_broadcast(
             if root >= size {
                 return Err(invalid(format!("root {root} is not a rank of {size}")));
             }
+            if device::on_device(g, &[raw.ptr])? {
+                let (buf, bytes) = (raw.ptr as usize, raw.bytes);
+                return device::run(
+                    g,
+                    Call::Broadcast {
+                        buf,
+                        bytes,
+                        dtype: dt,
+                        root,
+                    },
+                );
+            }
             with_element!(dt, E => {
                 // SAFETY: checked by `Raw::new`; exclusive per the caller's contract.
                 let buf = unsafe { raw.slice_mut::<E>() };
@@ -143,11 +181,11 @@ pub unsafe extern "C" fn ringrun_broadcast(
 
 /// Allgather: `recvbuf` (`count * size` elements, size from `ringrun_size` in this epoch)
 /// receives every rank's `count` elements of `sendbuf`, in rank order. The buffers must not
-/// overlap.
+/// overlap. Both may be CUDA device pointers in a device group (as for `ringrun_allreduce`).
 ///
 /// # Safety
-/// `sendbuf` is readable for `count` elements, `recvbuf` writable for `count * size`, both
-/// untouched by other threads during the call.
+/// `sendbuf` is readable for `count` elements, `recvbuf` writable for `count * size` (host, or
+/// device memory of this process's GPU), both untouched by others during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_allgather(
     sendbuf: *const c_void,
@@ -165,6 +203,16 @@ pub unsafe extern "C" fn ringrun_allgather(
             let recv = Raw::new(recvbuf, total, dt, "recvbuf")?;
             if send.overlaps(&recv) {
                 return Err(invalid("sendbuf and recvbuf overlap"));
+            }
+            if device::on_device(g, &[send.ptr, recv.ptr])? {
+                let call = Call::Allgather {
+                    send: send.ptr as usize,
+                    recv: recv.ptr as usize,
+                    send_bytes: send.bytes,
+                    recv_bytes: recv.bytes,
+                    dtype: dt,
+                };
+                return device::run(g, call);
             }
             with_element!(dt, E => {
                 // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.

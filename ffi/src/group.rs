@@ -14,13 +14,21 @@ use std::{
 use ringrun_membership::MIN_SECRET_LEN;
 use ringrun_runtime::{Group, GroupConfig, config::parse_seeds};
 
-use crate::status::{Fail, guard, invalid, ringrun_status_t::*};
+use crate::{
+    device::DeviceRoute,
+    status::{Fail, guard, invalid, ringrun_status_t::*},
+};
 
 /// What the ABI keeps between calls.
 pub struct Global {
     pub group: Group,
     /// The state the last `ringrun_restore` returned, for `ringrun_restored_copy`.
     pub restored: Option<(u64, Arc<Vec<u8>>)>,
+    /// How device pointers are recognised and run; `None` for a CPU group (then no pointer is
+    /// ever handed to CUDA).
+    pub(crate) route: Option<DeviceRoute>,
+    /// The caller's CUDA stream (`ringrun_set_stream`), 0 for none.
+    pub(crate) stream: usize,
 }
 
 static GLOBAL: Mutex<Option<Global>> = Mutex::new(None);
@@ -61,16 +69,21 @@ fn ignore_sigpipe() {
     }
 }
 
-fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
+pub(crate) fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
     let mut g = lock();
     if g.is_some() {
         return Err(invalid("already initialised: call ringrun_finalize first"));
     }
     ignore_sigpipe();
-    let group = Group::join(config?)?;
+    let mut group = Group::join(config?)?;
+    // Only a device group (`RINGRUN_TRANSPORT=nccl`, whose join already loaded CUDA) asks CUDA
+    // about pointers.
+    let route = group.device().map(|_| DeviceRoute::cuda());
     *g = Some(Global {
         group,
         restored: None,
+        route,
+        stream: 0,
     });
     Ok(())
 }
@@ -78,6 +91,10 @@ fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
 /// Joins (or starts) the group described by the launcher's `RINGRUN_*` environment
 /// (`RINGRUN_SECRET`, `RINGRUN_SEEDS`, `RINGRUN_MIN_SIZE`, ...). Blocks until this process is
 /// a member of an agreed epoch. Call `ringrun_restore` next to learn the state to start from.
+/// With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side:
+/// one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices`, and the collectives
+/// accept device pointers; without CUDA or NCCL this fails (`RINGRUN_INTERNAL`, the message
+/// names the missing library).
 /// If SIGPIPE has its default disposition it is set to ignored (a peer dying mid-write must
 /// be an error, not the end of this process).
 #[unsafe(no_mangle)]

@@ -16,12 +16,14 @@
 #![allow(unsafe_code)]
 
 pub mod collectives;
+mod device;
 pub mod group;
 pub mod state;
 pub mod status;
 pub mod types;
 
 pub use collectives::*;
+pub use device::ringrun_set_stream;
 pub use group::*;
 pub use state::*;
 pub use status::*;

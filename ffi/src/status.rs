@@ -33,8 +33,9 @@ pub enum ringrun_status_t {
     RINGRUN_INVALID_ARGUMENT = 4,
     /// `ringrun_init` has not succeeded (or `ringrun_finalize` was called).
     RINGRUN_NOT_INITIALIZED = 5,
-    /// The library or the group failed (sockets, threads, a bug). Not recoverable in-process:
-    /// finalize and exit.
+    /// The library or the group failed (sockets, threads, a bug; or, at init, a device group
+    /// (`RINGRUN_TRANSPORT=nccl`) on a machine without CUDA or NCCL: the message names the
+    /// library). Not recoverable in-process: finalize and exit.
     RINGRUN_INTERNAL = 6,
     /// Ranks disagreed about a call (count, dtype, op, root, committed step or bytes). A bug
     /// in the caller; `ringrun_restore` re-forms the group.
@@ -68,7 +69,7 @@ impl From<GroupError> for Fail {
             GroupError::Mismatch(_) => RINGRUN_MISMATCH,
             GroupError::InvalidArgument(_) => RINGRUN_INVALID_ARGUMENT,
             GroupError::NoQuorum(_) => RINGRUN_NO_QUORUM,
-            GroupError::Internal(_) => RINGRUN_INTERNAL,
+            GroupError::Internal(_) | GroupError::DeviceUnavailable(_) => RINGRUN_INTERNAL,
         };
         Fail(status, e.to_string())
     }

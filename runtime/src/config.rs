@@ -10,7 +10,7 @@ use std::{
 use ringrun_collectives::CommConfig;
 use ringrun_membership::{MIN_SECRET_LEN, MembershipConfig};
 
-use crate::{error::GroupError, mesh::MeshKind};
+use crate::{device::DeviceSpec, error::GroupError, mesh::MeshKind};
 
 /// Everything a member needs to join a group.
 #[derive(Clone, Debug)]
@@ -57,6 +57,9 @@ pub struct GroupConfig {
     pub comm: CommConfig,
     /// What the epochs' collectives run over.
     pub transport: MeshKind,
+    /// Device collectives ([`crate::Group::allreduce_device`] and friends): `None` for a
+    /// CPU-only group; otherwise the backend that builds one device communicator per epoch.
+    pub device: Option<DeviceSpec>,
 }
 
 impl GroupConfig {
@@ -83,6 +86,7 @@ impl GroupConfig {
             checkpoint_every: 10,
             comm: CommConfig::default(),
             transport: MeshKind::default(),
+            device: None,
         }
     }
 
@@ -105,7 +109,8 @@ impl GroupConfig {
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
-    /// | `RINGRUN_TRANSPORT` | `auto`, `tcp` or `quic` ([`MeshKind`]) | `auto` (TCP) |
+    /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic` ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
+    /// | `RINGRUN_DEVICE` | `cuda`: a device group over NCCL; `cpu` | `cpu` |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
             (_, Some(path)) => {
@@ -145,8 +150,34 @@ impl GroupConfig {
         c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);
         c.checkpoint_every = parse("RINGRUN_CHECKPOINT_EVERY")?.unwrap_or(10).max(1);
         c.transport = parse("RINGRUN_TRANSPORT")?.unwrap_or_default();
+        c.device = device_from(
+            var("RINGRUN_TRANSPORT").as_deref(),
+            var("RINGRUN_DEVICE").as_deref(),
+        )?;
         Ok(c)
     }
+}
+
+/// The device backend `RINGRUN_TRANSPORT` and `RINGRUN_DEVICE` ask for (pure, for tests).
+pub fn device_from(
+    transport: Option<&str>,
+    device: Option<&str>,
+) -> Result<Option<DeviceSpec>, GroupError> {
+    let nccl = match transport {
+        None | Some("auto") | Some("tcp") | Some("quic") => false,
+        Some("nccl") => true,
+        Some(t) => {
+            return Err(bad(format!(
+                "RINGRUN_TRANSPORT={t}: expected auto, tcp, quic or nccl"
+            )));
+        }
+    };
+    let cuda = match device {
+        None | Some("cpu") => false,
+        Some("cuda") => true,
+        Some(d) => return Err(bad(format!("RINGRUN_DEVICE={d}: expected cuda or cpu"))),
+    };
+    Ok((nccl || cuda).then_some(DeviceSpec::Nccl))
 }
 
 /// `HOST:PORT,...`; host names are resolved.
@@ -177,4 +208,25 @@ where
 
 fn bad(what: String) -> GroupError {
     GroupError::InvalidArgument(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transport_and_device_variables_pick_the_device_backend() {
+        let pick = |t, d| device_from(t, d).map(|s| s.is_some());
+        assert!(!pick(None, None).unwrap());
+        assert!(!pick(Some("auto"), Some("cpu")).unwrap());
+        assert!(!pick(Some("tcp"), None).unwrap());
+        assert!(pick(Some("nccl"), None).unwrap());
+        assert!(pick(None, Some("cuda")).unwrap());
+        assert!(!pick(Some("quic"), None).unwrap());
+        assert!(matches!(
+            pick(Some("pigeon"), None),
+            Err(GroupError::InvalidArgument(m)) if m.contains("RINGRUN_TRANSPORT=pigeon")
+        ));
+        assert!(pick(None, Some("rocm")).is_err());
+    }
 }

@@ -36,6 +36,12 @@ pub enum GroupError {
     /// the coordinator unreachable). State unchanged; retrying later may succeed.
     #[error("no epoch formed in time: {0}")]
     NoQuorum(String),
+    /// The group was configured for a device (`RINGRUN_TRANSPORT=nccl`, `RINGRUN_DEVICE=cuda`)
+    /// and the device backend cannot run here; the message names the missing library (from
+    /// the NCCL probe). State: nothing was created, the member never joined. Not recoverable
+    /// in-process: install the library, or run on the CPU transports.
+    #[error("device group unavailable: {0}")]
+    DeviceUnavailable(String),
     /// Set-up or I/O failure of the group itself (sockets, threads, the checkpoint store).
     /// State: the group may be unusable. Not recoverable in-process: leave and rejoin.
     #[error("group failure: {0}")]
@@ -45,7 +51,10 @@ pub enum GroupError {
 impl GroupError {
     /// True when restoring and retrying may succeed.
     pub fn recoverable(&self) -> bool {
-        !matches!(self, GroupError::Internal(_))
+        !matches!(
+            self,
+            GroupError::Internal(_) | GroupError::DeviceUnavailable(_)
+        )
     }
 
     pub(crate) fn from_collective(epoch: u64, e: CollectiveError) -> GroupError {

@@ -26,6 +26,7 @@ use crate::{
     checkpoint::Store,
     config::GroupConfig,
     control::ControlCodec,
+    device::{DeviceEpochs, UNIQUE_ID_LEN},
     driver::{CancelSlot, Command, Driver, GroupView, Published, Setup},
     error::GroupError,
     failpoint,
@@ -65,6 +66,8 @@ pub struct Group {
     step_hint: u64,
     fault: Option<Open>,
     faults: Vec<FaultEvent>,
+    /// The device side (`crate::device`), when configured: one communicator per epoch.
+    device: Option<Box<dyn DeviceEpochs>>,
 }
 
 impl Group {
@@ -73,6 +76,11 @@ impl Group {
     pub fn join(config: GroupConfig) -> Result<Group> {
         let internal =
             |what: &str, e: &dyn std::fmt::Display| GroupError::Internal(format!("{what}: {e}"));
+        // First, so that a missing GPU library fails the join before anything else is made.
+        let device = match &config.device {
+            Some(spec) => Some(spec.build(&config)?),
+            None => None,
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -109,7 +117,9 @@ impl Group {
                     endpoints: endpoints.to_meta(),
                     local_rank: config.local_rank,
                     host: config.host.clone(),
-                    device: "cpu".into(),
+                    device: device
+                        .as_ref()
+                        .map_or_else(|| "cpu".into(), |d| d.describe()),
                 },
                 job,
                 secret: config.secret.clone(),
@@ -151,6 +161,7 @@ impl Group {
             step_hint: 0,
             fault: None,
             faults: Vec::new(),
+            device,
         };
         info!(member = %me, "joining");
         group.restore()?;
@@ -448,6 +459,7 @@ impl Group {
         self.broken = None;
         self.reform_pending = None;
         self.view = Some(view.clone());
+        self.enter_device(rank, view.members.len())?;
         self.sync()?;
         let installed = self
             .published
@@ -584,4 +596,74 @@ impl Group {
 
 fn changed(epoch: u64, reason: String) -> GroupError {
     GroupError::MembershipChanged { epoch, reason }
+}
+
+/// The device side's hooks (`crate::device` holds the rest).
+impl Group {
+    /// The device side, when configured.
+    pub(crate) fn device_mut(&mut self) -> Option<&mut (dyn DeviceEpochs + 'static)> {
+        self.device.as_deref_mut()
+    }
+
+    /// Builds the new epoch's device communicator: rank 0 makes the unique id and broadcasts it
+    /// on the epoch's (authenticated) mesh, with a status byte so that a failure on rank 0 ends
+    /// every rank's wait; every rank creates its communicator and waits until it is ready,
+    /// under the epoch's deadline and cancellation.
+    fn enter_device(&mut self, rank: usize, size: usize) -> Result<()> {
+        let Some(dev) = self.device.as_deref_mut() else {
+            return Ok(());
+        };
+        dev.drop_epoch();
+        let mut msg = [0u8; 1 + UNIQUE_ID_LEN];
+        if rank == 0 {
+            match dev.unique_id() {
+                Ok(id) => {
+                    msg[0] = 1;
+                    msg[1..].copy_from_slice(&id);
+                }
+                Err(f) => {
+                    let text = f.detail.as_bytes();
+                    let n = text.len().min(UNIQUE_ID_LEN);
+                    msg[1..1 + n].copy_from_slice(&text[..n]);
+                }
+            }
+        }
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.broadcast(&mut msg[..], 0, &ctl));
+        self.end(epoch, r)?;
+        if msg[0] != 1 {
+            let why = String::from_utf8_lossy(&msg[1..]);
+            return Err(GroupError::Internal(format!(
+                "rank 0 could not make the device unique id: {}",
+                why.trim_end_matches('\0')
+            )));
+        }
+        let id: [u8; UNIQUE_ID_LEN] = msg[1..].try_into().expect("length");
+        let dev = self.device.as_deref_mut().expect("checked above");
+        let r = dev.install(&self.rt, &ctl, &id, rank, size, epoch);
+        self.end(epoch, r)
+    }
+
+    /// Runs one device collective under the epoch's deadline and cancellation (see `begin`).
+    pub(crate) fn device_op<R>(
+        &mut self,
+        name: &'static str,
+        op: impl FnOnce(
+            &mut dyn DeviceEpochs,
+            &Runtime,
+            &Ctl,
+        ) -> std::result::Result<R, CollectiveError>,
+    ) -> Result<R> {
+        if self.device.is_none() {
+            return Err(GroupError::InvalidArgument(format!(
+                "{name} on device memory: the group has no device backend (RINGRUN_TRANSPORT=nccl)"
+            )));
+        }
+        let _span = info_span!("device", op = name, epoch = self.epoch()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let dev = self.device.as_deref_mut().expect("checked above");
+        let r = op(dev, &self.rt, &ctl);
+        self.end(epoch, r)
+    }
 }

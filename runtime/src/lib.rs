@@ -12,6 +12,7 @@ pub mod agreement;
 pub mod checkpoint;
 pub mod config;
 pub mod control;
+pub mod device;
 mod driver;
 pub mod error;
 pub mod failpoint;

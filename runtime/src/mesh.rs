@@ -38,9 +38,12 @@ impl std::str::FromStr for MeshKind {
 
     fn from_str(s: &str) -> Result<MeshKind, String> {
         match s {
-            "auto" | "tcp" => Ok(MeshKind::Tcp),
+            // A device group's host-side mesh (its NCCL id, its state) runs over TCP.
+            "auto" | "tcp" | "nccl" => Ok(MeshKind::Tcp),
             "quic" => Ok(MeshKind::Quic),
-            other => Err(format!("unknown transport {other:?} (auto, tcp, quic)")),
+            other => Err(format!(
+                "unknown transport {other:?} (auto, tcp, quic, nccl)"
+            )),
         }
     }
 }

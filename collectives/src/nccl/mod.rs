@@ -19,10 +19,12 @@
 //!   undefined behaviour; the 2.30 bindings are used to cover every code known today.
 
 mod comm;
+mod pointer;
 mod probe;
 mod staging;
 
 pub use comm::{NcclComm, NcclPending, UniqueId};
+pub use pointer::{is_device_pointer, wait_for_foreign_stream};
 pub use probe::{Unavailable, probe_cuda, probe_nccl};
 pub use staging::{CudaCopy, CudaStaging};
 

@@ -23,6 +23,8 @@ const CUDA_SYMBOLS: &[&str] = &[
     "cuMemHostAlloc",
     "cuMemcpyDtoHAsync_v2",
     "cuMemcpyHtoDAsync_v2",
+    "cuPointerGetAttribute",
+    "cuStreamWaitEvent",
 ];
 
 /// Every NCCL function this module calls.

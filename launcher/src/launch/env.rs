@@ -143,5 +143,12 @@ mod tests {
         let tf: serde_json::Value = serde_json::from_str(&v["TF_CONFIG"]).unwrap();
         assert_eq!(tf["task"]["index"], 1);
         assert_eq!(tf["cluster"]["worker"][1], "127.0.0.1:7001");
+        assert_eq!(v["RINGRUN_TRANSPORT"], "auto");
+        let nccl = JobEnv {
+            transport: "nccl".into(),
+            ..job()
+        };
+        let v: std::collections::BTreeMap<_, _> = vars(&nccl, &slot).into_iter().collect();
+        assert_eq!(v["RINGRUN_TRANSPORT"], "nccl");
     }
 }

@@ -63,8 +63,11 @@ pub(crate) struct LaunchArgs {
     /// Directory for durable checkpoints.
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// Collective transport of the workers' epochs (auto = tcp; quic encrypts every byte).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "tcp", "quic"])]
+    /// Collective transport of the workers' epochs: `auto` (= `tcp`), `tcp`, `quic` (encrypts
+    /// every byte), or `nccl`, which gives every worker a device group (`RINGRUN_TRANSPORT=nccl`:
+    /// one NCCL communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL the
+    /// workers fail at join, naming the library).
+    #[arg(long, default_value = "auto")]
     pub(crate) transport: String,
     /// File holding the job secret (default: $RINGRUN_SECRET; a local-only job gets a random one).
     #[arg(long)]
@@ -152,6 +155,12 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     let nproc = a.nproc.unwrap_or(1);
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
+    }
+    if !matches!(a.transport.as_str(), "auto" | "tcp" | "quic" | "nccl") {
+        bail!(
+            "--transport {}: expected auto, tcp, quic or nccl",
+            a.transport
+        );
     }
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
     let host = a.host_name.clone().unwrap_or_else(hostname);

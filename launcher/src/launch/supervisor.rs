@@ -20,6 +20,10 @@ use rustix::process::{Pid, Signal, kill_process};
 
 use super::env::{self, JobEnv, Slot};
 
+/// How long an exited worker's output readers are waited for (a grandchild that keeps its
+/// pipes open would otherwise hold the launcher).
+const READERS_GRACE: Duration = Duration::from_millis(500);
+
 /// How workers are restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Mode {
@@ -63,6 +67,9 @@ pub(crate) struct Supervisor {
     pending: Vec<(Instant, Option<usize>)>,
     lines: Receiver<(usize, bool, String)>,
     lines_tx: Sender<(usize, bool, String)>,
+    /// Each live worker's output readers, waited for when it exits so that its last lines come
+    /// before its exit.
+    readers: std::collections::HashMap<usize, Vec<std::thread::JoinHandle<()>>>,
     failed: bool,
     /// Workers asked to stop by a shrink: their exit is neither a failure nor restarted.
     retiring: Vec<bool>,
@@ -93,6 +100,7 @@ impl Supervisor {
             pending: Vec::new(),
             lines,
             lines_tx,
+            readers: Default::default(),
             failed: false,
             retiring: vec![false; n],
         };
@@ -143,7 +151,7 @@ impl Supervisor {
                 log.as_ref().and_then(|f| f.try_clone().ok()),
             );
             let Some(pipe) = pipe else { continue };
-            std::thread::spawn(move || {
+            let reader = std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(|l| l.ok()) {
                     if let Some(f) = log.as_mut() {
                         let _ = writeln!(f, "{line}");
@@ -153,6 +161,7 @@ impl Supervisor {
                     }
                 }
             });
+            self.readers.entry(i).or_default().push(reader);
         }
         self.children[i] = Some(child);
         self.done[i] = None;
@@ -174,6 +183,7 @@ impl Supervisor {
             };
             if let Some(status) = child.try_wait()? {
                 self.children[i] = None;
+                self.finish_output(i, &mut events);
                 self.done[i] = Some(status);
                 events.push(Event::Exited {
                     slot: i,
@@ -187,6 +197,19 @@ impl Supervisor {
         }
         self.respawn_due(&mut events)?;
         Ok(events)
+    }
+
+    /// Waits (bounded: a grandchild may hold the pipes open) until worker `i`'s output readers
+    /// reach the end of its pipes, and adds what they read to `events`.
+    fn finish_output(&mut self, i: usize, events: &mut Vec<Event>) {
+        let readers = self.readers.remove(&i).unwrap_or_default();
+        let deadline = Instant::now() + READERS_GRACE;
+        while !readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        while let Ok((slot, stderr, text)) = self.lines.try_recv() {
+            events.push(Event::Line { slot, stderr, text });
+        }
     }
 
     fn on_failure(&mut self, i: usize) -> Option<Event> {
