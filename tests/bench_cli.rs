@@ -81,6 +81,34 @@ fn tcp_sweep_prints_an_nccl_tests_table() {
 }
 
 #[test]
+fn shm_sweep_with_every_algorithm() {
+    for algo in ["ring", "tree"] {
+        let out = bench(&[
+            "--np",
+            "3",
+            "--transport",
+            "shm",
+            "--algo",
+            algo,
+            "-b",
+            "8",
+            "-e",
+            "4M",
+            "-f",
+            "8",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--shm-ring-bytes",
+            "64K",
+        ]);
+        assert_table(&out, 7);
+        assert!(text(&out.stdout).contains("transport shm"));
+    }
+}
+
+#[test]
 fn quic_sweep_with_every_algorithm() {
     for algo in ["ring", "tree"] {
         let out = bench(&[
@@ -184,7 +212,7 @@ const SECRET: &str = "job-secret-for-tests-only";
 
 #[test]
 fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
-    for transport in ["tcp", "quic"] {
+    for transport in ["tcp", "quic", "shm"] {
         let args = [
             "--transport",
             transport,
@@ -200,6 +228,7 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
             "30",
         ];
         let mut ranks = spawn_ranks(4, &args, |_| SECRET.into());
+        let pids: Vec<u32> = ranks.iter().map(Child::id).collect();
         std::thread::sleep(Duration::from_millis(1500));
         ranks[2].kill().unwrap();
         let killed = Instant::now();
@@ -224,12 +253,27 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
                 "{transport} rank {r} took {waited:?}: {stderr}"
             );
         }
+        let _ = ranks[2].wait();
+        // Segments lose their names once set up, so even the killed rank's memory is freed.
+        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
     }
+}
+
+/// Shared-memory segment files in /dev/shm created by any of `pids` (names carry the pid).
+fn shm_files_of(pids: &[u32]) -> Vec<String> {
+    let prefixes: Vec<String> = pids.iter().map(|p| format!("ringrun-{p}-")).collect();
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
 fn a_rank_without_the_secret_cannot_join() {
-    for transport in ["tcp", "quic"] {
+    for transport in ["tcp", "quic", "shm"] {
         let args = [
             "--transport",
             transport,
@@ -247,6 +291,7 @@ fn a_rank_without_the_secret_cannot_join() {
                 SECRET.into()
             }
         });
+        let pids: Vec<u32> = ranks.iter().map(Child::id).collect();
         for (r, child) in ranks.iter_mut().enumerate() {
             let out = wait_bounded(child, Duration::from_secs(20));
             assert!(
@@ -259,6 +304,7 @@ fn a_rank_without_the_secret_cannot_join() {
                 "{transport} rank {r}: {stderr}"
             );
         }
+        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
     }
 }
 

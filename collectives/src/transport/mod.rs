@@ -2,8 +2,9 @@
 //!
 //! [`Transport`] is the whole interface. Implementations:
 //! - [`stream::StreamTransport`]: framing over any pair of byte streams per peer; the in-memory
-//!   ([`mem`]), TCP ([`tcp`]) and QUIC ([`quic`]) transports are this type with different
-//!   connection set-up.
+//!   ([`mem`]), TCP ([`tcp`]), QUIC ([`quic`]) and shared-memory ([`shm`]) transports are this
+//!   type with different connection set-up (shared memory: lock-free rings in `/dev/shm`
+//!   segments, set up over an authenticated boot transport).
 //!
 //! Links are ordered per direction: frames from one peer arrive in the order it sent them.
 //! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
@@ -11,6 +12,7 @@
 pub mod auth;
 pub mod mem;
 pub mod quic;
+pub mod shm;
 pub mod stream;
 pub mod tcp;
 

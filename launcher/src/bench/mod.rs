@@ -21,7 +21,9 @@ use ringrun_collectives::{
     AlgoChoice, CommConfig, Communicator, DType, ReduceOp,
     transport::{
         auth::{JobSecret, MeshSpec},
-        quic, tcp,
+        quic,
+        shm::{self, ShmConfig},
+        tcp,
     },
 };
 
@@ -73,6 +75,9 @@ pub(crate) struct BenchArgs {
     /// Microseconds a waiting rank polls before it sleeps (default: the communicator's).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Bytes of each shared-memory ring (`--transport shm`).
+    #[arg(long, value_parser = parse_size)]
+    shm_ring_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
@@ -106,6 +111,8 @@ pub(crate) struct BenchArgs {
 enum TransportKind {
     Tcp,
     Quic,
+    /// Shared memory (ranks on this host), set up over an authenticated TCP mesh.
+    Shm,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -243,6 +250,25 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
             };
             let t = quic::connect(socket, &spec, &secret, deadline).await?;
             sweep::run(Communicator::new(t, 0, config), args, "quic").await
+        })?,
+        TransportKind::Shm => rt.block_on(async {
+            // The TCP mesh authenticates the ranks and carries the segment names, then closes.
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            let spec = MeshSpec {
+                rank,
+                addrs: peers(listener.local_addr()?)?,
+                epoch: 0,
+            };
+            let boot = tcp::connect(&listener, &spec, &secret, deadline).await?;
+            let shm_config = ShmConfig {
+                ring_bytes: args
+                    .shm_ring_bytes
+                    .unwrap_or(ShmConfig::default().ring_bytes),
+                spin: config.spin,
+            };
+            let t = shm::connect(&boot, &secret, 0, &shm_config, deadline).await?;
+            ringrun_collectives::transport::Transport::close(&boot, start_timeout).await;
+            sweep::run(Communicator::new(t, 0, config), args, "shm").await
         })?,
     };
     Ok(if wrong == 0 {
