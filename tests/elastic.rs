@@ -2,231 +2,14 @@
 //! SIGSTOP and restarts. Every run must end with the model of a fault-free run, bit for bit
 //! (the trainer is world-size independent), and lose no committed step. Bounded in time.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
-const SECRET: &str = "elastic-test-secret-0123456789";
-
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
-struct Worker {
-    child: Child,
-    lines: Lines,
-}
-
-struct Job {
-    name: String,
-    ports: Vec<u16>,
-    steps: u64,
-    initial: usize,
-    checkpoints: Option<std::path::PathBuf>,
-    workers: Vec<Option<Worker>>,
-    finished: Vec<Lines>,
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Job {
-    fn start(name: &str, n: usize, steps: u64) -> Job {
-        Job::start_with(name, n, steps, None)
-    }
-
-    fn start_with(
-        name: &str,
-        n: usize,
-        steps: u64,
-        checkpoints: Option<std::path::PathBuf>,
-    ) -> Job {
-        let mut job = Job {
-            name: format!("{name}-{}", std::process::id()),
-            ports: (0..n).map(|_| free_udp_port()).collect(),
-            steps,
-            initial: n,
-            checkpoints,
-            workers: (0..n).map(|_| None).collect(),
-            finished: Vec::new(),
-        };
-        for node in 0..n {
-            job.spawn(node);
-        }
-        job
-    }
-
-    fn spawn(&mut self, node: usize) {
-        let seeds: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let mut child = Command::new(EXE)
-            .args([
-                "train-worker",
-                "--steps",
-                &self.steps.to_string(),
-                "--step-ms",
-                "15",
-            ])
-            .env("RINGRUN_SECRET", SECRET)
-            .env("RINGRUN_RUN_ID", &self.name)
-            .env("RINGRUN_NODE_ID", node.to_string())
-            .env("RINGRUN_MEMBER_PORT", self.ports[node].to_string())
-            .env("RINGRUN_SEEDS", seeds.join(","))
-            .env("RINGRUN_INITIAL_SIZE", self.initial.to_string())
-            .env("RINGRUN_MIN_SIZE", "2")
-            .env("RINGRUN_RESTORE_TIMEOUT_MS", "30000")
-            .env("RINGRUN_OP_TIMEOUT_MS", "20000")
-            .env(
-                "RINGRUN_CHECKPOINT_DIR",
-                self.checkpoints.clone().unwrap_or_default(),
-            )
-            .env("RINGRUN_CHECKPOINT_EVERY", "10")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ringrun train-worker");
-        let lines: Lines = Arc::default();
-        let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                eprintln!("[node {node}] {line}");
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        self.workers[node] = Some(Worker { child, lines });
-    }
-
-    fn lines(&self, node: usize) -> Vec<(Instant, String)> {
-        self.workers[node]
-            .as_ref()
-            .unwrap()
-            .lines
-            .lock()
-            .unwrap()
-            .clone()
-    }
-
-    /// Waits (bounded) until `node` has printed a line starting with `prefix`.
-    fn wait_line(&self, node: usize, prefix: &str, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((t, _)) = self
-                .lines(node)
-                .into_iter()
-                .find(|(_, l)| l.starts_with(prefix))
-            {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {node} never printed {prefix:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn signal(&self, node: usize, sig: &str) {
-        let pid = self.workers[node].as_ref().unwrap().child.id().to_string();
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-
-    fn kill(&mut self, node: usize) -> Instant {
-        let mut w = self.workers[node].take().unwrap();
-        w.child.kill().unwrap();
-        let at = Instant::now();
-        w.child.wait().unwrap();
-        self.finished.push(w.lines);
-        at
-    }
-
-    /// Waits for every running worker to exit successfully; returns their final lines.
-    fn finish(&mut self, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut finals = Vec::new();
-        for (node, slot) in self.workers.iter_mut().enumerate() {
-            let Some(w) = slot.as_mut() else { continue };
-            let status = loop {
-                if let Some(s) = w.child.try_wait().unwrap() {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    let _ = w.child.kill();
-                    panic!("node {node} did not finish in {within:?}");
-                }
-                thread::sleep(Duration::from_millis(20));
-            };
-            thread::sleep(Duration::from_millis(50)); // let the reader drain
-            assert!(status.success(), "node {node} exited with {status}");
-            let lines = w.lines.lock().unwrap();
-            let last = lines
-                .iter()
-                .rev()
-                .find(|(_, l)| l.starts_with("final "))
-                .map(|(_, l)| l.clone());
-            finals.push(last.unwrap_or_else(|| panic!("node {node} printed no final line")));
-        }
-        finals
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        for w in self.workers.iter_mut().flatten() {
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-        }
-    }
-}
-
-fn reference(steps: u64) -> String {
-    let out = Command::new(EXE)
-        .args(["train-worker", "--reference", "--steps", &steps.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The first `step` line after `t` printed with world size `size` by any of `nodes`.
-fn first_step_after(job: &Job, nodes: &[usize], t: Instant, size: usize) -> Option<Duration> {
-    let tag = format!(" size {size} ");
-    nodes
-        .iter()
-        .flat_map(|n| job.lines(*n))
-        .filter(|(at, l)| *at > t && l.starts_with("step ") && l.contains(&tag))
-        .map(|(at, _)| at - t)
-        .min()
-}
-
-fn assert_no_commit_lost(job: &Job, nodes: &[usize]) {
-    for n in nodes {
-        for (_, l) in job
-            .lines(*n)
-            .iter()
-            .filter(|(_, l)| l.starts_with("fault "))
-        {
-            let v: serde_json::Value = serde_json::from_str(&l[6..]).unwrap();
-            let rolled = v["steps_rolled_back"].as_u64().unwrap();
-            assert!(rolled <= 1, "node {n} rolled back {rolled} steps: {l}");
-        }
-    }
-}
+use common::job::{Job, assert_no_commit_lost, first_step_after, reference};
 
 #[test]
 fn sigkill_one_of_four_then_restart_it() {
@@ -250,8 +33,13 @@ fn sigkill_one_of_four_then_restart_it() {
         resumed < Duration::from_secs(5),
         "resumed after {resumed:?}"
     );
+    let respawned = Instant::now();
     job.spawn(2);
-    job.wait_line(2, "step ", Duration::from_secs(30));
+    let back = job.wait_line(2, "step ", Duration::from_secs(30));
+    eprintln!(
+        "restart → first step done by the restarted worker: {:?}",
+        back - respawned
+    );
     let finals = job.finish(Duration::from_secs(60));
     assert_eq!(finals.len(), 4);
     for f in &finals {
@@ -340,4 +128,69 @@ fn the_whole_group_restarts_from_the_disk_checkpoint() {
         assert_eq!(f.split(" loss").next(), expected.split(" loss").next());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `n` workers with crash points and checks the survivors end with the reference model.
+fn crash_run(name: &str, n: usize, crashes: &[(usize, &str)]) {
+    let steps = 80;
+    let expected = reference(steps);
+    let mut job = Job::start_full(name, n, steps, None, crashes);
+    let finals = job.finish(Duration::from_secs(60));
+    assert_eq!(finals.len(), n - crashes.len());
+    for f in &finals {
+        assert_eq!(
+            f.split(" loss").next(),
+            expected.split(" loss").next(),
+            "{f}"
+        );
+    }
+    let survivors: Vec<usize> = (0..n)
+        .filter(|i| !crashes.iter().any(|(c, _)| c == i))
+        .collect();
+    assert_no_commit_lost(&job, &survivors);
+}
+
+#[test]
+fn crash_mid_allreduce() {
+    crash_run("mid-allreduce", 4, &[(2, "allreduce:30")]);
+}
+
+#[test]
+fn crash_mid_commit() {
+    crash_run("mid-commit", 4, &[(1, "commit:30")]);
+}
+
+#[test]
+fn crash_during_the_view_change_after_a_crash() {
+    // Node 1 dies in a commit; node 3 dies entering the epoch that replaces it.
+    crash_run("mid-view-change", 5, &[(1, "commit:30"), (3, "sync:2")]);
+}
+
+#[test]
+fn the_maximum_world_size_holds_and_a_waiting_worker_takes_a_lost_place() {
+    let steps = 150;
+    let expected = reference(steps);
+    let mut job = Job::start_capped("maxsize", 4, 3, steps, 3);
+    job.wait_line(0, "step 10 ", Duration::from_secs(30));
+    job.spawn(3);
+    thread::sleep(Duration::from_millis(800));
+    let too_big = job
+        .lines(0)
+        .iter()
+        .any(|(_, l)| l.starts_with("step ") && l.contains(" size 4 "));
+    assert!(
+        !too_big,
+        "a fourth member was admitted over the maximum of 3"
+    );
+    let killed = job.kill(1);
+    let admitted = job.wait_line(3, "step ", Duration::from_secs(30));
+    eprintln!(
+        "kill → the waiting worker's first step: {:?}",
+        admitted - killed
+    );
+    let finals = job.finish(Duration::from_secs(60));
+    assert_eq!(finals.len(), 3);
+    for f in &finals {
+        assert_eq!(f.split(" loss").next(), expected.split(" loss").next());
+    }
 }

@@ -1,6 +1,8 @@
 //! `ringrun`: the command line.
 
 mod bench;
+mod demo;
+mod launch;
 mod member;
 mod secret;
 mod status;
@@ -20,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Run a small elastic training job on this host, kill a worker, and check the result.
+    Demo(demo::DemoArgs),
+    /// Start local workers of an elastic job: `ringrun launch --np 4 -- python train.py`.
+    Launch(launch::LaunchCmd),
     /// Allreduce benchmark with nccl-tests' all_reduce_perf output.
     Bench(bench::BenchArgs),
     /// Print a running job's members, as one of them sees it.
@@ -41,6 +47,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
+        Cmd::Demo(args) => demo::main(args),
+        Cmd::Launch(args) => launch::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::Status(args) => status::main(args),
         Cmd::Member(args) => member::main(args),
@@ -50,4 +58,27 @@ fn main() -> ExitCode {
         eprintln!("ringrun: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Seeds given as `HOST:PORT` strings, resolved (preferring IPv4 or IPv6 as asked).
+pub(crate) fn launch_seeds(
+    seeds: &[String],
+    prefer_v4: bool,
+) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for s in seeds {
+        // A seed that does not resolve yet (a pod not scheduled) is skipped: any one live
+        // seed is enough to join, and the epoch's majority rule guards against a lonely start.
+        let addrs: Vec<_> = match s.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                eprintln!("ringrun: seed {s} skipped: {e}");
+                continue;
+            }
+        };
+        let preferred = addrs.iter().find(|a| a.is_ipv4() == prefer_v4);
+        out.extend(preferred.or(addrs.first()).copied());
+    }
+    Ok(out)
 }

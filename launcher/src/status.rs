@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::Args;
 use ringrun_membership::{MemberInfo, ObserverConfig, observe};
+use ringrun_runtime::member::EpochAnnotation;
 use serde::Serialize;
 
 use crate::secret;
@@ -39,7 +40,7 @@ struct Member<'a> {
     state: String,
     incarnation: u64,
     rejoin: u16,
-    /// Rank in the current epoch; known once the elastic runtime publishes epochs.
+    /// Rank in the responder's installed epoch (none: not in it, or not a worker).
     rank: Option<usize>,
     local_rank: u32,
     host: &'a str,
@@ -50,20 +51,20 @@ struct Member<'a> {
 
 #[derive(Serialize)]
 struct Report<'a> {
-    /// The current epoch; known once the elastic runtime publishes epochs.
+    /// The responder's installed epoch (none: it is not a worker, or no epoch yet).
     epoch: Option<u64>,
     responder: SocketAddr,
     members: Vec<Member<'a>>,
 }
 
-fn member(m: &MemberInfo) -> Member<'_> {
+fn member<'a>(m: &'a MemberInfo, epoch: Option<&EpochAnnotation>) -> Member<'a> {
     Member {
         id: format!("{:016x}", m.id.node.0),
         addr: m.id.addr,
         state: format!("{:?}", m.state).to_lowercase(),
         incarnation: m.id.incarnation.0,
         rejoin: m.id.rejoin,
-        rank: None,
+        rank: epoch.and_then(|e| e.rank_of(m.id.node.0, m.id.incarnation.0)),
         local_rank: m.id.meta.local_rank,
         host: &m.id.meta.host,
         device: &m.id.meta.device,
@@ -96,13 +97,36 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let view = rt
+    let mut view = rt
         .block_on(observe(&config))
         .context("no member answered")?;
+    if EpochAnnotation::decode(&view.annotation).is_none() {
+        // The responder is no worker (a launcher, say): ask the workers it knows.
+        let workers: Vec<SocketAddr> = view
+            .members
+            .iter()
+            .filter(|m| m.state.is_active() && !m.id.meta.endpoints.is_empty())
+            .map(|m| m.id.addr)
+            .collect();
+        if !workers.is_empty() {
+            let config = ObserverConfig {
+                seeds: workers,
+                ..config
+            };
+            if let Ok(v) = rt.block_on(observe(&config)) {
+                view = v;
+            }
+        }
+    }
+    let epoch = EpochAnnotation::decode(&view.annotation);
     let report = Report {
-        epoch: None,
+        epoch: epoch.as_ref().map(|e| e.epoch),
         responder: view.responder.addr,
-        members: view.members.iter().map(member).collect(),
+        members: view
+            .members
+            .iter()
+            .map(|m| member(m, epoch.as_ref()))
+            .collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -113,19 +137,28 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
 }
 
 fn print_table(r: &Report<'_>) {
-    println!("view of {} ({} members)", r.responder, r.members.len());
+    let epoch = r
+        .epoch
+        .map_or("no epoch".to_string(), |e| format!("epoch {e}"));
     println!(
-        "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>5}  {:<12}  {:>10}  ENDPOINTS",
-        "ID", "ADDR", "STATE", "INCARNATION", "REJOIN", "LOCAL", "HOST", "IN STATE"
+        "view of {} ({} members, {epoch})",
+        r.responder,
+        r.members.len()
+    );
+    println!(
+        "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>10}  ENDPOINTS",
+        "ID", "ADDR", "STATE", "INCARNATION", "REJOIN", "RANK", "LOCAL", "HOST", "IN STATE"
     );
     for m in &r.members {
+        let rank = m.rank.map_or("-".to_string(), |r| r.to_string());
         println!(
-            "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>5}  {:<12}  {:>9.1}s  {}",
+            "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>9.1}s  {}",
             m.id,
             m.addr.to_string(),
             m.state,
             m.incarnation,
             m.rejoin,
+            rank,
             m.local_rank,
             m.host,
             m.time_in_state_ms as f64 / 1000.0,

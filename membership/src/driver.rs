@@ -50,6 +50,7 @@ pub struct DriverConfig {
 enum Command {
     Leave(oneshot::Sender<Result<(), MembershipError>>),
     Stats(oneshot::Sender<Stats>),
+    Annotate(Vec<u8>),
 }
 
 /// Handle to a running member. Dropping it makes the member leave.
@@ -134,6 +135,13 @@ impl Membership {
         rx.await.map_err(|_| MembershipError::DriverStopped)
     }
 
+    /// Publishes `bytes` to observers with this member's view (see [`Node::set_annotation`]).
+    pub fn annotate(&self, bytes: Vec<u8>) -> Result<(), MembershipError> {
+        self.commands
+            .try_send(Command::Annotate(bytes))
+            .map_err(|_| MembershipError::DriverStopped)
+    }
+
     /// Leaves gracefully and waits for the task to end.
     pub async fn leave(self) -> Result<(), MembershipError> {
         let (tx, rx) = oneshot::channel();
@@ -182,6 +190,11 @@ async fn run(
             command = commands.recv() => match command {
                 Some(Command::Stats(reply)) => {
                     let _ = reply.send(node.stats().clone());
+                }
+                Some(Command::Annotate(bytes)) => {
+                    if let Err(e) = node.set_annotation(bytes) {
+                        tracing::warn!(error = %e, "annotation refused");
+                    }
                 }
                 Some(Command::Leave(reply)) => {
                     let result = node.leave(now());

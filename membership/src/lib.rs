@@ -42,7 +42,7 @@ pub use error::MembershipError;
 pub use identity::{
     Endpoint, Incarnation, MAX_IDENTITY_LEN, MemberId, Metadata, NodeId, Transport,
 };
-pub use node::{LocalEvent, MembershipEvent, Node, Stats, Transmit};
+pub use node::{LocalEvent, MAX_ANNOTATION, MembershipEvent, Node, Stats, Transmit};
 pub use observer::{ObserverConfig, observe};
 pub use time::Time;
 pub use view::{MemberInfo, MemberState, ViewChunk};

@@ -48,6 +48,9 @@ use crate::time::Time;
 use crate::view::{MemberInfo, MemberState, ViewChunk};
 use crate::wire::{Authenticator, DropReason, OVERHEAD, PacketKind};
 
+/// Largest annotation [`Node::set_annotation`] accepts, in bytes.
+pub const MAX_ANNOTATION: usize = 640;
+
 type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
 
 /// Most membership updates decoded from one packet for the suspect tracking.
@@ -161,6 +164,7 @@ pub struct Node {
     next_watchdog: Option<Time>,
     next_seed_announce: Option<Time>,
     stats: Stats,
+    annotation: Vec<u8>,
 }
 
 impl Node {
@@ -201,6 +205,7 @@ impl Node {
             next_watchdog: None,
             next_seed_announce: None,
             stats: Stats::default(),
+            annotation: Vec::new(),
         })
     }
 
@@ -549,6 +554,19 @@ impl Node {
         result.map_err(|e| MembershipError::Protocol(e.to_string()))
     }
 
+    /// Publishes `bytes` (at most [`MAX_ANNOTATION`] bytes; longer is refused) with every
+    /// answer to an observer's view request.
+    pub fn set_annotation(&mut self, bytes: Vec<u8>) -> Result<(), MembershipError> {
+        if bytes.len() > MAX_ANNOTATION {
+            return Err(MembershipError::Foca(format!(
+                "annotation of {} bytes exceeds {MAX_ANNOTATION}",
+                bytes.len()
+            )));
+        }
+        self.annotation = bytes;
+        Ok(())
+    }
+
     fn handle_view_request(
         &mut self,
         from: SocketAddr,
@@ -560,7 +578,7 @@ impl Node {
         let members = self.members();
         let budget = self.config.max_packet_size - OVERHEAD - 2 * crate::MAX_IDENTITY_LEN;
         let mut chunks: Vec<Vec<MemberInfo>> = vec![Vec::new()];
-        let mut used = 0;
+        let mut used = self.annotation.len() + 2;
         for member in members {
             let len = postcard::to_allocvec(&member).map_or(budget, |v| v.len());
             let last = chunks.last_mut().expect("chunks is never empty");
@@ -582,6 +600,10 @@ impl Node {
                 part: part as u16,
                 parts,
                 members,
+                annotation: match part {
+                    0 => self.annotation.clone(),
+                    _ => Vec::new(),
+                },
             };
             let bytes =
                 postcard::to_allocvec(&chunk).map_err(|e| MembershipError::Foca(e.to_string()))?;

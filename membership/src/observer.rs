@@ -42,6 +42,8 @@ pub struct ObservedView {
     pub responder: MemberId,
     /// Every member it knows, itself first.
     pub members: Vec<MemberInfo>,
+    /// What the responder's upper layer published (see [`crate::Node::set_annotation`]).
+    pub annotation: Vec<u8>,
 }
 
 /// Asks the seeds for their view; returns the first complete answer.
@@ -98,13 +100,20 @@ pub async fn observe(config: &ObserverConfig) -> Result<ObservedView, Membership
         if chunks.len() == usize::from(parts) {
             let chunks = partial.remove(&from).unwrap_or_default();
             let mut responder = None;
-            let mut members = Vec::new();
+            let (mut members, mut annotation) = (Vec::new(), Vec::new());
             for (_, chunk) in chunks {
                 responder.get_or_insert(chunk.responder);
                 members.extend(chunk.members);
+                if chunk.part == 0 {
+                    annotation = chunk.annotation;
+                }
             }
             if let Some(responder) = responder {
-                return Ok(ObservedView { responder, members });
+                return Ok(ObservedView {
+                    responder,
+                    members,
+                    annotation,
+                });
             }
         }
     }

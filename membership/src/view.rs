@@ -50,4 +50,7 @@ pub struct ViewChunk {
     pub parts: u16,
     /// Members in this chunk.
     pub members: Vec<MemberInfo>,
+    /// Opaque bytes the layer above published with [`crate::Node::set_annotation`] (the
+    /// runtime: its installed epoch and ranks); in part 0 only.
+    pub annotation: Vec<u8>,
 }

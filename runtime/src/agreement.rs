@@ -455,31 +455,31 @@ where
         }
     }
 
-    /// `ids` must hold a strict majority of the newest view this member installed or
-    /// accepted, not counting members known to have exited.
+    /// `ids` must hold a strict majority of every view that may be in force: the view this
+    /// member installed and every newer view it accepted (another member may have installed
+    /// it), not counting members known to have exited. Checking only the newest accepted view
+    /// is not enough: after a partition both sides may have accepted (never installed) views
+    /// of three that each make a pair look like a majority.
     fn majority_of_reference(&self, ids: &BTreeSet<I>) -> Result<(), String> {
-        let newest_accepted = self.accepted.values().next_back();
-        let reference = match (&self.installed, newest_accepted) {
-            (Some(i), Some(a)) if a.epoch > i.epoch => a,
-            (Some(i), _) => i,
-            (None, Some(a)) => a,
-            (None, None) => return Ok(()),
-        };
-        let base: BTreeSet<&I> = reference
-            .members
-            .iter()
-            .map(|(i, _)| i)
-            .filter(|i| !self.left.contains(*i))
-            .collect();
-        let kept = base.iter().filter(|i| ids.contains(**i)).count();
-        match kept * 2 > base.len() || base.is_empty() {
-            true => Ok(()),
-            false => Err(format!(
-                "only {kept} of the {} members of epoch {} are in the new view: no majority",
-                base.len(),
-                reference.epoch
-            )),
+        let installed = self.installed_epoch();
+        let newer = self.accepted.values().filter(|v| v.epoch > installed);
+        for reference in self.installed.iter().chain(newer) {
+            let base: BTreeSet<&I> = reference
+                .members
+                .iter()
+                .map(|(i, _)| i)
+                .filter(|i| !self.left.contains(*i))
+                .collect();
+            let kept = base.iter().filter(|i| ids.contains(**i)).count();
+            if kept * 2 <= base.len() && !base.is_empty() {
+                return Err(format!(
+                    "only {kept} of the {} members of epoch {} are in the new view: no majority",
+                    base.len(),
+                    reference.epoch
+                ));
+            }
         }
+        Ok(())
     }
 
     fn accept(&mut self, view: View<I, M>) {
@@ -837,5 +837,28 @@ mod tests {
         assert!(drain(&mut a).0.is_empty());
         a.tick(ms(1001));
         assert!(matches!(&drain(&mut a).0[..], [(2, Msg::Propose(_))]));
+    }
+
+    #[test]
+    fn an_abandoned_three_member_round_does_not_make_a_pair_a_majority() {
+        // Installed {1,2,3,4}; a partition cuts {3,4} off, but 4's failure is seen late, so
+        // {1,2,4} is proposed and accepted by 1 and 2, then abandoned.
+        let mut a = installed_with(&[1, 2, 3, 4]);
+        a.set_live(ms(100), live(&[1, 2, 4]), BTreeSet::new());
+        a.tick(ms(130));
+        a.handle(ms(131), 2, Msg::Ack { epoch: 2 });
+        a.set_live(ms(140), live(&[1, 2]), BTreeSet::new());
+        a.tick(ms(2000));
+        let (sent, events) = drain(&mut a);
+        assert!(
+            !sent
+                .iter()
+                .any(|(_, m)| matches!(m, Msg::Propose(v) if v.members.len() == 2)),
+            "{sent:?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Blocked(_))),
+            "{events:?}"
+        );
     }
 }

@@ -25,7 +25,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::{
     agreement::{self, Agreement, Event, View},
     control::ControlCodec,
-    member::{self, Endpoints, MemberKey},
+    member::{self, Endpoints, EpochAnnotation, MemberKey},
 };
 
 /// How often the agreement's timers are evaluated.
@@ -145,6 +145,7 @@ async fn run(
     };
     let mut tick = tokio::time::interval(TICK);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut annotated = 0;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -167,6 +168,19 @@ async fn run(
         }
         l.flush().await;
         l.publish(out);
+        if let Some(v) = l.agreement.installed()
+            && v.epoch != annotated
+        {
+            annotated = v.epoch;
+            let ranks = v.members.iter().map(|(k, _)| *k).collect();
+            let _ = membership.annotate(
+                EpochAnnotation {
+                    epoch: v.epoch,
+                    ranks,
+                }
+                .encode(),
+            );
+        }
     }
     if l.dropped > 0 {
         info!(

@@ -28,6 +28,7 @@ use crate::{
     control::ControlCodec,
     driver::{CancelSlot, Command, Driver, GroupView, Published, Setup},
     error::GroupError,
+    failpoint,
     member::{Endpoints, MemberKey},
     report::{FaultEvent, Open},
     state::{self, Committed, Decision},
@@ -184,6 +185,7 @@ impl Group {
     pub fn allreduce<E: Element>(&mut self, buf: &mut [E], op: ReduceOp) -> Result<()> {
         let _span = info_span!("allreduce", epoch = self.epoch(), count = buf.len()).entered();
         let (ctl, epoch) = self.begin()?;
+        failpoint::crash_point("allreduce", self.step_hint);
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.allreduce(buf, op, &ctl));
         self.end(epoch, r)
@@ -240,6 +242,7 @@ impl Group {
     /// (they are checked). Joiners waiting outside are admitted here, and receive this state.
     pub fn commit(&mut self, step: u64, state: Vec<u8>) -> Result<()> {
         let _span = info_span!("commit", epoch = self.epoch(), step, bytes = state.len()).entered();
+        failpoint::crash_point("commit", step);
         let committed = Committed::new(step, Arc::new(state));
         let waiting = self.published.borrow().waiting_to_join;
         let record = state::commit_record(&committed, waiting);
@@ -441,6 +444,7 @@ impl Group {
 
     /// The first operation of every epoch: agree on and distribute the state to resume from.
     fn sync(&mut self) -> Result<()> {
+        failpoint::crash_point("sync", self.epoch());
         let disk = match (&self.memory, &self.store) {
             (None, Some(store)) => store
                 .load_latest()
@@ -499,8 +503,18 @@ impl Group {
         self.driver.send(Command::Admit(false));
         match newer {
             Some(_) => {
+                let committed = self.memory.clone();
                 self.comm = None;
-                self.restore().map(|_| ())
+                self.restore()?;
+                // The new epoch may have been formed without this member first (a flapping
+                // link) and moved on: then the caller's state is not the group's any more.
+                match self.memory == committed {
+                    true => Ok(()),
+                    false => Err(changed(
+                        self.epoch(),
+                        "the group moved on while this member was out: restore".into(),
+                    )),
+                }
             }
             None => {
                 info!("joiners were not admitted in time; going on");

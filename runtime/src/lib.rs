@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 mod driver;
 pub mod error;
+pub mod failpoint;
 mod group;
 pub mod member;
 mod report;

@@ -63,6 +63,43 @@ impl Endpoints {
     }
 }
 
+/// What a worker publishes to observers (`ringrun status`) with its SWIM view: its installed
+/// epoch and the members in rank order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochAnnotation {
+    /// The installed epoch.
+    pub epoch: u64,
+    /// Members in rank order; empty when the list would not fit in one datagram.
+    pub ranks: Vec<MemberKey>,
+}
+
+impl EpochAnnotation {
+    /// The encoding, within the membership layer's annotation limit.
+    pub fn encode(&self) -> Vec<u8> {
+        let full = postcard::to_allocvec(self).unwrap_or_default();
+        if full.len() <= ringrun_membership::MAX_ANNOTATION {
+            return full;
+        }
+        let short = EpochAnnotation {
+            epoch: self.epoch,
+            ranks: Vec::new(),
+        };
+        postcard::to_allocvec(&short).unwrap_or_default()
+    }
+
+    /// Decodes an annotation; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<EpochAnnotation> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    /// The rank of the life `(node, incarnation)`, if listed.
+    pub fn rank_of(&self, node: u64, incarnation: u64) -> Option<usize> {
+        self.ranks
+            .iter()
+            .position(|k| k.node == node && k.incarnation == incarnation)
+    }
+}
+
 /// The key and endpoints of a membership identity, if it is a worker.
 pub fn worker(id: &MemberId) -> Option<(MemberKey, Endpoints)> {
     let key = MemberKey {

@@ -41,12 +41,19 @@ pub(crate) fn main(args: TrainArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // SIGTERM/SIGINT: finish the step, leave gracefully (the others see Left, not Down).
+    let signals = crate::launch::watch::signals()?;
     let config = GroupConfig::from_env()?;
     let mut group = Group::join(config).context("joining the group")?;
     let (mut next, mut w) = resume(&p, group.restore()?)?;
     let mut loss = f64::NAN;
     let mut reported = 0;
     while next < args.steps {
+        if signals.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            println!("leaving at step {next} on a signal");
+            group.leave();
+            return Ok(ExitCode::SUCCESS);
+        }
         group.set_step(next);
         match one_step(&p, &mut group, &w, next) {
             Ok((w2, l)) => match group.commit(next, model::encode(next, &w2)) {
@@ -119,7 +126,7 @@ fn resume(
     }
 }
 
-fn model_digest(w: &[f64]) -> String {
+pub(crate) fn model_digest(w: &[f64]) -> String {
     let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
     digest(&SHA256, &bytes).as_ref()[..16]
         .iter()

@@ -1,0 +1,430 @@
+//! `ringrun launch [OPTIONS] -- CMD [ARGS...]`: start local workers in the spirit of torchrun and
+//! horovodrun, hand each its role through the environment ([`env`]), tag their output, restart
+//! the ones that fail ([`supervisor`]), report membership events ([`watch`]).
+
+pub(crate) mod discovery;
+pub(crate) mod env;
+pub(crate) mod slurm;
+pub(crate) mod supervisor;
+pub(crate) mod watch;
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ringrun_membership::JobId;
+use rustix::process::Signal;
+
+use crate::secret;
+use env::{JobEnv, Slot};
+use supervisor::{Event, Mode, Supervisor};
+
+/// Options of `ringrun launch` (and of `ringrun demo`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct LaunchArgs {
+    /// Workers on this host.
+    /// Workers on this host (default: 1 for launch, 4 for the demo).
+    #[arg(long = "nproc-per-node", visible_alias = "np")]
+    pub(crate) nproc: Option<usize>,
+    /// Hosts in the job, `MIN[:MAX]` (torchrun's sense): the world is at least MIN × nproc.
+    #[arg(long)]
+    pub(crate) nnodes: Option<String>,
+    /// Smallest world that trains (Horovod's --min-np); default 1.
+    #[arg(long)]
+    pub(crate) min_np: Option<usize>,
+    /// Largest world (Horovod's --max-np); more workers wait outside.
+    #[arg(long)]
+    pub(crate) max_np: Option<usize>,
+    /// Membership addresses of a job started elsewhere (`HOST:PORT,...`).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) seeds: Vec<String>,
+    /// Address the workers bind (and advertise).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) bind: IpAddr,
+    /// The launcher's own membership port (0: any). Every host's launcher of a multi-host
+    /// job uses the same one, so the host list is the seed list (Slurm: 29450 by default).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) port: u16,
+    /// This host's index among the job's hosts (GROUP_RANK).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) node_rank: usize,
+    /// Restarts allowed for the whole job before it fails.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) max_restarts: u32,
+    /// Directory for durable checkpoints.
+    #[arg(long)]
+    pub(crate) checkpoint_dir: Option<PathBuf>,
+    /// Collective transport (the runtime's epochs run over TCP today).
+    #[arg(long, default_value = "auto")]
+    pub(crate) transport: String,
+    /// File holding the job secret (default: $RINGRUN_SECRET; a local-only job gets a random one).
+    #[arg(long)]
+    pub(crate) secret_file: Option<PathBuf>,
+    /// Directory for one log file per worker.
+    #[arg(long)]
+    pub(crate) log_dir: Option<PathBuf>,
+    /// The job's run id (all hosts of a job must agree).
+    #[arg(long, default_value = "ringrun")]
+    pub(crate) run_id: String,
+    /// Horovod-style host discovery: an executable printing `host:slots` lines, polled; this
+    /// host's workers grow and shrink to its slots.
+    #[arg(long)]
+    pub(crate) host_discovery_script: Option<PathBuf>,
+    /// How often the discovery script runs, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) discovery_interval_ms: u64,
+    /// This host's name in the discovery script's output (default: its host name;
+    /// `localhost` and the --bind address always match).
+    #[arg(long)]
+    pub(crate) host_name: Option<String>,
+    /// inprocess: survivors keep running and a failed worker is restarted and rejoins;
+    /// restart: every local worker is restarted on any failure (static-world scripts).
+    #[arg(long, value_enum, default_value = "inprocess")]
+    pub(crate) mode: Mode,
+}
+
+/// Options of `ringrun launch`: the shared ones plus the command.
+#[derive(Args, Debug)]
+pub(crate) struct LaunchCmd {
+    #[command(flatten)]
+    pub(crate) launch: LaunchArgs,
+    /// The worker command and its arguments.
+    #[arg(required = true, last = true)]
+    pub(crate) cmd: Vec<String>,
+}
+
+/// A started job: the supervisor and the watcher's events.
+pub(crate) struct Running {
+    pub(crate) sup: Supervisor,
+    pub(crate) seen: std::sync::mpsc::Receiver<watch::Seen>,
+    pub(crate) started: Instant,
+    discovery: Option<discovery::Discovery>,
+    bind: IpAddr,
+    node_rank: usize,
+}
+
+pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
+    let mut job = start(&args.launch, args.cmd)?;
+    let signals = watch::signals()?;
+    let mut report = Report::default();
+    loop {
+        job.rediscover()?;
+        for ev in job.sup.poll(Duration::from_millis(50))? {
+            report.print(&job, &ev);
+        }
+        for seen in job.seen.try_iter() {
+            report.membership(&job, &seen);
+        }
+        let sig = signals.load(Ordering::SeqCst);
+        if sig != 0 {
+            eprintln!("ringrun: signal {sig}: stopping the workers");
+            let s = if sig == 2 { Signal::INT } else { Signal::TERM };
+            job.sup.stop(s, Duration::from_secs(10));
+            for ev in job.sup.drain(Duration::from_millis(300)) {
+                report.print(&job, &ev);
+            }
+            return Ok(ExitCode::from(128 + sig as u8));
+        }
+        if job.sup.finished() {
+            break;
+        }
+    }
+    report.summary(&job);
+    Ok(match job.sup.succeeded() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::FAILURE,
+    })
+}
+
+/// Resolves the options into a job and starts its workers.
+pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
+    let a = &with_slurm(a.clone(), |k| std::env::var(k).ok())?;
+    let nproc = a.nproc.unwrap_or(1);
+    if nproc == 0 {
+        bail!("--nproc-per-node must be at least 1");
+    }
+    if !matches!(a.transport.as_str(), "auto" | "tcp") {
+        bail!(
+            "--transport {}: the elastic runtime runs over tcp for now",
+            a.transport
+        );
+    }
+    let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
+    let host = a.host_name.clone().unwrap_or_else(hostname);
+    let discovery = a.host_discovery_script.clone().map(|script| {
+        let names = vec![host.clone(), "localhost".into(), a.bind.to_string()];
+        discovery::Discovery::new(
+            script,
+            names,
+            Duration::from_millis(a.discovery_interval_ms),
+        )
+    });
+    let nproc = match &discovery {
+        Some(d) => d.slots()?,
+        None => nproc,
+    };
+    let joining = !a.seeds.is_empty();
+    let secret = match joining {
+        true => secret::from_file_or_env(a.secret_file.as_deref())?
+            .context("joining a job needs its secret: --secret-file or RINGRUN_SECRET")?,
+        false => secret::or_random(a.secret_file.as_deref())?,
+    };
+    let launcher_node = u64::MAX - a.node_rank as u64;
+    let (watch_addr, seen) = watch::start(
+        SocketAddr::new(a.bind, a.port),
+        JobId::from_run_id(&a.run_id),
+        secret.clone(),
+        host.clone(),
+        launcher_node,
+    )?;
+    let slots: Vec<Slot> = (0..nproc)
+        .map(|i| {
+            Ok(Slot {
+                node_id: (a.node_rank * 65_536 + i) as u64,
+                local_rank: i,
+                rank: a.node_rank * nproc + i,
+                member_addr: SocketAddr::new(a.bind, free_udp_port(a.bind)?),
+                restarts: 0,
+            })
+        })
+        .collect::<Result<_>>()?;
+    eprintln!(
+        "ringrun: job {} on {}: `ringrun status --seeds {watch_addr}` shows its members",
+        a.run_id,
+        hostname()
+    );
+    let mut seeds = vec![watch_addr];
+    seeds.extend(slots.iter().map(|s| s.member_addr));
+    seeds.extend(crate::launch_seeds(&a.seeds, a.bind.is_ipv4())?);
+    let world = nproc * min_nodes.max(1);
+    let job = JobEnv {
+        run_id: a.run_id.clone(),
+        secret: String::from_utf8(secret).context("the job secret must be text")?,
+        seeds,
+        world_size: world,
+        local_world_size: nproc,
+        group_rank: a.node_rank,
+        min_size: a
+            .min_np
+            .or(a.nnodes.as_ref().map(|_| min_nodes * nproc))
+            .unwrap_or(1),
+        max_size: a.max_np.or(max_nodes.map(|m| m * nproc)),
+        master: SocketAddr::new(a.bind, free_tcp_port(a.bind)?),
+        max_restarts: a.max_restarts,
+        checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
+        host,
+        workers: slots.iter().map(|s| s.member_addr).collect(),
+    };
+    let sup = Supervisor::start(cmd, job, slots, a.mode, a.log_dir.clone())?;
+    Ok(Running {
+        sup,
+        seen,
+        started: Instant::now(),
+        discovery,
+        bind: a.bind,
+        node_rank: a.node_rank,
+    })
+}
+
+impl Running {
+    /// Polls the discovery script when due and grows or shrinks this host's workers.
+    fn rediscover(&mut self) -> Result<()> {
+        let Some(d) = self.discovery.as_mut() else {
+            return Ok(());
+        };
+        if !d.due() {
+            return Ok(());
+        }
+        let target = match d.slots() {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("ringrun: host discovery: {e:#}");
+                return Ok(());
+            }
+        };
+        let active = self.sup.active();
+        for &i in active.iter().skip(target).rev() {
+            eprintln!(
+                "ringrun: host discovery: {target} slot(s) here; stopping worker {}",
+                self.sup.slots()[i].rank
+            );
+            self.sup.retire(i);
+        }
+        for _ in active.len()..target {
+            let i = self.sup.slots().len();
+            let slot = Slot {
+                node_id: (self.node_rank * 65_536 + i) as u64,
+                local_rank: i,
+                rank: self.node_rank * 65_536 + i,
+                member_addr: SocketAddr::new(self.bind, free_udp_port(self.bind)?),
+                restarts: 0,
+            };
+            eprintln!(
+                "ringrun: host discovery: {target} slot(s) here; starting worker {}",
+                slot.rank
+            );
+            self.sup.add_worker(slot)?;
+        }
+        Ok(())
+    }
+}
+
+/// Inside a Slurm allocation with no --seeds: the node list (on --port, default 29450) is the
+/// seed list, SLURM_NODEID the node rank, SLURM_JOB_ID the run id.
+fn with_slurm(mut a: LaunchArgs, var: impl Fn(&str) -> Option<String>) -> Result<LaunchArgs> {
+    let Some(s) = slurm::from_env(var)?.filter(|_| a.seeds.is_empty()) else {
+        return Ok(a);
+    };
+    if a.port == 0 {
+        a.port = 29450;
+    }
+    a.seeds = s.hosts.iter().map(|h| format!("{h}:{}", a.port)).collect();
+    a.node_rank = s.node_rank;
+    if a.run_id == "ringrun" {
+        a.run_id = format!("slurm-{}", s.job_id);
+    }
+    a.nproc = a.nproc.or(s.tasks_per_node);
+    if a.nnodes.is_none() {
+        a.nnodes = Some(s.hosts.len().to_string());
+    }
+    eprintln!(
+        "ringrun: Slurm allocation: node {} of {} ({})",
+        s.node_rank,
+        s.hosts.len(),
+        s.hosts.join(",")
+    );
+    Ok(a)
+}
+
+fn parse_nnodes(s: Option<&str>) -> Result<(usize, Option<usize>)> {
+    let Some(s) = s else { return Ok((1, None)) };
+    let (min, max) = match s.split_once(':') {
+        Some((a, b)) => (a.parse()?, Some(b.parse()?)),
+        None => (s.parse()?, None),
+    };
+    Ok((min, max))
+}
+
+fn free_udp_port(ip: IpAddr) -> Result<u16> {
+    Ok(std::net::UdpSocket::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn free_tcp_port(ip: IpAddr) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// What the launcher saw, printed as it happens and summarised at exit.
+#[derive(Default)]
+pub(crate) struct Report {
+    exits: BTreeMap<usize, Instant>,
+    lines: Vec<String>,
+}
+
+impl Report {
+    pub(crate) fn print(&mut self, job: &Running, ev: &Event) {
+        let t = |at: Instant| at.duration_since(job.started).as_secs_f64();
+        match ev {
+            Event::Line {
+                slot,
+                stderr: false,
+                text,
+                ..
+            } => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "[{}] {text}", job.sup.slots()[*slot].rank);
+            }
+            Event::Line {
+                slot,
+                stderr: true,
+                text,
+                ..
+            } => {
+                eprintln!("[{}] {text}", job.sup.slots()[*slot].rank);
+            }
+            Event::Exited { slot, status, at } => {
+                if !status.success() {
+                    self.exits.insert(*slot, *at);
+                }
+                eprintln!(
+                    "ringrun: +{:.2}s worker {} exited: {status}",
+                    t(*at),
+                    job.sup.slots()[*slot].rank
+                );
+            }
+            Event::Restarting {
+                slot,
+                attempt,
+                after,
+            } => {
+                let who = slot.map_or("all workers".to_string(), |s| {
+                    format!("worker {}", job.sup.slots()[s].rank)
+                });
+                eprintln!("ringrun: restarting {who} in {after:?} (restart {attempt})");
+            }
+            Event::GaveUp { slot } => {
+                eprintln!(
+                    "ringrun: worker {} failed and the restart budget is spent: stopping",
+                    job.sup.slots()[*slot].rank
+                );
+            }
+        }
+    }
+
+    pub(crate) fn membership(&mut self, job: &Running, seen: &watch::Seen) {
+        let slot = job
+            .sup
+            .slots()
+            .iter()
+            .position(|s| s.member_addr == seen.addr);
+        let who = slot.map_or(format!("{} (n{})", seen.addr, seen.node), |s| {
+            format!("worker {}", job.sup.slots()[s].rank)
+        });
+        let mut line = format!(
+            "+{:.2}s {who} {}",
+            seen.at.duration_since(job.started).as_secs_f64(),
+            seen.what
+        );
+        if let (Some(s), "down") = (slot, seen.what)
+            && let Some(exit) = self.exits.get(&s)
+        {
+            line += &format!(
+                " ({} ms after its exit)",
+                seen.at.saturating_duration_since(*exit).as_millis()
+            );
+        }
+        eprintln!("ringrun: {line}");
+        if seen.what != "suspect" {
+            self.lines.push(line);
+        }
+    }
+
+    pub(crate) fn summary(&self, job: &Running) {
+        eprintln!(
+            "ringrun: job {} after {:.2}s, {} restart(s); membership events:",
+            if job.sup.succeeded() {
+                "succeeded"
+            } else {
+                "failed"
+            },
+            job.started.elapsed().as_secs_f64(),
+            job.sup.restarts()
+        );
+        for l in &self.lines {
+            eprintln!("ringrun:   {l}");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Helpers shared by the workspace's multi-process tests. Each test binary uses a part.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod job;
+pub mod netns;
