@@ -75,9 +75,93 @@ fn assert_table(out: &Output, rows: usize) {
 #[test]
 fn tcp_sweep_prints_an_nccl_tests_table() {
     let out = bench(&[
-        "--np", "3", "-b", "8", "-e", "1M", "-f", "4", "-n", "3", "-w", "1",
+        "--np",
+        "3",
+        "-b",
+        "8",
+        "-e",
+        "1M",
+        "-f",
+        "4",
+        "-n",
+        "3",
+        "-w",
+        "1",
+        "--transport",
+        "tcp",
     ]);
     assert_table(&out, 9);
+}
+
+#[test]
+fn auto_picks_shm_on_one_host_and_the_hierarchy_across_hosts() {
+    let out = bench(&[
+        "--np", "3", "-b", "8", "-e", "1M", "-f", "8", "-n", "3", "-w", "1",
+    ]);
+    assert_table(&out, 6);
+    assert!(text(&out.stdout).contains("transport auto (shm)"));
+    // Two pretend hosts of two ranks (uniform: the 2D form above --small-bytes), then hosts of
+    // 2 and 1 (the leader form), then one rank per host (plain TCP).
+    for (labels, rows, says) in [
+        ("0,0,1,1", 6, "shm in host, tcp across"),
+        ("4,4,9", 6, "shm in host, tcp across"),
+        ("1,2,3", 6, "auto (tcp)"),
+    ] {
+        let np = labels.split(',').count().to_string();
+        let out = bench(&[
+            "--np",
+            &np,
+            "--host-labels",
+            labels,
+            "-b",
+            "8",
+            "-e",
+            "1M",
+            "-f",
+            "8",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--small-bytes",
+            "4K",
+        ]);
+        assert_table(&out, rows);
+        assert!(
+            text(&out.stdout).contains(says),
+            "{labels}: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn fusion_compares_grouped_with_one_allreduce() {
+    for (transport, dtype) in [("auto", "float"), ("tcp", "bfloat16")] {
+        let out = bench(&[
+            "--np",
+            "2",
+            "--transport",
+            transport,
+            "-d",
+            dtype,
+            "--fusion",
+            "300x4K,3x100K",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--fusion-bytes",
+            "256K",
+        ]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("303 tensors"), "{stdout}");
+        assert!(
+            stdout.contains("ratio") && stdout.contains("#wrong 0"),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

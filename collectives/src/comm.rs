@@ -13,6 +13,7 @@ use crate::{
     dtype::{DType, Element, ReduceOp},
     error::{CollectiveError, Result},
     frame::{Algo, Collective, ErrorCode, OpSig},
+    fusion::{self, FusionBuffer, TensorMut},
     spin::Spin,
     transport::Transport,
 };
@@ -52,6 +53,9 @@ pub struct CommConfig {
     /// How long an operation keeps polling before it sleeps until data arrives (zero: sleep at
     /// once). Spinning trades CPU for latency; it yields the CPU on every round.
     pub spin: Duration,
+    /// Largest fusion bucket of [`Communicator::allreduce_grouped`] (Horovod's fusion
+    /// threshold); tensors at least this large are reduced in place, unpacked.
+    pub fusion_bytes: usize,
 }
 
 impl Default for CommConfig {
@@ -62,6 +66,7 @@ impl Default for CommConfig {
             segment_bytes: 256 * 1024,
             small_bytes: 256 * 1024,
             spin: Duration::from_micros(50),
+            fusion_bytes: fusion::DEFAULT_BUCKET_BYTES,
         }
     }
 }
@@ -118,6 +123,7 @@ pub struct Communicator<T> {
     next_op: u64,
     poisoned: Option<String>,
     scratch: Scratch,
+    fusion: FusionBuffer,
 }
 
 impl<T: Transport> Communicator<T> {
@@ -130,6 +136,7 @@ impl<T: Transport> Communicator<T> {
             next_op: 0,
             poisoned: None,
             scratch: Scratch::default(),
+            fusion: FusionBuffer::default(),
         }
     }
 
@@ -226,6 +233,41 @@ impl<T: Transport> Communicator<T> {
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
         })
         .await
+    }
+
+    /// Grouped allreduce of many tensors of mixed sizes and dtypes, in place, fused into buckets
+    /// of at most [`CommConfig::fusion_bytes`] (see `fusion`). Every rank must pass tensors of
+    /// the same dtypes and lengths in the same order.
+    pub async fn allreduce_grouped(
+        &mut self,
+        tensors: &mut [TensorMut<'_>],
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        if let Some(bad) = tensors
+            .iter()
+            .find(|t| !t.bytes().len().is_multiple_of(t.dtype().size()))
+        {
+            let e = invalid(format!(
+                "a grouped tensor holds {} bytes, not whole {} elements",
+                bad.bytes().len(),
+                bad.dtype().nccl_name()
+            ));
+            return self.reject(Collective::AllReduce, bad.dtype(), e).await;
+        }
+        let shapes: Vec<_> = tensors
+            .iter()
+            .map(|t| (t.dtype(), t.bytes().len()))
+            .collect();
+        let buckets = fusion::plan(&shapes, self.config.fusion_bytes);
+        let mut space = std::mem::take(&mut self.fusion);
+        let r = fusion::run(tensors, &buckets, &mut space, async |dtype, bytes| {
+            self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
+                .await
+        })
+        .await;
+        self.fusion = space;
+        r
     }
 
     /// Broadcast of `root`'s buffer to every rank. Out of place, only the root reads `send`.

@@ -102,6 +102,7 @@ impl GroupConfig {
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
+    /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
             (_, Some(path)) => {
@@ -140,6 +141,7 @@ impl GroupConfig {
         c.restore_timeout = ms("RINGRUN_RESTORE_TIMEOUT_MS", c.restore_timeout)?;
         c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);
         c.checkpoint_every = parse("RINGRUN_CHECKPOINT_EVERY")?.unwrap_or(10).max(1);
+        c.comm.fusion_bytes = parse("RINGRUN_FUSION_BYTES")?.unwrap_or(c.comm.fusion_bytes);
         Ok(c)
     }
 }

@@ -6,6 +6,9 @@
 //!   type with different connection set-up (shared memory: lock-free rings in `/dev/shm`
 //!   segments, set up over an authenticated boot transport).
 //!
+//! - [`subset`]: a sub-communicator's view of a transport, and a per-peer router over two
+//!   transports (shared memory within a host, TCP across hosts).
+//!
 //! Links are ordered per direction: frames from one peer arrive in the order it sent them.
 //! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
 
@@ -14,6 +17,7 @@ pub mod mem;
 pub mod quic;
 pub mod shm;
 pub mod stream;
+pub mod subset;
 pub mod tcp;
 
 use std::time::Duration;
@@ -70,4 +74,48 @@ pub trait Transport {
     /// every peer has ended its side too. A peer still finishing the last operation (it may
     /// need bytes this rank already sent, or still be writing) is not cut off by an early close.
     async fn close(&self, within: Duration);
+}
+
+/// A shared transport (sub-communicators and routers hold their parent this way).
+impl<T: Transport> Transport for std::sync::Arc<T> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+
+    async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
+        (**self).send(peer, header, payload).await
+    }
+
+    async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
+        (**self).recv(peer, expect, dst).await
+    }
+
+    async fn abort_all(
+        &self,
+        header: &Header,
+        code: ErrorCode,
+        subject: Option<usize>,
+        message: &str,
+        within: Duration,
+    ) {
+        (**self)
+            .abort_all(header, code, subject, message, within)
+            .await;
+    }
+
+    async fn last_word(&self, peer: usize, within: Duration) -> Option<CollectiveError> {
+        (**self).last_word(peer, within).await
+    }
+
+    fn waiting_on(&self) -> Option<usize> {
+        (**self).waiting_on()
+    }
+
+    async fn close(&self, within: Duration) {
+        (**self).close(within).await;
+    }
 }

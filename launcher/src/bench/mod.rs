@@ -4,6 +4,9 @@
 //! their addresses (`rendezvous`) and exits with the worst child status. With `--rank` and
 //! `--peers`, it is one rank of a multi-host run. Rank 0 prints the table (`report`).
 
+mod comm;
+mod connect;
+mod fusion;
 mod rendezvous;
 mod report;
 mod sweep;
@@ -17,15 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ringrun_collectives::{
-    AlgoChoice, CommConfig, Communicator, DType, ReduceOp,
-    transport::{
-        auth::{JobSecret, MeshSpec},
-        quic,
-        shm::{self, ShmConfig},
-        tcp,
-    },
-};
+use ringrun_collectives::{AlgoChoice, CommConfig, DType, ReduceOp, transport::auth::JobSecret};
 
 /// Options of `ringrun bench`, named as in nccl-tests where nccl-tests has them.
 #[derive(Args, Debug, Clone)]
@@ -60,8 +55,9 @@ pub(crate) struct BenchArgs {
     /// Check results (1) or not (0).
     #[arg(short = 'c', long = "check", default_value_t = 1)]
     check: u8,
-    /// Transport between ranks.
-    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    /// Transport between ranks (`auto`: shared memory between ranks on one host, TCP between
+    /// hosts, with the hierarchical allreduce when a job spans hosts of several ranks).
+    #[arg(long, value_enum, default_value_t = TransportKind::Auto)]
     transport: TransportKind,
     /// Allreduce algorithm (`tree` is recursive doubling).
     #[arg(long, value_enum, default_value_t = AlgoArg::Auto)]
@@ -81,6 +77,17 @@ pub(crate) struct BenchArgs {
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
+    /// Measure a grouped allreduce instead of the sweep: COUNTxBYTES tensors (comma-separated
+    /// list for mixed sizes, e.g. `1000x4K` or `500x4K,10x1M`), beside one allreduce of their
+    /// total size.
+    #[arg(long, value_parser = fusion::parse_spec)]
+    fusion: Option<fusion::Spec>,
+    /// Largest fusion bucket in bytes (default: the communicator's, 128 MiB).
+    #[arg(long, value_parser = parse_size)]
+    fusion_bytes: Option<usize>,
+    /// Internal (tests): pretend rank r runs on host label r of this list (`--transport auto`).
+    #[arg(long, hide = true, value_delimiter = ',')]
+    host_labels: Vec<u64>,
     /// Write nccl-tests' JSON results here (rank 0).
     #[arg(short = 'J', long = "output_file")]
     json: Option<PathBuf>,
@@ -113,6 +120,8 @@ enum TransportKind {
     Quic,
     /// Shared memory (ranks on this host), set up over an authenticated TCP mesh.
     Shm,
+    /// Shared memory within a host, TCP across hosts.
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,7 +215,6 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         .enable_all()
         .build()?;
     let start_timeout = Duration::from_secs(args.start_timeout);
-    let deadline = Instant::now() + start_timeout;
     let bind = args
         .peers
         .get(rank)
@@ -223,57 +231,28 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
         small_bytes: args.small_bytes.unwrap_or(defaults.small_bytes),
         spin: args.spin_us.map_or(defaults.spin, Duration::from_micros),
+        fusion_bytes: args.fusion_bytes.unwrap_or(defaults.fusion_bytes),
     };
-    let peers = |mine: SocketAddr| -> Result<Vec<SocketAddr>> {
-        match args.rendezvous {
-            Some(server) => rendezvous::join(server, rank, mine, start_timeout),
-            None => Ok(args.peers.clone()),
-        }
+    let setup = connect::Setup {
+        args,
+        rank,
+        secret,
+        config,
+        bind,
+        deadline: Instant::now() + start_timeout,
     };
-    let wrong = match args.transport {
-        TransportKind::Tcp => rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind(bind).await?;
-            let spec = MeshSpec {
-                rank,
-                addrs: peers(listener.local_addr()?)?,
-                epoch: 0,
-            };
-            let t = tcp::connect(&listener, &spec, &secret, deadline).await?;
-            sweep::run(Communicator::new(t, 0, config), args, "tcp").await
-        })?,
-        TransportKind::Quic => rt.block_on(async {
-            let socket = std::net::UdpSocket::bind(bind)?;
-            let spec = MeshSpec {
-                rank,
-                addrs: peers(socket.local_addr()?)?,
-                epoch: 0,
-            };
-            let t = quic::connect(socket, &spec, &secret, deadline).await?;
-            sweep::run(Communicator::new(t, 0, config), args, "quic").await
-        })?,
-        TransportKind::Shm => rt.block_on(async {
-            // The TCP mesh authenticates the ranks and carries the segment names, then closes.
-            let listener = tokio::net::TcpListener::bind(bind).await?;
-            let spec = MeshSpec {
-                rank,
-                addrs: peers(listener.local_addr()?)?,
-                epoch: 0,
-            };
-            let boot = tcp::connect(&listener, &spec, &secret, deadline).await?;
-            let shm_config = ShmConfig {
-                ring_bytes: args
-                    .shm_ring_bytes
-                    .unwrap_or(ShmConfig::default().ring_bytes),
-                spin: config.spin,
-            };
-            let t = shm::connect(&boot, &secret, 0, &shm_config, deadline).await?;
-            ringrun_collectives::transport::Transport::close(&boot, start_timeout).await;
-            sweep::run(Communicator::new(t, 0, config), args, "shm").await
-        })?,
-    };
+    let wrong = rt.block_on(setup.run())?;
     Ok(if wrong == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs the measurement the arguments ask for; returns the number of wrong elements.
+async fn drive<C: comm::BenchComm>(comm: C, args: &BenchArgs, transport: &str) -> Result<u64> {
+    match &args.fusion {
+        Some(spec) => fusion::run(comm, args, transport, spec).await,
+        None => sweep::run(comm, args, transport).await,
+    }
 }

@@ -5,19 +5,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ringrun_collectives::{
-    Bufs, Communicator, Ctl, ReduceOp,
+    Bufs, Ctl, DType, ReduceOp,
     testdata::{Aligned, count_wrong, inputs},
-    transport::Transport,
 };
 
 use super::{
     BenchArgs,
+    comm::BenchComm,
     report::{self, Half, Row},
 };
 
 /// Runs the sweep on this rank; rank 0 prints. Returns the number of wrong elements (all ranks).
-pub(super) async fn run<T: Transport>(
-    mut comm: Communicator<T>,
+pub(super) async fn run<C: BenchComm>(
+    mut comm: C,
     args: &BenchArgs,
     transport: &str,
 ) -> Result<u64> {
@@ -26,7 +26,7 @@ pub(super) async fn run<T: Transport>(
     let mut send = Aligned::zeroed(args.max_bytes / elem * elem);
     let mut recv = send.clone();
     let timeout = Duration::from_secs(args.timeout);
-    let algo = comm.allreduce_algo(args.dtype, args.max_bytes);
+    let algo = comm.algo_name(args.dtype, args.max_bytes);
     print_header(&mut comm, args, transport, timeout).await?;
     let mut rows = Vec::new();
     let mut size = args.min_bytes;
@@ -82,14 +82,14 @@ pub(super) async fn run<T: Transport>(
     if rank == 0 {
         print!("{}", report::footer(&rows));
         if let Some(path) = &args.json {
-            std::fs::write(path, json(args, n, transport, algo.name(), &rows)?)?;
+            std::fs::write(path, json(args, n, transport, algo, &rows)?)?;
         }
     }
     Ok(wrong)
 }
 
-async fn print_header<T: Transport>(
-    comm: &mut Communicator<T>,
+pub(super) async fn print_header<C: BenchComm>(
+    comm: &mut C,
     args: &BenchArgs,
     transport: &str,
     timeout: Duration,
@@ -103,7 +103,11 @@ async fn print_header<T: Transport>(
     let len = mine.len().min(LINE);
     record[..len].copy_from_slice(&mine.as_bytes()[..len]);
     let mut all = vec![0u8; LINE * n];
-    comm.allgather(&record[..], &mut all, &Ctl::timeout(timeout))
+    let bufs = Bufs::OutOfPlace {
+        send: &record[..],
+        recv: &mut all,
+    };
+    comm.allgather_bytes(DType::U8, bufs, &Ctl::timeout(timeout))
         .await?;
     if rank == 0 {
         let lines: Vec<String> = all
@@ -124,8 +128,8 @@ async fn print_header<T: Transport>(
     Ok(())
 }
 
-struct Measure<'a, T> {
-    comm: &'a mut Communicator<T>,
+struct Measure<'a, C> {
+    comm: &'a mut C,
     args: &'a BenchArgs,
     send: &'a mut Aligned,
     recv: &'a mut Aligned,
@@ -134,7 +138,7 @@ struct Measure<'a, T> {
     timeout: Duration,
 }
 
-impl<T: Transport> Measure<'_, T> {
+impl<C: BenchComm> Measure<'_, C> {
     async fn once(&mut self) -> Result<()> {
         let ctl = Ctl::timeout(self.timeout);
         let (send, recv) = (
@@ -214,7 +218,7 @@ impl<T: Transport> Measure<'_, T> {
     }
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
