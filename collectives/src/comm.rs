@@ -51,8 +51,16 @@ pub struct CommConfig {
     /// largest broadcast sent down a tree rather than a chain.
     pub small_bytes: usize,
     /// How long an operation keeps polling before it sleeps until data arrives (zero: sleep at
-    /// once). Spinning trades CPU for latency; it yields the CPU on every round.
+    /// once). Spinning trades CPU for latency.
     pub spin: Duration,
+    /// Whether a spinning rank yields the CPU between rounds. Needed when the ranks on a host
+    /// outnumber its cores (the peer being waited for may need this core); costly otherwise
+    /// (each yield is a context switch into whatever else is runnable). Default: true, the safe
+    /// choice; [`CommConfig::for_local_ranks`] sets it from the host's core count.
+    pub spin_yield: bool,
+    /// Threads a rank may use to reduce one large segment (1: the rank's own thread only).
+    /// Pays only where cores outnumber ranks; see `par`.
+    pub reduce_threads: usize,
     /// Largest fusion bucket of [`Communicator::allreduce_grouped`] (Horovod's fusion
     /// threshold); tensors at least this large are reduced in place, unpacked.
     pub fusion_bytes: usize,
@@ -66,7 +74,22 @@ impl Default for CommConfig {
             segment_bytes: 256 * 1024,
             small_bytes: 256 * 1024,
             spin: Duration::from_micros(50),
+            spin_yield: true,
+            reduce_threads: 1,
             fusion_bytes: fusion::DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+impl CommConfig {
+    /// This configuration for `ranks` ranks sharing this host: spinning yields only when they
+    /// outnumber its cores, and each rank reduces with its share of the cores.
+    pub fn for_local_ranks(self, ranks: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        CommConfig {
+            spin_yield: ranks > cores,
+            reduce_threads: (cores / ranks.max(1)).max(1),
+            ..self
         }
     }
 }
@@ -510,12 +533,13 @@ impl<T: Transport> Communicator<T> {
             op_id,
             sig,
             self.config.segment_bytes,
-        );
+        )
+        .with_reduce_threads(self.config.reduce_threads);
         let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
             dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
         let started = Instant::now();
         let op = Box::pin(op(&cx, &mut self.scratch));
-        let spun = Spin::new(op, self.config.spin);
+        let spun = Spin::new(op, self.config.spin, self.config.spin_yield);
         let result = guarded(&self.transport, spun, ctl, started)
             .instrument(span)
             .await;

@@ -26,6 +26,7 @@ mod error;
 pub mod frame;
 pub mod fusion;
 mod hier;
+mod par;
 pub mod reduce;
 pub mod schedule;
 mod spin;

@@ -38,6 +38,8 @@ pub(crate) struct OpCx<'t, T> {
     pub(crate) sig: OpSig,
     /// Pipeline segment size in bytes (a whole number of elements).
     pub(crate) seg_bytes: usize,
+    /// Threads the ring may reduce a segment with (see `par`).
+    pub(crate) reduce_threads: usize,
     sent: Vec<Cell<u32>>,
     received: Vec<Cell<u32>>,
 }
@@ -55,8 +57,16 @@ impl<'t, T: Transport> OpCx<'t, T> {
             op_id,
             sig,
             seg_bytes,
+            reduce_threads: 1,
             sent: (0..n).map(|_| Cell::new(0)).collect(),
             received: (0..n).map(|_| Cell::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn with_reduce_threads(self, threads: usize) -> Self {
+        OpCx {
+            reduce_threads: threads.max(1),
+            ..self
         }
     }
 

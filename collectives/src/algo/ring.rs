@@ -22,7 +22,8 @@ use super::{OpCx, Scratch, Segments};
 use crate::{
     dtype::ReduceOp,
     error::Result,
-    reduce::{Order, finish_avg, reduce, reduce_from},
+    par::{reduce_from_par, reduce_par},
+    reduce::{Order, finish_avg},
     transport::Transport,
 };
 
@@ -87,11 +88,14 @@ pub(crate) async fn ring<T: Transport>(
                     let incoming = scratch.bytes(segs.len(id));
                     cx.recv(prev, incoming).await?;
                     let mut mine = segs.get_mut(id)?;
+                    let threads = cx.reduce_threads;
                     match inputs.get(id) {
                         Some(contribution) => {
-                            reduce_from(dtype, op, &mut mine, incoming, contribution)
+                            reduce_from_par(threads, dtype, op, &mut mine, incoming, contribution)
                         }
-                        None => reduce(dtype, op, Order::SrcFirst, &mut mine, incoming),
+                        None => {
+                            reduce_par(threads, dtype, op, Order::SrcFirst, &mut mine, incoming)
+                        }
                     }
                     if last && op == ReduceOp::Avg {
                         finish_avg(dtype, &mut mine, n);

@@ -59,6 +59,16 @@ impl Setup<'_> {
                 .shm_ring_bytes
                 .unwrap_or(ShmConfig::default().ring_bytes),
             spin: self.config.spin,
+            spin_yield: Some(self.config.spin_yield),
+        }
+    }
+
+    /// Tunes spinning and reduce threads for `ranks` ranks on this host (an explicit
+    /// `--reduce-threads` wins).
+    fn localize(&mut self, ranks: usize) {
+        self.config = self.config.clone().for_local_ranks(ranks);
+        if let Some(t) = self.args.reduce_threads {
+            self.config.reduce_threads = t;
         }
     }
 
@@ -73,7 +83,11 @@ impl Setup<'_> {
     }
 
     /// Forms the links and runs the bench over them; returns the number of wrong elements.
-    pub(super) async fn run(self) -> Result<u64> {
+    pub(super) async fn run(mut self) -> Result<u64> {
+        if self.args.rendezvous.is_some() {
+            // Every rank runs on this host: spinning yields only if they outnumber its cores.
+            self.localize(self.args.np);
+        }
         let config = self.config.clone();
         match self.args.transport {
             TransportKind::Tcp => {
@@ -106,7 +120,7 @@ impl Setup<'_> {
         }
     }
 
-    async fn auto(self) -> Result<u64> {
+    async fn auto(mut self) -> Result<u64> {
         let boot = Arc::new(self.tcp_mesh().await?);
         let n = boot.size();
         let hosts = match self.args.host_labels.len() {
@@ -116,6 +130,7 @@ impl Setup<'_> {
         anyhow::ensure!(hosts.len() == n, "--host-labels needs one label per rank");
         let local: Vec<usize> = (0..n).filter(|r| hosts[*r] == hosts[self.rank]).collect();
         let distinct = (0..n).all(|r| (0..r).all(|q| hosts[q] != hosts[r]));
+        self.localize(local.len());
         let config = self.config.clone();
         if local.len() == n {
             let t =

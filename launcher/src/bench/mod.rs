@@ -71,12 +71,17 @@ pub(crate) struct BenchArgs {
     /// Microseconds a waiting rank polls before it sleeps (default: the communicator's).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Threads a rank may reduce a large segment with (default: the host's cores divided by
+    /// the ranks on it).
+    #[arg(long)]
+    reduce_threads: Option<usize>,
     /// Bytes of each shared-memory ring (`--transport shm`).
     #[arg(long, value_parser = parse_size)]
     shm_ring_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
+
     /// Measure a grouped allreduce instead of the sweep: COUNTxBYTES tensors (comma-separated
     /// list for mixed sizes, e.g. `1000x4K` or `500x4K,10x1M`), beside one allreduce of their
     /// total size.
@@ -231,6 +236,8 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
         small_bytes: args.small_bytes.unwrap_or(defaults.small_bytes),
         spin: args.spin_us.map_or(defaults.spin, Duration::from_micros),
+        spin_yield: defaults.spin_yield,
+        reduce_threads: args.reduce_threads.unwrap_or(defaults.reduce_threads),
         fusion_bytes: args.fusion_bytes.unwrap_or(defaults.fusion_bytes),
     };
     let setup = connect::Setup {

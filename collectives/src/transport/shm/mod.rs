@@ -63,6 +63,9 @@ pub struct ShmConfig {
     /// How long a waiting link polls before it parks on its doorbell (see
     /// [`CommConfig::spin`](crate::CommConfig::spin), which it should match).
     pub spin: Duration,
+    /// Whether spinning yields the CPU between rounds; `None`: when the ranks of the mesh
+    /// outnumber this host's cores (see [`CommConfig::spin_yield`](crate::CommConfig::spin_yield)).
+    pub spin_yield: Option<bool>,
 }
 
 impl Default for ShmConfig {
@@ -70,6 +73,7 @@ impl Default for ShmConfig {
         ShmConfig {
             ring_bytes: 1 << 20,
             spin: Duration::from_micros(50),
+            spin_yield: None,
         }
     }
 }
@@ -110,7 +114,9 @@ async fn form<B: Transport>(
     if n == 1 {
         return Ok(StreamTransport::new(0, vec![None], None));
     }
-    let local = Arc::new(Local::bind(config.spin)?);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let spin_yield = config.spin_yield.unwrap_or(n > cores);
+    let local = Arc::new(Local::bind(config.spin, spin_yield)?);
     let id = Identity {
         rank: me as u32,
         size: n as u32,

@@ -1,7 +1,7 @@
 //! Waiting for a ring: spin, then park on a doorbell; and noticing that a peer died.
 //!
-//! A waiting endpoint first re-polls for `spin` (yielding the CPU each round, so that
-//! oversubscribed ranks still run), because a wake-up through the kernel costs tens of
+//! A waiting endpoint first re-polls for `spin` (yielding the CPU each round only where the
+//! ranks outnumber the cores, so that oversubscribed ranks still run), because a wake-up through the kernel costs tens of
 //! microseconds on a virtual machine. Then it raises its ring's `waiting` flag and parks on
 //! this rank's *doorbell*, an abstract-namespace Unix datagram socket registered with the tokio
 //! reactor (no file, so nothing to leak). The other side of the ring, after publishing bytes
@@ -52,12 +52,13 @@ pub(super) struct Local {
     out: StdDatagram,
     pub(super) name: [u8; DOORBELL_LEN],
     pub(super) spin: Duration,
+    spin_yield: bool,
     pid: u32,
 }
 
 impl Local {
     /// Binds a fresh doorbell (must run inside a tokio runtime with I/O enabled).
-    pub(super) fn bind(spin: Duration) -> Result<Local> {
+    pub(super) fn bind(spin: Duration, spin_yield: bool) -> Result<Local> {
         let fail = |e: io::Error| CollectiveError::Setup(format!("shared memory doorbell: {e}"));
         let hex: String = auth::nonce()?[..12]
             .iter()
@@ -76,6 +77,7 @@ impl Local {
             out,
             name,
             spin,
+            spin_yield,
             pid: std::process::id(),
         })
     }
@@ -210,7 +212,9 @@ impl Waiter {
                     return Poll::Ready(Ok(()));
                 }
             }
-            std::thread::yield_now();
+            if local.spin_yield || since.elapsed() > crate::spin::PURE_SPIN {
+                std::thread::yield_now();
+            }
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
