@@ -158,6 +158,50 @@ fn large_allreduce_over_shm() {
     }
 }
 
+#[test]
+fn reductions_straight_from_the_ring_survive_an_unaligned_stream() {
+    // Odd-length i8 and f16 frames put the byte stream off the grid of wider elements, and a
+    // 4 KiB ring splits elements at its wrap: the lent-bytes path must fall back to copying.
+    let seq = [
+        (DType::I8, 4097),
+        (DType::F64, 3001),
+        (DType::F16, 999),
+        (DType::F32, 5003),
+        (DType::I64, 777),
+        (DType::F32, 1 << 14),
+    ];
+    let n = 3;
+    let outs = run_ranks(same_secret(n), 4096, move |r, t| async move {
+        let cfg = CommConfig {
+            algo: AlgoChoice::Ring,
+            segment_bytes: 1000,
+            ..CommConfig::default()
+        };
+        let mut comm = Communicator::new(t?, 5, cfg);
+        let mut outs = Vec::new();
+        for (dtype, count) in seq {
+            let mut buf = inputs(dtype, ReduceOp::Sum, r, count);
+            let b = Bufs::InPlace(buf.bytes_mut());
+            comm.allreduce_bytes(dtype, b, ReduceOp::Sum, &ctl())
+                .await?;
+            outs.push((dtype, buf));
+        }
+        comm.close(Duration::from_secs(5)).await;
+        Ok::<_, CollectiveError>(outs)
+    });
+    for (r, out) in outs.into_iter().enumerate() {
+        for (dtype, buf) in out.unwrap_or_else(|e| panic!("rank {r}: {e}")) {
+            check(
+                dtype,
+                ReduceOp::Sum,
+                n,
+                buf.bytes(),
+                &format!("rank {r} {dtype:?}"),
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]

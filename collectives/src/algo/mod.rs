@@ -94,6 +94,19 @@ impl<'t, T: Transport> OpCx<'t, T> {
         self.t.recv(peer, &self.header(seq, dst.len()), dst).await
     }
 
+    /// Receives the next frame from `peer` (`len` bytes), lending its payload to `consume` in
+    /// pieces (see [`Transport::recv_with`]); `scratch` holds it where the transport copies.
+    pub(crate) async fn recv_with(
+        &self,
+        peer: usize,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        let seq = bump(&self.received[peer]);
+        let header = self.header(seq, scratch.len());
+        self.t.recv_with(peer, &header, scratch, consume).await
+    }
+
     /// `(rank + k) mod size` for any signed `k`.
     pub(crate) fn rel(&self, k: isize) -> usize {
         (self.rank as isize + k).rem_euclid(self.size as isize) as usize

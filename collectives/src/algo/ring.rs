@@ -85,18 +85,23 @@ pub(crate) async fn ring<T: Transport>(
             for s in 0..n - 1 {
                 let last = s == n - 2;
                 for id in segs.of_chunk(chunk(-(s as isize) - 1)) {
-                    let incoming = scratch.bytes(segs.len(id));
-                    cx.recv(prev, incoming).await?;
+                    // Reduce each piece as it is lent (straight from a shared-memory ring), so
+                    // the incoming bytes are read once, not copied to scratch first.
                     let mut mine = segs.get_mut(id)?;
+                    let contribution = inputs.get(id);
                     let threads = cx.reduce_threads;
-                    match inputs.get(id) {
-                        Some(contribution) => {
-                            reduce_from_par(threads, dtype, op, &mut mine, incoming, contribution)
+                    let mut consume = |off: usize, piece: &[u8]| {
+                        let d = &mut mine[off..off + piece.len()];
+                        match contribution {
+                            Some(c) => {
+                                let c = &c[off..off + piece.len()];
+                                reduce_from_par(threads, dtype, op, d, piece, c);
+                            }
+                            None => reduce_par(threads, dtype, op, Order::SrcFirst, d, piece),
                         }
-                        None => {
-                            reduce_par(threads, dtype, op, Order::SrcFirst, &mut mine, incoming)
-                        }
-                    }
+                    };
+                    cx.recv_with(prev, scratch.bytes(segs.len(id)), &mut consume)
+                        .await?;
                     if last && op == ReduceOp::Avg {
                         finish_avg(dtype, &mut mine, n);
                     }

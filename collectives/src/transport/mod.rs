@@ -52,6 +52,23 @@ pub trait Transport {
     /// `expect.len`; an error frame from the peer turns into the error it reports.
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()>;
 
+    /// Receives the next frame from `peer` like [`recv`](Self::recv), handing its payload to
+    /// `consume(offset, bytes)` in order, in pieces of whole elements of the frame's dtype,
+    /// aligned for it. The default receives into `scratch` (which must hold `expect.len`
+    /// bytes) and hands it over whole; shared memory lends the bytes where they lie in the
+    /// ring, which saves the copy (a reduction reads them straight from the peer's segment).
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        self.recv(peer, expect, scratch).await?;
+        consume(0, scratch);
+        Ok(())
+    }
+
     /// Best effort, bounded by `within`: tells every peer that this rank gave up on the operation
     /// `header` names. Links left mid-frame by a dropped send are closed instead.
     async fn abort_all(
@@ -92,6 +109,16 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
         (**self).recv(peer, expect, dst).await
+    }
+
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        (**self).recv_with(peer, expect, scratch, consume).await
     }
 
     async fn abort_all(

@@ -82,6 +82,18 @@ impl<T: Transport> Transport for Subset<T> {
         r.map_err(|e| e.renumber(|g| self.local(g)))
     }
 
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        let g = self.peer(peer)?;
+        let r = self.parent.recv_with(g, expect, scratch, consume).await;
+        r.map_err(|e| e.renumber(|g| self.local(g)))
+    }
+
     /// Tells every rank of the *parent*: a failed stage fails the whole composed operation.
     async fn abort_all(
         &self,
@@ -163,6 +175,22 @@ impl<A: Transport, B: Transport> Transport for Routed<A, B> {
         match self.via_a(peer) {
             Some(i) => self.a.recv(i, expect, dst).await.map_err(|e| self.world(e)),
             None => self.b.recv(peer, expect, dst).await,
+        }
+    }
+
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        match self.via_a(peer) {
+            Some(i) => {
+                let r = self.a.recv_with(i, expect, scratch, consume).await;
+                r.map_err(|e| self.world(e))
+            }
+            None => self.b.recv_with(peer, expect, scratch, consume).await,
         }
     }
 

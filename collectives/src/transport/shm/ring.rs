@@ -27,6 +27,7 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
+    super::stream::Lend,
     segment::{CTL_BYTES, Mapping},
     wake::{Local, Peer, Waiter},
 };
@@ -172,6 +173,48 @@ pub(super) fn link(
     (reader, writer)
 }
 
+impl ShmReader {
+    /// Waits until the ring holds unread bytes; `Ready(Ok(n))` with `n` of them (0: the
+    /// producer closed and everything was read).
+    fn poll_filled(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let ctl = self.ring.ctl();
+        if self.seen_head == self.tail {
+            self.seen_head = ctl.head.load(Ordering::Acquire);
+        }
+        while self.seen_head == self.tail {
+            if ctl.producer_closed.load(Ordering::Acquire) != 0 {
+                // The flag is set after the last publish: one more look, then end of stream.
+                self.seen_head = ctl.head.load(Ordering::Acquire);
+                if self.seen_head == self.tail {
+                    return Poll::Ready(Ok(0));
+                }
+                break;
+            }
+            let tail = self.tail;
+            let ready = || ctl.head.load(Ordering::Acquire) != tail;
+            let (local, peer) = (&self.local, &self.peer);
+            match self
+                .wait
+                .poll(cx, local, peer, &ctl.consumer_waiting, ready)
+            {
+                Poll::Ready(Ok(())) => self.seen_head = ctl.head.load(Ordering::Acquire),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.wait.done(&ctl.consumer_waiting);
+        Poll::Ready(Ok((self.seen_head - self.tail) as usize))
+    }
+
+    /// Marks `n` more bytes consumed and tells a producer waiting for space.
+    fn advance(&mut self, n: usize) {
+        self.tail += n as u64;
+        let ctl = self.ring.ctl();
+        ctl.tail.store(self.tail, Ordering::Release);
+        self.local.notify(&self.peer, &ctl.producer_waiting);
+    }
+}
+
 impl AsyncRead for ShmReader {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -182,42 +225,53 @@ impl AsyncRead for ShmReader {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        let ctl = this.ring.ctl();
-        if this.seen_head == this.tail {
-            this.seen_head = ctl.head.load(Ordering::Acquire);
-        }
-        while this.seen_head == this.tail {
-            if ctl.producer_closed.load(Ordering::Acquire) != 0 {
-                // The flag is set after the last publish: one more look, then end of stream.
-                this.seen_head = ctl.head.load(Ordering::Acquire);
-                if this.seen_head == this.tail {
-                    return Poll::Ready(Ok(()));
-                }
-                break;
-            }
-            let tail = this.tail;
-            let ready = || ctl.head.load(Ordering::Acquire) != tail;
-            let (local, peer) = (&this.local, &this.peer);
-            match this
-                .wait
-                .poll(cx, local, peer, &ctl.consumer_waiting, ready)
-            {
-                Poll::Ready(Ok(())) => this.seen_head = ctl.head.load(Ordering::Acquire),
-                other => return other,
-            }
-        }
-        this.wait.done(&ctl.consumer_waiting);
-        let n = ((this.seen_head - this.tail) as usize)
-            .min(buf.remaining())
-            .min(PIECE);
+        let filled = match this.poll_filled(cx) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        let n = filled.min(buf.remaining()).min(PIECE);
         let dst = &mut buf.initialize_unfilled_to(n)[..n];
         // SAFETY: we are the only consumer and `[tail, tail + n)` lies below the published head.
         unsafe { this.ring.copy_out(this.tail, dst) };
         buf.advance(n);
-        this.tail += n as u64;
-        ctl.tail.store(this.tail, Ordering::Release);
-        this.local.notify(&this.peer, &ctl.producer_waiting);
+        this.advance(n);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Lending: the consumer reads (reduces from) the ring's bytes where they lie, then gives them
+/// back, which is when the producer may overwrite them.
+impl Lend for ShmReader {
+    const LENDS: bool = true;
+
+    fn poll_lend(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self.poll_filled(cx) {
+            Poll::Ready(Ok(n)) => {
+                // Up to the end of the data area; the rest comes after the wrap.
+                let at = self.tail as usize & (self.ring.cap - 1);
+                Poll::Ready(Ok(n.min(self.ring.cap - at).min(PIECE)))
+            }
+            other => other,
+        }
+    }
+
+    fn lent(&self, n: usize) -> &[u8] {
+        let at = self.tail as usize & (self.ring.cap - 1);
+        assert!(
+            at + n <= self.ring.cap && self.tail + n as u64 <= self.seen_head,
+            "lending beyond the published bytes"
+        );
+        // SAFETY: `[tail, tail + n)` was published to us (below `seen_head`) and lies inside the
+        // data area without wrapping (checked above). The producer does not write published,
+        // unconsumed bytes, and `tail` only moves in `give_back`, which takes `&mut self` and so
+        // cannot run while this borrow lives.
+        unsafe { std::slice::from_raw_parts(self.ring.data.as_ptr().add(at), n) }
+    }
+
+    fn give_back(&mut self, n: usize) {
+        self.advance(n);
     }
 }
 
