@@ -1,5 +1,8 @@
 //! `ringrun bench --fusion COUNTxBYTES,...`: a grouped allreduce of many tensors (fused into
 //! buckets) beside one allreduce of their total size, the cost fusion is meant to approach.
+//! The two calls alternate, iteration by iteration, so that on a shared machine both see the
+//! same load and the same cache state (each evicts the other's buffers, as a training step's
+//! compute would); the ratio is the figure to read.
 
 use std::time::{Duration, Instant};
 
@@ -56,20 +59,26 @@ pub(super) async fn run<C: BenchComm>(
     let mut single = Aligned::zeroed(total);
     let ctl = || Ctl::timeout(timeout);
 
-    let grouped = time(args, async || {
+    // Alternate the two calls, so that both see the same load on a shared machine.
+    let mut times = [0.0f64; 2];
+    let iters = args.iters.max(1);
+    for i in 0..args.warmup + iters {
+        let started = Instant::now();
         let mut views: Vec<TensorMut<'_>> = tensors
             .iter_mut()
             .map(|t| TensorMut::from_bytes(dtype, t.bytes_mut()))
             .collect();
-        comm.allreduce_grouped(&mut views, op, &ctl()).await
-    })
-    .await?;
-    let one = time(args, async || {
+        comm.allreduce_grouped(&mut views, op, &ctl()).await?;
+        let grouped = started.elapsed().as_secs_f64();
+        let started = Instant::now();
         comm.allreduce_bytes(dtype, Bufs::InPlace(single.bytes_mut()), op, &ctl())
-            .await
-    })
-    .await?;
-    let mut times = [grouped, one];
+            .await?;
+        let one = started.elapsed().as_secs_f64();
+        if i >= args.warmup {
+            times[0] += grouped / iters as f64;
+            times[1] += one / iters as f64;
+        }
+    }
     comm.allreduce(&mut times, ReduceOp::Avg, &ctl()).await?;
 
     // Check one fresh grouped call.
@@ -106,20 +115,4 @@ pub(super) async fn run<C: BenchComm>(
         );
     }
     Ok(wrong[0] as u64)
-}
-
-/// Mean seconds per call of `once` after the warm-up (the same iteration rules as the sweep).
-async fn time(
-    args: &BenchArgs,
-    mut once: impl AsyncFnMut() -> Result<(), ringrun_collectives::CollectiveError>,
-) -> Result<f64> {
-    for _ in 0..args.warmup {
-        once().await?;
-    }
-    let iters = args.iters.max(1);
-    let start = Instant::now();
-    for _ in 0..iters {
-        once().await?;
-    }
-    Ok(start.elapsed().as_secs_f64() / iters as f64)
 }
