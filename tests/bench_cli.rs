@@ -296,8 +296,14 @@ const SECRET: &str = "job-secret-for-tests-only";
 
 #[test]
 fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
-    for transport in ["tcp", "quic", "shm"] {
-        let args = [
+    // `auto` with two pretend hosts runs the hierarchical allreduce over shm and TCP.
+    for (transport, hosts) in [
+        ("tcp", None),
+        ("quic", None),
+        ("shm", None),
+        ("auto", Some("0,0,1,1")),
+    ] {
+        let mut args = vec![
             "--transport",
             transport,
             "-b",
@@ -311,6 +317,9 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
             "--timeout",
             "30",
         ];
+        if let Some(h) = hosts {
+            args.extend(["--host-labels", h]);
+        }
         let mut ranks = spawn_ranks(4, &args, |_| SECRET.into());
         let pids: Vec<u32> = ranks.iter().map(Child::id).collect();
         std::thread::sleep(Duration::from_millis(1500));

@@ -146,8 +146,14 @@ impl<A: Transport, B: Transport> Routed<A, B> {
         self.a_ranks.iter().position(|r| *r == peer)
     }
 
+    /// `a`'s name for world rank `g`: its rank there, or `len + g` (as in [`Subset`]).
+    fn in_a(&self, g: usize) -> usize {
+        self.via_a(g).unwrap_or(self.a_ranks.len() + g)
+    }
+
     fn world(&self, e: CollectiveError) -> CollectiveError {
-        e.renumber(|i| self.a_ranks.get(i).copied().unwrap_or(i))
+        let len = self.a_ranks.len();
+        e.renumber(|i| self.a_ranks.get(i).copied().unwrap_or_else(|| i - len))
     }
 }
 
@@ -202,7 +208,7 @@ impl<A: Transport, B: Transport> Transport for Routed<A, B> {
         message: &str,
         within: Duration,
     ) {
-        let sub = subject.and_then(|s| self.via_a(s));
+        let sub = subject.map(|s| self.in_a(s));
         tokio::join!(
             self.a.abort_all(header, code, sub, message, within),
             self.b.abort_all(header, code, subject, message, within)
