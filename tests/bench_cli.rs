@@ -75,9 +75,121 @@ fn assert_table(out: &Output, rows: usize) {
 #[test]
 fn tcp_sweep_prints_an_nccl_tests_table() {
     let out = bench(&[
-        "--np", "3", "-b", "8", "-e", "1M", "-f", "4", "-n", "3", "-w", "1",
+        "--np",
+        "3",
+        "-b",
+        "8",
+        "-e",
+        "1M",
+        "-f",
+        "4",
+        "-n",
+        "3",
+        "-w",
+        "1",
+        "--transport",
+        "tcp",
     ]);
     assert_table(&out, 9);
+}
+
+#[test]
+fn auto_picks_shm_on_one_host_and_the_hierarchy_across_hosts() {
+    let out = bench(&[
+        "--np", "3", "-b", "8", "-e", "1M", "-f", "8", "-n", "3", "-w", "1",
+    ]);
+    assert_table(&out, 6);
+    assert!(text(&out.stdout).contains("transport auto (shm)"));
+    // Two pretend hosts of two ranks (uniform: the 2D form above --small-bytes), then hosts of
+    // 2 and 1 (the leader form), then one rank per host (plain TCP).
+    for (labels, rows, says) in [
+        ("0,0,1,1", 6, "shm in host, tcp across"),
+        ("4,4,9", 6, "shm in host, tcp across"),
+        ("1,2,3", 6, "auto (tcp)"),
+    ] {
+        let np = labels.split(',').count().to_string();
+        let out = bench(&[
+            "--np",
+            &np,
+            "--host-labels",
+            labels,
+            "-b",
+            "8",
+            "-e",
+            "1M",
+            "-f",
+            "8",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--small-bytes",
+            "4K",
+        ]);
+        assert_table(&out, rows);
+        assert!(
+            text(&out.stdout).contains(says),
+            "{labels}: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn fusion_compares_grouped_with_one_allreduce() {
+    for (transport, dtype) in [("auto", "float"), ("tcp", "bfloat16")] {
+        let out = bench(&[
+            "--np",
+            "2",
+            "--transport",
+            transport,
+            "-d",
+            dtype,
+            "--fusion",
+            "300x4K,3x100K",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--fusion-bytes",
+            "256K",
+        ]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("303 tensors"), "{stdout}");
+        assert!(
+            stdout.contains("ratio") && stdout.contains("#wrong 0"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn shm_sweep_with_every_algorithm() {
+    for algo in ["ring", "tree"] {
+        let out = bench(&[
+            "--np",
+            "3",
+            "--transport",
+            "shm",
+            "--algo",
+            algo,
+            "-b",
+            "8",
+            "-e",
+            "4M",
+            "-f",
+            "8",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--shm-ring-bytes",
+            "64K",
+        ]);
+        assert_table(&out, 7);
+        assert!(text(&out.stdout).contains("transport shm"));
+    }
 }
 
 #[test]
@@ -184,8 +296,14 @@ const SECRET: &str = "job-secret-for-tests-only";
 
 #[test]
 fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
-    for transport in ["tcp", "quic"] {
-        let args = [
+    // `auto` with two pretend hosts runs the hierarchical allreduce over shm and TCP.
+    for (transport, hosts) in [
+        ("tcp", None),
+        ("quic", None),
+        ("shm", None),
+        ("auto", Some("0,0,1,1")),
+    ] {
+        let mut args = vec![
             "--transport",
             transport,
             "-b",
@@ -199,7 +317,11 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
             "--timeout",
             "30",
         ];
+        if let Some(h) = hosts {
+            args.extend(["--host-labels", h]);
+        }
         let mut ranks = spawn_ranks(4, &args, |_| SECRET.into());
+        let pids: Vec<u32> = ranks.iter().map(Child::id).collect();
         std::thread::sleep(Duration::from_millis(1500));
         ranks[2].kill().unwrap();
         let killed = Instant::now();
@@ -224,12 +346,27 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
                 "{transport} rank {r} took {waited:?}: {stderr}"
             );
         }
+        let _ = ranks[2].wait();
+        // Segments lose their names once set up, so even the killed rank's memory is freed.
+        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
     }
+}
+
+/// Shared-memory segment files in /dev/shm created by any of `pids` (names carry the pid).
+fn shm_files_of(pids: &[u32]) -> Vec<String> {
+    let prefixes: Vec<String> = pids.iter().map(|p| format!("ringrun-{p}-")).collect();
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
 fn a_rank_without_the_secret_cannot_join() {
-    for transport in ["tcp", "quic"] {
+    for transport in ["tcp", "quic", "shm"] {
         let args = [
             "--transport",
             transport,
@@ -247,6 +384,7 @@ fn a_rank_without_the_secret_cannot_join() {
                 SECRET.into()
             }
         });
+        let pids: Vec<u32> = ranks.iter().map(Child::id).collect();
         for (r, child) in ranks.iter_mut().enumerate() {
             let out = wait_bounded(child, Duration::from_secs(20));
             assert!(
@@ -259,6 +397,7 @@ fn a_rank_without_the_secret_cannot_join() {
                 "{transport} rank {r}: {stderr}"
             );
         }
+        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
     }
 }
 

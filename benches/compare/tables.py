@@ -74,3 +74,17 @@ for n in ns:
         print(f"| {n} | {hsize(s)} | {ratio('ringrun-tcp-ip', 'gloo', n, s)} | "
               f"{ratio('ringrun-tcp-oop', 'mpi_tcp', n, s)} | {ratio('ringrun-tcp-oop', 'mpi_shm', n, s)} | "
               f"{ratio('ringrun-quic-ip', 'ringrun-tcp-ip', n, s)} | {t8} |")
+
+if any(k.startswith("ringrun-shm") for k in names):
+    print("\nShared memory (ringrun shm / peer; for time, < 1 is better)\n")
+    print("| N | size | shm/mpi-shm busbw | shm/gloo busbw | shm/tcp busbw | shm/mpi-shm time |")
+    print("|---|---|---|---|---|---|")
+    for n in ns:
+        for s in [8, 64 << 10, 256 << 10, 1 << 20, 2 << 20, 4 << 20, 16 << 20, 64 << 20,
+                  256 << 20]:
+            if not any(s in series.get((k, n), {}) for k in names):
+                continue
+            print(f"| {n} | {hsize(s)} | {ratio('ringrun-shm-oop', 'mpi_shm', n, s)} | "
+                  f"{ratio('ringrun-shm-ip', 'gloo', n, s)} | "
+                  f"{ratio('ringrun-shm-oop', 'ringrun-tcp-oop', n, s)} | "
+                  f"{ratio('ringrun-shm-oop', 'mpi_shm', n, s, 1)} |")

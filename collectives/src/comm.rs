@@ -13,6 +13,7 @@ use crate::{
     dtype::{DType, Element, ReduceOp},
     error::{CollectiveError, Result},
     frame::{Algo, Collective, ErrorCode, OpSig},
+    fusion::{self, FusionBuffer, TensorMut},
     spin::Spin,
     transport::Transport,
 };
@@ -50,8 +51,19 @@ pub struct CommConfig {
     /// largest broadcast sent down a tree rather than a chain.
     pub small_bytes: usize,
     /// How long an operation keeps polling before it sleeps until data arrives (zero: sleep at
-    /// once). Spinning trades CPU for latency; it yields the CPU on every round.
+    /// once). Spinning trades CPU for latency.
     pub spin: Duration,
+    /// Whether a spinning rank yields the CPU between rounds. Needed when the ranks on a host
+    /// outnumber its cores (the peer being waited for may need this core); costly otherwise
+    /// (each yield is a context switch into whatever else is runnable). Default: true, the safe
+    /// choice; [`CommConfig::for_local_ranks`] sets it from the host's core count.
+    pub spin_yield: bool,
+    /// Threads a rank may use to reduce one large segment (1: the rank's own thread only).
+    /// Pays only where cores outnumber ranks; see `par`.
+    pub reduce_threads: usize,
+    /// Largest fusion bucket of [`Communicator::allreduce_grouped`] (Horovod's fusion
+    /// threshold); tensors at least this large are reduced in place, unpacked.
+    pub fusion_bytes: usize,
 }
 
 impl Default for CommConfig {
@@ -62,6 +74,22 @@ impl Default for CommConfig {
             segment_bytes: 256 * 1024,
             small_bytes: 256 * 1024,
             spin: Duration::from_micros(50),
+            spin_yield: true,
+            reduce_threads: 1,
+            fusion_bytes: fusion::DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+impl CommConfig {
+    /// This configuration for `ranks` ranks sharing this host: spinning yields only when they
+    /// outnumber its cores, and each rank reduces with its share of the cores.
+    pub fn for_local_ranks(self, ranks: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        CommConfig {
+            spin_yield: ranks > cores,
+            reduce_threads: (cores / ranks.max(1)).max(1),
+            ..self
         }
     }
 }
@@ -118,6 +146,7 @@ pub struct Communicator<T> {
     next_op: u64,
     poisoned: Option<String>,
     scratch: Scratch,
+    fusion: FusionBuffer,
 }
 
 impl<T: Transport> Communicator<T> {
@@ -130,6 +159,7 @@ impl<T: Transport> Communicator<T> {
             next_op: 0,
             poisoned: None,
             scratch: Scratch::default(),
+            fusion: FusionBuffer::default(),
         }
     }
 
@@ -226,6 +256,41 @@ impl<T: Transport> Communicator<T> {
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
         })
         .await
+    }
+
+    /// Grouped allreduce of many tensors of mixed sizes and dtypes, in place, fused into buckets
+    /// of at most [`CommConfig::fusion_bytes`] (see `fusion`). Every rank must pass tensors of
+    /// the same dtypes and lengths in the same order.
+    pub async fn allreduce_grouped(
+        &mut self,
+        tensors: &mut [TensorMut<'_>],
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        if let Some(bad) = tensors
+            .iter()
+            .find(|t| !t.bytes().len().is_multiple_of(t.dtype().size()))
+        {
+            let e = invalid(format!(
+                "a grouped tensor holds {} bytes, not whole {} elements",
+                bad.bytes().len(),
+                bad.dtype().nccl_name()
+            ));
+            return self.reject(Collective::AllReduce, bad.dtype(), e).await;
+        }
+        let shapes: Vec<_> = tensors
+            .iter()
+            .map(|t| (t.dtype(), t.bytes().len()))
+            .collect();
+        let buckets = fusion::plan(&shapes, self.config.fusion_bytes);
+        let mut space = std::mem::take(&mut self.fusion);
+        let r = fusion::run(tensors, &buckets, &mut space, async |dtype, bytes| {
+            self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
+                .await
+        })
+        .await;
+        self.fusion = space;
+        r
     }
 
     /// Broadcast of `root`'s buffer to every rank. Out of place, only the root reads `send`.
@@ -468,12 +533,13 @@ impl<T: Transport> Communicator<T> {
             op_id,
             sig,
             self.config.segment_bytes,
-        );
+        )
+        .with_reduce_threads(self.config.reduce_threads);
         let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
             dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
         let started = Instant::now();
         let op = Box::pin(op(&cx, &mut self.scratch));
-        let spun = Spin::new(op, self.config.spin);
+        let spun = Spin::new(op, self.config.spin, self.config.spin_yield);
         let result = guarded(&self.transport, spun, ctl, started)
             .instrument(span)
             .await;

@@ -101,5 +101,30 @@ impl CollectiveError {
     }
 }
 
+impl CollectiveError {
+    /// The same error with every rank it names renumbered by `f` (sub-communicators).
+    pub(crate) fn renumber(self, f: impl Fn(usize) -> usize) -> Self {
+        match self {
+            Self::PeerLost { rank, reason } => Self::PeerLost {
+                rank: f(rank),
+                reason,
+            },
+            Self::Mismatch { rank, detail } => Self::Mismatch {
+                rank: f(rank),
+                detail,
+            },
+            Self::Protocol { rank, detail } => Self::Protocol {
+                rank: f(rank),
+                detail,
+            },
+            Self::Timeout { waiting_on, waited } => Self::Timeout {
+                waiting_on: waiting_on.map(f),
+                waited,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = CollectiveError> = std::result::Result<T, E>;

@@ -175,10 +175,10 @@ impl Header {
             k => return Err(format!("bad frame kind {k}")),
         };
         let sig = OpSig {
-            coll: Collective::from_code(b[5]).ok_or(format!("bad collective {}", b[5]))?,
-            dtype: DType::from_code(b[6]).ok_or(format!("bad dtype {}", b[6]))?,
-            op: ReduceOp::from_code(b[7]).ok_or(format!("bad op {}", b[7]))?,
-            algo: Algo::from_code(b[8]).ok_or(format!("bad algorithm {}", b[8]))?,
+            coll: Collective::from_code(b[5]).ok_or_else(|| format!("bad collective {}", b[5]))?,
+            dtype: DType::from_code(b[6]).ok_or_else(|| format!("bad dtype {}", b[6]))?,
+            op: ReduceOp::from_code(b[7]).ok_or_else(|| format!("bad op {}", b[7]))?,
+            algo: Algo::from_code(b[8]).ok_or_else(|| format!("bad algorithm {}", b[8]))?,
             count: u64_at(32),
             root: u32_at(40),
         };
@@ -194,6 +194,17 @@ impl Header {
 
     /// Compares a received data header with the expected one; `Err` says what differs first.
     pub fn check(expect: &Header, got: &Header) -> Result<(), String> {
+        // The common case, without building the field-by-field report (it allocates).
+        if (
+            expect.epoch,
+            expect.op_id,
+            expect.sig,
+            expect.len,
+            expect.seq,
+        ) == (got.epoch, got.op_id, got.sig, got.len, got.seq)
+        {
+            return Ok(());
+        }
         let (e, g) = (&expect.sig, &got.sig);
         let fields: [(&str, String, String); 9] = [
             ("epoch", expect.epoch.to_string(), got.epoch.to_string()),

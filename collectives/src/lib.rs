@@ -28,6 +28,9 @@ pub mod device;
 mod dtype;
 mod error;
 pub mod frame;
+pub mod fusion;
+mod hier;
+mod par;
 // The only module of this crate with `unsafe`: raw NCCL and CUDA calls, each with a SAFETY note.
 #[cfg(feature = "nccl")]
 #[allow(unsafe_code)]
@@ -43,4 +46,6 @@ pub use comm::{AlgoChoice, Bufs, CommConfig, Communicator, Ctl};
 pub use dtype::{DType, Element, ReduceOp};
 pub use error::{CollectiveError, Result};
 pub use frame::Algo;
+pub use fusion::TensorMut;
 pub use half::{bf16, f16};
+pub use hier::Hierarchical;

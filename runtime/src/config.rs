@@ -111,6 +111,7 @@ impl GroupConfig {
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
     /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic` ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
     /// | `RINGRUN_DEVICE` | `cuda`: a device group over NCCL; `cpu` | `cpu` |
+    /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
             (_, Some(path)) => {
@@ -154,6 +155,7 @@ impl GroupConfig {
             var("RINGRUN_TRANSPORT").as_deref(),
             var("RINGRUN_DEVICE").as_deref(),
         )?;
+        c.comm.fusion_bytes = parse("RINGRUN_FUSION_BYTES")?.unwrap_or(c.comm.fusion_bytes);
         Ok(c)
     }
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use ringrun_collectives::{
-    Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp,
+    Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp, TensorMut,
     transport::tcp::{JobSecret, MeshSpec},
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
@@ -209,24 +209,32 @@ impl Group {
         self.end(epoch, r)
     }
 
-    /// Allreduce of many buffers in one call: packed into one fused buffer of each dtype,
-    /// reduced once, unpacked.
+    /// Allreduce of many buffers of one element type in one call, fused into buckets of at
+    /// most `GroupConfig`'s fusion size (see [`Group::allreduce_grouped`]).
     pub fn allreduce_many<E: Element>(
         &mut self,
         bufs: &mut [&mut [E]],
         op: ReduceOp,
     ) -> Result<()> {
-        let total = bufs.iter().map(|b| b.len()).sum();
-        let mut fused: Vec<E> = Vec::with_capacity(total);
-        bufs.iter().for_each(|b| fused.extend_from_slice(b));
-        self.allreduce(&mut fused, op)?;
-        let mut rest = &fused[..];
-        for b in bufs.iter_mut() {
-            let (head, tail) = rest.split_at(b.len());
-            b.copy_from_slice(head);
-            rest = tail;
-        }
-        Ok(())
+        let mut tensors: Vec<TensorMut<'_>> = bufs.iter_mut().map(|b| TensorMut::new(b)).collect();
+        self.allreduce_grouped(&mut tensors, op)
+    }
+
+    /// Allreduce of many tensors of mixed sizes and element types in one call: packed into
+    /// buckets (one element type each, at most the configured fusion size), each reduced once.
+    /// Tensors at least a bucket large are reduced where they lie.
+    pub fn allreduce_grouped(&mut self, tensors: &mut [TensorMut<'_>], op: ReduceOp) -> Result<()> {
+        let _span = info_span!(
+            "allreduce_grouped",
+            epoch = self.epoch(),
+            tensors = tensors.len()
+        )
+        .entered();
+        let (ctl, epoch) = self.begin()?;
+        failpoint::crash_point("allreduce", self.step_hint);
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.allreduce_grouped(tensors, op, &ctl));
+        self.end(epoch, r)
     }
 
     /// Broadcast of `buf` from `root`.

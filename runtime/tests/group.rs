@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringrun_collectives::ReduceOp;
+use ringrun_collectives::{ReduceOp, TensorMut};
 use ringrun_runtime::{Group, GroupConfig, GroupError};
 
 const SECRET: &str = "group-test-secret-0123456789";
@@ -66,6 +66,20 @@ fn form_reduce_leave_and_join_with_state() {
             let mut v = vec![1.0f32; 1000];
             g.allreduce(&mut v, ReduceOp::Sum).unwrap();
             assert!(v.iter().all(|x| *x == 3.0));
+            // Grouped allreduce of mixed dtypes through the fused path.
+            let (mut a, mut b, mut c) = (vec![1.0f32; 300], vec![2i64; 7], vec![0.5f64; 5000]);
+            let mut tensors = [
+                TensorMut::new(&mut a),
+                TensorMut::new(&mut b),
+                TensorMut::new(&mut c),
+            ];
+            g.allreduce_grouped(&mut tensors, ReduceOp::Sum).unwrap();
+            assert!(a.iter().all(|x| *x == 3.0) && b.iter().all(|x| *x == 6));
+            assert!(c.iter().all(|x| *x == 1.5));
+            let (mut d, mut e) = (vec![1i32; 3], vec![2i32; 100]);
+            g.allreduce_many(&mut [&mut d[..], &mut e[..]], ReduceOp::Max)
+                .unwrap();
+            assert!(d.iter().all(|x| *x == 1) && e.iter().all(|x| *x == 2));
             g.commit(1, b"state after step 1".to_vec()).unwrap();
             all_formed.wait();
             if node == 2 {

@@ -38,6 +38,8 @@ pub(crate) struct OpCx<'t, T> {
     pub(crate) sig: OpSig,
     /// Pipeline segment size in bytes (a whole number of elements).
     pub(crate) seg_bytes: usize,
+    /// Threads the ring may reduce a segment with (see `par`).
+    pub(crate) reduce_threads: usize,
     sent: Vec<Cell<u32>>,
     received: Vec<Cell<u32>>,
 }
@@ -55,8 +57,16 @@ impl<'t, T: Transport> OpCx<'t, T> {
             op_id,
             sig,
             seg_bytes,
+            reduce_threads: 1,
             sent: (0..n).map(|_| Cell::new(0)).collect(),
             received: (0..n).map(|_| Cell::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn with_reduce_threads(self, threads: usize) -> Self {
+        OpCx {
+            reduce_threads: threads.max(1),
+            ..self
         }
     }
 
@@ -82,6 +92,19 @@ impl<'t, T: Transport> OpCx<'t, T> {
     pub(crate) async fn recv(&self, peer: usize, dst: &mut [u8]) -> Result<()> {
         let seq = bump(&self.received[peer]);
         self.t.recv(peer, &self.header(seq, dst.len()), dst).await
+    }
+
+    /// Receives the next frame from `peer` (`len` bytes), lending its payload to `consume` in
+    /// pieces (see [`Transport::recv_with`]); `scratch` holds it where the transport copies.
+    pub(crate) async fn recv_with(
+        &self,
+        peer: usize,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        let seq = bump(&self.received[peer]);
+        let header = self.header(seq, scratch.len());
+        self.t.recv_with(peer, &header, scratch, consume).await
     }
 
     /// `(rank + k) mod size` for any signed `k`.

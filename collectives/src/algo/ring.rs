@@ -22,7 +22,8 @@ use super::{OpCx, Scratch, Segments};
 use crate::{
     dtype::ReduceOp,
     error::Result,
-    reduce::{Order, finish_avg, reduce, reduce_from},
+    par::{reduce_from_par, reduce_par},
+    reduce::{Order, finish_avg},
     transport::Transport,
 };
 
@@ -84,15 +85,23 @@ pub(crate) async fn ring<T: Transport>(
             for s in 0..n - 1 {
                 let last = s == n - 2;
                 for id in segs.of_chunk(chunk(-(s as isize) - 1)) {
-                    let incoming = scratch.bytes(segs.len(id));
-                    cx.recv(prev, incoming).await?;
+                    // Reduce each piece as it is lent (straight from a shared-memory ring), so
+                    // the incoming bytes are read once, not copied to scratch first.
                     let mut mine = segs.get_mut(id)?;
-                    match inputs.get(id) {
-                        Some(contribution) => {
-                            reduce_from(dtype, op, &mut mine, incoming, contribution)
+                    let contribution = inputs.get(id);
+                    let threads = cx.reduce_threads;
+                    let mut consume = |off: usize, piece: &[u8]| {
+                        let d = &mut mine[off..off + piece.len()];
+                        match contribution {
+                            Some(c) => {
+                                let c = &c[off..off + piece.len()];
+                                reduce_from_par(threads, dtype, op, d, piece, c);
+                            }
+                            None => reduce_par(threads, dtype, op, Order::SrcFirst, d, piece),
                         }
-                        None => reduce(dtype, op, Order::SrcFirst, &mut mine, incoming),
-                    }
+                    };
+                    cx.recv_with(prev, scratch.bytes(segs.len(id)), &mut consume)
+                        .await?;
                     if last && op == ReduceOp::Avg {
                         finish_avg(dtype, &mut mine, n);
                     }

@@ -2,8 +2,12 @@
 //!
 //! [`Transport`] is the whole interface. Implementations:
 //! - [`stream::StreamTransport`]: framing over any pair of byte streams per peer; the in-memory
-//!   ([`mem`]), TCP ([`tcp`]) and QUIC ([`quic`]) transports are this type with different
-//!   connection set-up.
+//!   ([`mem`]), TCP ([`tcp`]), QUIC ([`quic`]) and shared-memory ([`shm`]) transports are this
+//!   type with different connection set-up (shared memory: lock-free rings in `/dev/shm`
+//!   segments, set up over an authenticated boot transport).
+//!
+//! - [`subset`]: a sub-communicator's view of a transport, and a per-peer router over two
+//!   transports (shared memory within a host, TCP across hosts).
 //!
 //! Links are ordered per direction: frames from one peer arrive in the order it sent them.
 //! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
@@ -11,7 +15,9 @@
 pub mod auth;
 pub mod mem;
 pub mod quic;
+pub mod shm;
 pub mod stream;
+pub mod subset;
 pub mod tcp;
 
 use std::time::Duration;
@@ -46,6 +52,23 @@ pub trait Transport {
     /// `expect.len`; an error frame from the peer turns into the error it reports.
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()>;
 
+    /// Receives the next frame from `peer` like [`recv`](Self::recv), handing its payload to
+    /// `consume(offset, bytes)` in order, in pieces of whole elements of the frame's dtype,
+    /// aligned for it. The default receives into `scratch` (which must hold `expect.len`
+    /// bytes) and hands it over whole; shared memory lends the bytes where they lie in the
+    /// ring, which saves the copy (a reduction reads them straight from the peer's segment).
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        self.recv(peer, expect, scratch).await?;
+        consume(0, scratch);
+        Ok(())
+    }
+
     /// Best effort, bounded by `within`: tells every peer that this rank gave up on the operation
     /// `header` names. Links left mid-frame by a dropped send are closed instead.
     async fn abort_all(
@@ -68,4 +91,58 @@ pub trait Transport {
     /// every peer has ended its side too. A peer still finishing the last operation (it may
     /// need bytes this rank already sent, or still be writing) is not cut off by an early close.
     async fn close(&self, within: Duration);
+}
+
+/// A shared transport (sub-communicators and routers hold their parent this way).
+impl<T: Transport> Transport for std::sync::Arc<T> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+
+    async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
+        (**self).send(peer, header, payload).await
+    }
+
+    async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
+        (**self).recv(peer, expect, dst).await
+    }
+
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        (**self).recv_with(peer, expect, scratch, consume).await
+    }
+
+    async fn abort_all(
+        &self,
+        header: &Header,
+        code: ErrorCode,
+        subject: Option<usize>,
+        message: &str,
+        within: Duration,
+    ) {
+        (**self)
+            .abort_all(header, code, subject, message, within)
+            .await;
+    }
+
+    async fn last_word(&self, peer: usize, within: Duration) -> Option<CollectiveError> {
+        (**self).last_word(peer, within).await
+    }
+
+    fn waiting_on(&self) -> Option<usize> {
+        (**self).waiting_on()
+    }
+
+    async fn close(&self, within: Duration) {
+        (**self).close(within).await;
+    }
 }

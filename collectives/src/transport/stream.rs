@@ -29,6 +29,36 @@ use crate::{
 const COALESCE_BYTES: usize = 16 * 1024;
 const NOT_WAITING: usize = usize::MAX;
 
+/// A reader that can lend the bytes it holds instead of copying them out (shared memory).
+/// The default lends nothing, and [`Transport::recv_with`] then copies through scratch.
+pub trait Lend {
+    /// Whether this reader lends; the other methods are only called where it does.
+    const LENDS: bool = false;
+
+    /// Waits until bytes are readable; `Ready(Ok(n))`: `n` lie contiguously at the read
+    /// position (0 at the end of the stream).
+    fn poll_lend(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<usize>> {
+        unreachable!("a reader that does not lend was asked to")
+    }
+
+    /// The first `n` readable bytes, in place (`n` at most what `poll_lend` returned).
+    fn lent(&self, _n: usize) -> &[u8] {
+        unreachable!("a reader that does not lend was asked to")
+    }
+
+    /// Marks the first `n` lent bytes read.
+    fn give_back(&mut self, _n: usize) {
+        unreachable!("a reader that does not lend was asked to")
+    }
+}
+
+impl Lend for tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf> {}
+impl Lend for tokio::io::ReadHalf<tokio::io::DuplexStream> {}
+impl Lend for quinn::RecvStream {}
+
 /// The two directions of the link to one peer.
 pub struct Link<R, W> {
     /// Bytes from the peer.
@@ -110,11 +140,39 @@ where
             .and_then(Option::as_ref)
             .ok_or_else(|| no_link(peer))
     }
+
+    /// Reads and checks the header of the next frame from `peer`, leaving the link marked
+    /// mid-frame (`dirty`) for the payload; an error frame becomes the error it reports.
+    async fn begin_frame(
+        &self,
+        peer: usize,
+        io: &mut R,
+        dirty: &mut bool,
+        expect: &Header,
+    ) -> Result<()> {
+        if *dirty {
+            return Err(CollectiveError::Poisoned(format!(
+                "link from rank {peer} is mid-frame"
+            )));
+        }
+        *dirty = true;
+        self.waiting_on.store(peer, Ordering::Relaxed);
+        let got = read_header(peer, io).await;
+        self.waiting_on.store(NOT_WAITING, Ordering::Relaxed);
+        let got = got?;
+        if got.kind == FrameKind::Error {
+            let e = read_error_frame(peer, io, &got).await;
+            *dirty = false;
+            return Err(e);
+        }
+        Header::check(expect, &got)
+            .map_err(|detail| CollectiveError::Mismatch { rank: peer, detail })
+    }
 }
 
 impl<R, W> Transport for StreamTransport<R, W>
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Lend + Unpin,
     W: AsyncWrite + Unpin,
 {
     fn rank(&self) -> usize {
@@ -152,24 +210,52 @@ where
         debug_assert_eq!(expect.len as usize, dst.len());
         let mut reader = self.reader(peer)?.lock().await;
         let Reader { io, dirty } = &mut *reader;
-        if *dirty {
-            return Err(CollectiveError::Poisoned(format!(
-                "link from rank {peer} is mid-frame"
-            )));
-        }
-        *dirty = true;
-        self.waiting_on.store(peer, Ordering::Relaxed);
-        let got = read_header(peer, io).await;
-        self.waiting_on.store(NOT_WAITING, Ordering::Relaxed);
-        let got = got?;
-        if got.kind == FrameKind::Error {
-            let e = read_error_frame(peer, io, &got).await;
-            *dirty = false;
-            return Err(e);
-        }
-        Header::check(expect, &got)
-            .map_err(|detail| CollectiveError::Mismatch { rank: peer, detail })?;
+        self.begin_frame(peer, io, dirty, expect).await?;
         io.read_exact(dst).await.map_err(|e| lost(peer, e))?;
+        *dirty = false;
+        Ok(())
+    }
+
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
+        let len = expect.len as usize;
+        debug_assert!(scratch.len() >= len);
+        if !R::LENDS {
+            self.recv(peer, expect, &mut scratch[..len]).await?;
+            consume(0, &scratch[..len]);
+            return Ok(());
+        }
+        let mut reader = self.reader(peer)?.lock().await;
+        let Reader { io, dirty } = &mut *reader;
+        self.begin_frame(peer, io, dirty, expect).await?;
+        let elem = expect.sig.dtype.size();
+        let mut off = 0;
+        while off < len {
+            let avail = std::future::poll_fn(|cx| io.poll_lend(cx))
+                .await
+                .map_err(|e| lost(peer, e))?;
+            if avail == 0 {
+                return Err(lost(peer, io::ErrorKind::UnexpectedEof.into()));
+            }
+            let bytes = io.lent(avail.min(len - off));
+            let whole = bytes.len() / elem * elem;
+            if whole == 0 || !(bytes.as_ptr() as usize).is_multiple_of(elem) {
+                // An element split by the ring's wrap, or a stream off the element grid (an
+                // earlier frame of a narrower type had an odd length): copy the rest.
+                let rest = &mut scratch[off..len];
+                io.read_exact(rest).await.map_err(|e| lost(peer, e))?;
+                consume(off, rest);
+                break;
+            }
+            consume(off, &bytes[..whole]);
+            io.give_back(whole);
+            off += whole;
+        }
         *dirty = false;
         Ok(())
     }

@@ -18,7 +18,7 @@ use ringrun_collectives::{
     transport::Transport,
 };
 
-use super::{BenchArgs, sweep::Engine};
+use super::{BenchArgs, device_sweep::Engine};
 
 /// Checks that CUDA (and NCCL, if `nccl`) can be used here; the error names the library.
 pub(super) fn probe(nccl: bool) -> Result<usize> {

@@ -1,11 +1,16 @@
 //! `ringrun bench`: nccl-tests' `all_reduce_perf`, over ringrun's CPU transports, or on GPU
-//! buffers with `--device cuda` (`device`: NCCL, or staged through host memory).
+//! buffers with `--device cuda` (`device`: NCCL, or staged through host memory; timed by
+//! `device_sweep`).
 //!
 //! Without `--rank`, this process is the parent: it spawns `--np` ranks of itself, exchanges
 //! their addresses (`rendezvous`) and exits with the worst child status. With `--rank` and
 //! `--peers`, it is one rank of a multi-host run. Rank 0 prints the table (`report`).
 
+mod comm;
+mod connect;
 mod device;
+mod device_sweep;
+mod fusion;
 mod rendezvous;
 mod report;
 mod sweep;
@@ -19,13 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ringrun_collectives::{
-    AlgoChoice, CommConfig, Communicator, DType, ReduceOp,
-    transport::{
-        auth::{JobSecret, MeshSpec},
-        quic, tcp,
-    },
-};
+use ringrun_collectives::{AlgoChoice, CommConfig, DType, ReduceOp, transport::auth::JobSecret};
 
 /// Options of `ringrun bench`, named as in nccl-tests where nccl-tests has them.
 #[derive(Args, Debug, Clone)]
@@ -60,8 +59,10 @@ pub(crate) struct BenchArgs {
     /// Check results (1) or not (0).
     #[arg(short = 'c', long = "check", default_value_t = 1)]
     check: u8,
-    /// Transport between ranks (default: tcp, or nccl with --device cuda). `nccl` implies
-    /// --device cuda; tcp or quic with --device cuda stage GPU buffers through host memory.
+    /// Transport between ranks (default `auto`: shared memory between ranks on one host, TCP
+    /// between hosts, with the hierarchical allreduce when a job spans hosts of several ranks;
+    /// `nccl` with --device cuda). `nccl` implies --device cuda; tcp or quic with --device cuda
+    /// stage GPU buffers through host memory.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
     /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
@@ -79,9 +80,28 @@ pub(crate) struct BenchArgs {
     /// Microseconds a waiting rank polls before it sleeps (default: the communicator's).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// Threads a rank may reduce a large segment with (default: the host's cores divided by
+    /// the ranks on it).
+    #[arg(long)]
+    reduce_threads: Option<usize>,
+    /// Bytes of each shared-memory ring (`--transport shm`).
+    #[arg(long, value_parser = parse_size)]
+    shm_ring_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
+
+    /// Measure a grouped allreduce instead of the sweep: COUNTxBYTES tensors (comma-separated
+    /// list for mixed sizes, e.g. `1000x4K` or `500x4K,10x1M`), beside one allreduce of their
+    /// total size.
+    #[arg(long, value_parser = fusion::parse_spec)]
+    fusion: Option<fusion::Spec>,
+    /// Largest fusion bucket in bytes (default: the communicator's, 128 MiB).
+    #[arg(long, value_parser = parse_size)]
+    fusion_bytes: Option<usize>,
+    /// Internal (tests): pretend rank r runs on host label r of this list (`--transport auto`).
+    #[arg(long, hide = true, value_delimiter = ',')]
+    host_labels: Vec<u64>,
     /// Write nccl-tests' JSON results here (rank 0).
     #[arg(short = 'J', long = "output_file")]
     json: Option<PathBuf>,
@@ -112,6 +132,11 @@ pub(crate) struct BenchArgs {
 enum TransportKind {
     Tcp,
     Quic,
+    /// Shared memory (ranks on this host), set up over an authenticated TCP mesh.
+    Shm,
+    /// Shared memory within a host, TCP across hosts.
+    Auto,
+    /// NCCL on GPU buffers (`--device cuda`).
     Nccl,
 }
 
@@ -128,7 +153,7 @@ impl BenchArgs {
         let default = if cuda {
             TransportKind::Nccl
         } else {
-            TransportKind::Tcp
+            TransportKind::Auto
         };
         (cuda, self.transport.unwrap_or(default))
     }
@@ -230,7 +255,6 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         .enable_all()
         .build()?;
     let start_timeout = Duration::from_secs(args.start_timeout);
-    let deadline = Instant::now() + start_timeout;
     let bind = args
         .peers
         .get(rank)
@@ -247,59 +271,30 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
         small_bytes: args.small_bytes.unwrap_or(defaults.small_bytes),
         spin: args.spin_us.map_or(defaults.spin, Duration::from_micros),
+        spin_yield: defaults.spin_yield,
+        reduce_threads: args.reduce_threads.unwrap_or(defaults.reduce_threads),
+        fusion_bytes: args.fusion_bytes.unwrap_or(defaults.fusion_bytes),
     };
-    let peers = |mine: SocketAddr| -> Result<Vec<SocketAddr>> {
-        match args.rendezvous {
-            Some(server) => rendezvous::join(server, rank, mine, start_timeout),
-            None => Ok(args.peers.clone()),
-        }
+    let setup = connect::Setup {
+        args,
+        rank,
+        secret,
+        config,
+        bind,
+        deadline: Instant::now() + start_timeout,
     };
-    let (cuda, transport) = args.resolved();
-    let timeout = Duration::from_secs(args.timeout);
-    let max_bytes = args.max_bytes / args.dtype.size() * args.dtype.size();
-    let wrong = match transport {
-        // NCCL's own bootstrap aside, the ranks also need a CPU mesh: for the unique id and the
-        // bench's bookkeeping reductions.
-        TransportKind::Tcp | TransportKind::Nccl => rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind(bind).await?;
-            let spec = MeshSpec {
-                rank,
-                addrs: peers(listener.local_addr()?)?,
-                epoch: 0,
-            };
-            let t = tcp::connect(&listener, &spec, &secret, deadline).await?;
-            let comm = Communicator::new(t, 0, config);
-            if cuda {
-                let nccl = transport == TransportKind::Nccl;
-                let engine = device::GpuEngine::new(comm, nccl, "tcp", timeout).await?;
-                let algo = if nccl { "nccl" } else { "ring" };
-                sweep::run(engine, args, algo).await
-            } else {
-                let algo = comm.allreduce_algo(args.dtype, args.max_bytes).name();
-                sweep::run(sweep::CpuEngine::new(comm, "tcp", max_bytes), args, algo).await
-            }
-        })?,
-        TransportKind::Quic => rt.block_on(async {
-            let socket = std::net::UdpSocket::bind(bind)?;
-            let spec = MeshSpec {
-                rank,
-                addrs: peers(socket.local_addr()?)?,
-                epoch: 0,
-            };
-            let t = quic::connect(socket, &spec, &secret, deadline).await?;
-            let comm = Communicator::new(t, 0, config);
-            if cuda {
-                let engine = device::GpuEngine::new(comm, false, "quic", timeout).await?;
-                sweep::run(engine, args, "ring").await
-            } else {
-                let algo = comm.allreduce_algo(args.dtype, args.max_bytes).name();
-                sweep::run(sweep::CpuEngine::new(comm, "quic", max_bytes), args, algo).await
-            }
-        })?,
-    };
+    let wrong = rt.block_on(setup.run())?;
     Ok(if wrong == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs the measurement the arguments ask for; returns the number of wrong elements.
+async fn drive<C: comm::BenchComm>(comm: C, args: &BenchArgs, transport: &str) -> Result<u64> {
+    match &args.fusion {
+        Some(spec) => fusion::run(comm, args, transport, spec).await,
+        None => sweep::run(comm, args, transport).await,
+    }
 }

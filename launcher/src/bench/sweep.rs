@@ -1,159 +1,51 @@
 //! The measured loop: for each size, out-of-place then in-place, time `iters` allreduces after
-//! a warm-up, then check one fresh allreduce element by element. The buffers and the timed
-//! allreduce belong to an [`Engine`] (host memory here, device memory in `device.rs`); the
-//! bookkeeping reductions (mean time, wrong counts, device lines) always go over the CPU
-//! communicator.
+//! a warm-up, then check one fresh allreduce element by element.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ringrun_collectives::{
-    Bufs, Communicator, Ctl, DType, ReduceOp,
+    Bufs, Ctl, DType, ReduceOp,
     testdata::{Aligned, count_wrong, inputs},
-    transport::Transport,
 };
 
 use super::{
     BenchArgs,
+    comm::BenchComm,
     report::{self, Half, Row},
 };
 
-/// Where the measured allreduces run: buffers of the current size and the collective on them.
-pub(super) trait Engine {
-    /// The CPU transport of the bookkeeping communicator.
-    type T: Transport;
-    /// The CPU communicator (also the data path for host buffers).
-    fn ctrl(&mut self) -> &mut Communicator<Self::T>;
-    /// What the device line says after the host name (`cpu tcp`, `cuda 0 <name> nccl`).
-    fn describe(&self) -> String;
-    /// Makes the buffers `bytes` long (contents unspecified).
-    fn resize(&mut self, bytes: usize) -> Result<()>;
-    /// Writes `data` to the input (`recv` in place, `send` out of place); `zero_recv` clears
-    /// the output first.
-    fn fill(&mut self, data: &[u8], in_place: bool, zero_recv: bool) -> Result<()>;
-    /// `times` back-to-back allreduces of `bytes`, waited for together.
-    async fn allreduce(
-        &mut self,
-        args: &BenchArgs,
-        in_place: bool,
-        times: usize,
-        ctl: &Ctl,
-    ) -> Result<()>;
-    /// The output's bytes.
-    fn output(&mut self) -> Result<Vec<u8>>;
-    /// Ends the run gracefully (flushes what peers still need).
-    async fn close(self, timeout: Duration);
-}
-
-/// Host buffers, allreduced over the CPU communicator.
-pub(super) struct CpuEngine<T> {
-    comm: Communicator<T>,
-    transport: &'static str,
-    send: Aligned,
-    recv: Aligned,
-    bytes: usize,
-}
-
-impl<T: Transport> CpuEngine<T> {
-    pub(super) fn new(comm: Communicator<T>, transport: &'static str, max_bytes: usize) -> Self {
-        CpuEngine {
-            comm,
-            transport,
-            send: Aligned::zeroed(max_bytes),
-            recv: Aligned::zeroed(max_bytes),
-            bytes: 0,
-        }
-    }
-}
-
-impl<T: Transport> Engine for CpuEngine<T> {
-    type T = T;
-
-    fn ctrl(&mut self) -> &mut Communicator<T> {
-        &mut self.comm
-    }
-
-    fn describe(&self) -> String {
-        format!("cpu {}", self.transport)
-    }
-
-    fn resize(&mut self, bytes: usize) -> Result<()> {
-        anyhow::ensure!(bytes <= self.send.bytes().len(), "size above -e");
-        self.bytes = bytes;
-        Ok(())
-    }
-
-    fn fill(&mut self, data: &[u8], in_place: bool, zero_recv: bool) -> Result<()> {
-        if zero_recv {
-            self.recv.bytes_mut()[..self.bytes].fill(0);
-        }
-        let target = if in_place {
-            &mut self.recv
-        } else {
-            &mut self.send
-        };
-        target.bytes_mut()[..self.bytes].copy_from_slice(data);
-        Ok(())
-    }
-
-    async fn allreduce(
-        &mut self,
-        args: &BenchArgs,
-        in_place: bool,
-        times: usize,
-        ctl: &Ctl,
-    ) -> Result<()> {
-        for _ in 0..times {
-            let (send, recv) = (
-                &self.send.bytes()[..self.bytes],
-                &mut self.recv.bytes_mut()[..self.bytes],
-            );
-            let bufs = if in_place {
-                Bufs::InPlace(recv)
-            } else {
-                Bufs::OutOfPlace { send, recv }
-            };
-            self.comm
-                .allreduce_bytes(args.dtype, bufs, args.op, ctl)
-                .await?;
-        }
-        Ok(())
-    }
-
-    fn output(&mut self) -> Result<Vec<u8>> {
-        Ok(self.recv.bytes()[..self.bytes].to_vec())
-    }
-
-    async fn close(self, timeout: Duration) {
-        // The last rank to finish may still need bytes this one sent: end the links gracefully.
-        self.comm.close(timeout).await;
-    }
-}
-
 /// Runs the sweep on this rank; rank 0 prints. Returns the number of wrong elements (all ranks).
-pub(super) async fn run<E: Engine>(mut engine: E, args: &BenchArgs, algo: &str) -> Result<u64> {
-    let (rank, n) = (engine.ctrl().rank(), engine.ctrl().size());
+pub(super) async fn run<C: BenchComm>(
+    mut comm: C,
+    args: &BenchArgs,
+    transport: &str,
+) -> Result<u64> {
+    let (rank, n) = (comm.rank(), comm.size());
     let elem = args.dtype.size();
+    let mut send = Aligned::zeroed(args.max_bytes / elem * elem);
+    let mut recv = send.clone();
     let timeout = Duration::from_secs(args.timeout);
-    let describe = engine.describe();
-    print_header(engine.ctrl(), args, &describe, timeout).await?;
+    let algo = comm.algo_name(args.dtype, args.max_bytes);
+    print_header(&mut comm, args, transport, timeout).await?;
     let mut rows = Vec::new();
     let mut size = args.min_bytes;
     while size <= args.max_bytes {
         let count = size / elem;
         let bytes = count * elem;
-        engine.resize(bytes)?;
         let mut halves = [None, None];
         let mut iterations = 0;
         for (h, in_place) in [false, true].into_iter().enumerate() {
             let mut m = Measure {
-                engine: &mut engine,
+                comm: &mut comm,
                 args,
+                send: &mut send,
+                recv: &mut recv,
                 bytes,
                 in_place,
                 timeout,
             };
-            let (seconds, iters) = m.time(rank).await?;
+            let (seconds, iters) = m.time().await?;
             let wrong = if args.check == 1 {
                 m.check(rank, n).await?
             } else {
@@ -181,7 +73,8 @@ pub(super) async fn run<E: Engine>(mut engine: E, args: &BenchArgs, algo: &str) 
         rows.push(row);
         size *= args.step_factor;
     }
-    engine.close(timeout).await;
+    // The last rank to finish may still need bytes this one sent: end the links gracefully.
+    comm.close(timeout).await;
     let wrong = rows
         .iter()
         .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
@@ -189,29 +82,32 @@ pub(super) async fn run<E: Engine>(mut engine: E, args: &BenchArgs, algo: &str) 
     if rank == 0 {
         print!("{}", report::footer(&rows));
         if let Some(path) = &args.json {
-            let transport = describe.strip_prefix("cpu ").unwrap_or(&describe);
             std::fs::write(path, json(args, n, transport, algo, &rows)?)?;
         }
     }
     Ok(wrong)
 }
 
-async fn print_header<T: Transport>(
-    comm: &mut Communicator<T>,
+pub(super) async fn print_header<C: BenchComm>(
+    comm: &mut C,
     args: &BenchArgs,
-    describe: &str,
+    transport: &str,
     timeout: Duration,
 ) -> Result<()> {
     // Every rank's device line goes to rank 0 through an allgather of fixed-size records.
     const LINE: usize = 160;
     let (rank, n) = (comm.rank(), comm.size());
     let host = hostname();
-    let mine = report::device_line(rank, std::process::id(), &host, describe);
+    let mine = report::device_line(rank, std::process::id(), &host, &format!("cpu {transport}"));
     let mut record = [b' '; LINE];
     let len = mine.len().min(LINE);
     record[..len].copy_from_slice(&mine.as_bytes()[..len]);
     let mut all = vec![0u8; LINE * n];
-    comm.allgather(&record[..], &mut all, &Ctl::timeout(timeout))
+    let bufs = Bufs::OutOfPlace {
+        send: &record[..],
+        recv: &mut all,
+    };
+    comm.allgather_bytes(DType::U8, bufs, &Ctl::timeout(timeout))
         .await?;
     if rank == 0 {
         let lines: Vec<String> = all
@@ -222,7 +118,6 @@ async fn print_header<T: Transport>(
             "nThread 1 nGpus 1 minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0",
             args.min_bytes, args.max_bytes, args.step_factor, args.warmup, args.iters, args.check
         );
-        let transport = describe.strip_prefix("cpu ").unwrap_or(describe);
         println!(
             "# ringrun {} bench: transport {transport}, {} ranks",
             env!("CARGO_PKG_VERSION"),
@@ -233,75 +128,97 @@ async fn print_header<T: Transport>(
     Ok(())
 }
 
-struct Measure<'a, E> {
-    engine: &'a mut E,
+struct Measure<'a, C> {
+    comm: &'a mut C,
     args: &'a BenchArgs,
+    send: &'a mut Aligned,
+    recv: &'a mut Aligned,
     bytes: usize,
     in_place: bool,
     timeout: Duration,
 }
 
-impl<E: Engine> Measure<'_, E> {
-    async fn run(&mut self, times: usize) -> Result<()> {
+impl<C: BenchComm> Measure<'_, C> {
+    async fn once(&mut self) -> Result<()> {
         let ctl = Ctl::timeout(self.timeout);
-        self.engine
-            .allreduce(self.args, self.in_place, times, &ctl)
-            .await
+        let (send, recv) = (
+            &self.send.bytes()[..self.bytes],
+            &mut self.recv.bytes_mut()[..self.bytes],
+        );
+        let bufs = if self.in_place {
+            Bufs::InPlace(recv)
+        } else {
+            Bufs::OutOfPlace { send, recv }
+        };
+        self.comm
+            .allreduce_bytes(self.args.dtype, bufs, self.args.op, &ctl)
+            .await?;
+        Ok(())
     }
 
-    fn fill(&mut self, rank: usize, zero_recv: bool) -> Result<()> {
-        let dtype: DType = self.args.dtype;
-        let data = inputs(dtype, self.args.op, rank, self.bytes / dtype.size());
-        self.engine.fill(data.bytes(), self.in_place, zero_recv)
+    fn fill(&mut self, rank: usize) {
+        let data = inputs(
+            self.args.dtype,
+            self.args.op,
+            rank,
+            self.bytes / self.args.dtype.size(),
+        );
+        let target = if self.in_place {
+            &mut *self.recv
+        } else {
+            &mut *self.send
+        };
+        target.bytes_mut()[..self.bytes].copy_from_slice(data.bytes());
     }
 
     /// Mean seconds per allreduce, averaged over ranks, and the iteration count used.
-    async fn time(&mut self, rank: usize) -> Result<(f64, usize)> {
-        self.fill(rank, false)?;
+    async fn time(&mut self) -> Result<(f64, usize)> {
+        let rank = self.comm.rank();
+        self.fill(rank);
         let start = Instant::now();
-        self.run(1).await?;
-        let timeout = self.timeout;
-        let ctl = || Ctl::timeout(timeout);
+        self.once().await?;
         let iters = match self.args.budget {
             Some(budget) => {
                 let mut first = [start.elapsed().as_secs_f64()];
-                self.engine
-                    .ctrl()
-                    .allreduce(&mut first, ReduceOp::Max, &ctl())
+                self.comm
+                    .allreduce(&mut first, ReduceOp::Max, &Ctl::timeout(self.timeout))
                     .await?;
                 ((budget / first[0].max(1e-9)) as usize).clamp(3, self.args.iters.max(3))
             }
             None => self.args.iters,
         };
-        if self.args.warmup > 1 {
-            self.run(self.args.warmup - 1).await?;
+        for _ in 1..self.args.warmup {
+            self.once().await?;
         }
-        self.engine.ctrl().barrier(&ctl()).await?;
+        self.comm.barrier(&Ctl::timeout(self.timeout)).await?;
         let start = Instant::now();
-        self.run(iters).await?;
+        for _ in 0..iters {
+            self.once().await?;
+        }
         let mut mean = [start.elapsed().as_secs_f64() / iters.max(1) as f64];
-        self.engine
-            .ctrl()
-            .allreduce(&mut mean, ReduceOp::Avg, &ctl())
+        self.comm
+            .allreduce(&mut mean, ReduceOp::Avg, &Ctl::timeout(self.timeout))
             .await?;
         Ok((mean[0], iters))
     }
 
     /// Wrong elements over all ranks in one freshly initialised allreduce.
     async fn check(&mut self, rank: usize, n: usize) -> Result<u64> {
-        self.fill(rank, !self.in_place)?;
-        self.run(1).await?;
-        let out = self.engine.output()?;
-        let mut wrong = [count_wrong(self.args.dtype, self.args.op, n, &out) as i64];
-        self.engine
-            .ctrl()
+        self.fill(rank);
+        if !self.in_place {
+            self.recv.bytes_mut()[..self.bytes].fill(0);
+        }
+        self.once().await?;
+        let out = &self.recv.bytes()[..self.bytes];
+        let mut wrong = [count_wrong(self.args.dtype, self.args.op, n, out) as i64];
+        self.comm
             .allreduce(&mut wrong, ReduceOp::Sum, &Ctl::timeout(self.timeout))
             .await?;
         Ok(wrong[0] as u64)
     }
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
