@@ -109,7 +109,7 @@ impl GroupConfig {
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
-    /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic` ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
+    /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic`, `shm` (one host) ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
     /// | `RINGRUN_DEVICE` | `cuda`: a device group over NCCL; `cpu` | `cpu` |
     /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
@@ -166,11 +166,11 @@ pub fn device_from(
     device: Option<&str>,
 ) -> Result<Option<DeviceSpec>, GroupError> {
     let nccl = match transport {
-        None | Some("auto") | Some("tcp") | Some("quic") => false,
+        None | Some("auto") | Some("tcp") | Some("quic") | Some("shm") => false,
         Some("nccl") => true,
         Some(t) => {
             return Err(bad(format!(
-                "RINGRUN_TRANSPORT={t}: expected auto, tcp, quic or nccl"
+                "RINGRUN_TRANSPORT={t}: expected auto, tcp, quic, shm or nccl"
             )));
         }
     };

@@ -15,7 +15,10 @@ use std::{
 
 use ringrun_collectives::{
     Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp, TensorMut,
-    transport::tcp::{JobSecret, MeshSpec},
+    transport::{
+        shm::ShmConfig,
+        tcp::{JobSecret, MeshSpec},
+    },
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
 use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
@@ -445,11 +448,16 @@ impl Group {
         if let Some(old) = self.comm.take() {
             mesh::discard(old);
         }
+        let shm_config = ShmConfig {
+            spin: self.config.comm.spin,
+            ..ShmConfig::default()
+        };
         let connect = mesh::connect(
             self.config.transport,
             &self.listener,
             &spec,
             &self.secret,
+            &shm_config,
             Instant::now() + MESH_TIMEOUT,
         );
         let transport = match self.rt.block_on(connect) {

@@ -4,7 +4,8 @@
 //! the view carries); it is authenticated with the job secret and serves as the *boot* mesh
 //! for the others. QUIC needs a fresh UDP socket per epoch (a quinn endpoint owns its socket
 //! and drains after close), so its addresses are swapped over the boot mesh rather than
-//! advertised in the membership metadata.
+//! advertised in the membership metadata. Shared memory is set up over the boot mesh too (it
+//! carries the segment names; see `collectives::transport::shm`).
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -18,6 +19,7 @@ use ringrun_collectives::{
     transport::{
         Transport,
         quic::{self, QuicTransport},
+        shm::{self, ShmConfig, ShmTransport},
         tcp::{self, JobSecret, MeshSpec, TcpTransport},
     },
 };
@@ -31,6 +33,8 @@ pub enum MeshKind {
     Tcp,
     /// QUIC: encrypted, for untrusted networks.
     Quic,
+    /// Shared memory: every member of the job on one host.
+    Shm,
 }
 
 impl std::str::FromStr for MeshKind {
@@ -41,8 +45,9 @@ impl std::str::FromStr for MeshKind {
             // A device group's host-side mesh (its NCCL id, its state) runs over TCP.
             "auto" | "tcp" | "nccl" => Ok(MeshKind::Tcp),
             "quic" => Ok(MeshKind::Quic),
+            "shm" => Ok(MeshKind::Shm),
             other => Err(format!(
-                "unknown transport {other:?} (auto, tcp, quic, nccl)"
+                "unknown transport {other:?} (auto, tcp, quic, shm, nccl)"
             )),
         }
     }
@@ -54,6 +59,8 @@ pub enum EpochTransport {
     Tcp(TcpTransport),
     /// Over QUIC.
     Quic(QuicTransport),
+    /// Over shared memory.
+    Shm(ShmTransport),
 }
 
 /// Forms the links of `spec`'s epoch of kind `kind`, by `deadline`.
@@ -62,6 +69,7 @@ pub async fn connect(
     listener: &TcpListener,
     spec: &MeshSpec,
     secret: &JobSecret,
+    shm_config: &ShmConfig,
     deadline: Instant,
 ) -> Result<EpochTransport, CollectiveError> {
     let boot = tcp::connect(listener, spec, secret, deadline).await?;
@@ -80,6 +88,12 @@ pub async fn connect(
             Ok(EpochTransport::Quic(
                 quic::connect(socket, &quic_spec, secret, deadline).await?,
             ))
+        }
+        MeshKind::Shm => {
+            // The boot mesh authenticates the ranks and carries the segment names, then closes.
+            let t = shm::connect(&boot, secret, spec.epoch, shm_config, deadline).await?;
+            boot.close(Duration::from_secs(1)).await;
+            Ok(EpochTransport::Shm(t))
         }
     }
 }
@@ -116,6 +130,7 @@ macro_rules! each {
         match $self {
             EpochTransport::Tcp($t) => $e,
             EpochTransport::Quic($t) => $e,
+            EpochTransport::Shm($t) => $e,
         }
     };
 }

@@ -64,7 +64,7 @@ pub(crate) struct LaunchArgs {
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
     /// Collective transport of the workers' epochs: `auto` (= `tcp`), `tcp`, `quic` (encrypts
-    /// every byte), or `nccl`, which gives every worker a device group (`RINGRUN_TRANSPORT=nccl`:
+    /// every byte), `shm` (shared memory: every worker of the job on this host), or `nccl`, which gives every worker a device group (`RINGRUN_TRANSPORT=nccl`:
     /// one NCCL communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL the
     /// workers fail at join, naming the library).
     #[arg(long, default_value = "auto")]
@@ -156,9 +156,12 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
-    if !matches!(a.transport.as_str(), "auto" | "tcp" | "quic" | "nccl") {
+    if !matches!(
+        a.transport.as_str(),
+        "auto" | "tcp" | "quic" | "shm" | "nccl"
+    ) {
         bail!(
-            "--transport {}: expected auto, tcp, quic or nccl",
+            "--transport {}: expected auto, tcp, quic, shm or nccl",
             a.transport
         );
     }
