@@ -15,7 +15,8 @@ use ringrun_collectives::{
 
 use super::{
     BenchArgs,
-    report::{self, Half, Row},
+    report::{self, Half},
+    sweep,
 };
 
 /// Where the measured allreduces run: buffers of the current size and the collective on them.
@@ -77,38 +78,13 @@ pub(super) async fn run<E: Engine>(mut engine: E, args: &BenchArgs, algo: &str) 
             halves[h] = Some(Half::new(bytes, seconds, n, wrong));
             iterations = iters;
         }
-        let [Some(out_of_place), Some(in_place)] = halves else {
-            unreachable!("both halves ran")
-        };
-        let row = Row {
-            size: bytes,
-            count,
-            dtype: args.dtype.nccl_name(),
-            redop: args.op.nccl_name(),
-            root: -1,
-            out_of_place,
-            in_place,
-            actual_iterations: iterations,
-        };
-        if rank == 0 {
-            println!("{}", report::row(&row));
-        }
+        let row = sweep::row(args, bytes, count, halves, iterations, rank);
         rows.push(row);
         size *= args.step_factor;
     }
     engine.close(timeout).await;
-    let wrong = rows
-        .iter()
-        .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
-        .sum();
-    if rank == 0 {
-        print!("{}", report::footer(&rows));
-        if let Some(path) = &args.json {
-            let transport = describe.strip_prefix("cpu ").unwrap_or(&describe);
-            std::fs::write(path, json(args, n, transport, algo, &rows)?)?;
-        }
-    }
-    Ok(wrong)
+    let transport = describe.strip_prefix("cpu ").unwrap_or(&describe);
+    sweep::finish(args, rank, n, transport, algo, &rows)
 }
 
 async fn print_header<T: Transport>(
@@ -120,7 +96,7 @@ async fn print_header<T: Transport>(
     // Every rank's device line goes to rank 0 through an allgather of fixed-size records.
     const LINE: usize = 160;
     let (rank, n) = (comm.rank(), comm.size());
-    let host = hostname();
+    let host = sweep::hostname();
     let mine = report::device_line(rank, std::process::id(), &host, describe);
     let mut record = [b' '; LINE];
     let len = mine.len().min(LINE);
@@ -214,33 +190,4 @@ impl<E: Engine> Measure<'_, E> {
             .await?;
         Ok(wrong[0] as u64)
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-fn json(args: &BenchArgs, n: usize, transport: &str, algo: &str, rows: &[Row]) -> Result<String> {
-    let wrong: u64 = rows
-        .iter()
-        .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
-        .sum();
-    let doc = serde_json::json!({
-        "config": {
-            "nthreads": 1, "ngpus": 1, "minimum_bytes": args.min_bytes, "maximum_bytes": args.max_bytes,
-            "step_factor": args.step_factor, "warmup_iters": args.warmup, "iterations": args.iters,
-            "aggregated_iterations": 1, "validation": args.check, "graph": 0,
-            "blocking_collectives": 1, "per_iter_timing": 0, "parallel_init": 0,
-        },
-        "ranks": n,
-        "transport": transport,
-        "algo": algo,
-        "results": rows,
-        "out_of_bounds": { "count": wrong, "okay": wrong == 0 },
-        "average_bus_bandwidth": { "bandwidth": report::avg_bus_bw(rows), "okay": true },
-        "errors": [],
-    });
-    Ok(serde_json::to_string_pretty(&doc)?)
 }

@@ -54,35 +54,60 @@ pub(super) async fn run<C: BenchComm>(
             halves[h] = Some(Half::new(bytes, seconds, n, wrong));
             iterations = iters;
         }
-        let [Some(out_of_place), Some(in_place)] = halves else {
-            unreachable!("both halves ran")
-        };
-        let row = Row {
-            size: bytes,
-            count,
-            dtype: args.dtype.nccl_name(),
-            redop: args.op.nccl_name(),
-            root: -1,
-            out_of_place,
-            in_place,
-            actual_iterations: iterations,
-        };
-        if rank == 0 {
-            println!("{}", report::row(&row));
-        }
+        let row = row(args, bytes, count, halves, iterations, rank);
         rows.push(row);
         size *= args.step_factor;
     }
     // The last rank to finish may still need bytes this one sent: end the links gracefully.
     comm.close(timeout).await;
+    finish(args, rank, n, transport, algo, &rows)
+}
+
+/// One size's row from its two halves; rank 0 prints it.
+pub(super) fn row(
+    args: &BenchArgs,
+    bytes: usize,
+    count: usize,
+    halves: [Option<Half>; 2],
+    iterations: usize,
+    rank: usize,
+) -> Row {
+    let [Some(out_of_place), Some(in_place)] = halves else {
+        unreachable!("both halves ran")
+    };
+    let row = Row {
+        size: bytes,
+        count,
+        dtype: args.dtype.nccl_name(),
+        redop: args.op.nccl_name(),
+        root: -1,
+        out_of_place,
+        in_place,
+        actual_iterations: iterations,
+    };
+    if rank == 0 {
+        println!("{}", report::row(&row));
+    }
+    row
+}
+
+/// The footer and `-J` file (rank 0); returns the wrong elements of every row.
+pub(super) fn finish(
+    args: &BenchArgs,
+    rank: usize,
+    n: usize,
+    transport: &str,
+    algo: &str,
+    rows: &[Row],
+) -> Result<u64> {
     let wrong = rows
         .iter()
         .map(|r| r.out_of_place.nwrong + r.in_place.nwrong)
         .sum();
     if rank == 0 {
-        print!("{}", report::footer(&rows));
+        print!("{}", report::footer(rows));
         if let Some(path) = &args.json {
-            std::fs::write(path, json(args, n, transport, algo, &rows)?)?;
+            std::fs::write(path, json(args, n, transport, algo, rows)?)?;
         }
     }
     Ok(wrong)
