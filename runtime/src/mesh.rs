@@ -162,6 +162,18 @@ impl Transport for EpochTransport {
         each!(self, t => t.recv(peer, expect, dst).await)
     }
 
+    // Delegated, not left to the trait's default: shared memory lends the bytes where they lie
+    // in the ring, so a reduction reads them without a copy into scratch.
+    async fn recv_with(
+        &self,
+        peer: usize,
+        expect: &Header,
+        scratch: &mut [u8],
+        consume: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<(), CollectiveError> {
+        each!(self, t => t.recv_with(peer, expect, scratch, consume).await)
+    }
+
     async fn abort_all(
         &self,
         header: &Header,
