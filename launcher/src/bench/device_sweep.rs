@@ -13,11 +13,7 @@ use ringrun_collectives::{
     transport::Transport,
 };
 
-use super::{
-    BenchArgs,
-    report::{self, Half},
-    sweep,
-};
+use super::{BenchArgs, report::Half, sweep};
 
 /// Where the measured allreduces run: buffers of the current size and the collective on them.
 pub(super) trait Engine {
@@ -93,33 +89,14 @@ async fn print_header<T: Transport>(
     describe: &str,
     timeout: Duration,
 ) -> Result<()> {
-    // Every rank's device line goes to rank 0 through an allgather of fixed-size records.
-    const LINE: usize = 160;
     let (rank, n) = (comm.rank(), comm.size());
-    let host = sweep::hostname();
-    let mine = report::device_line(rank, std::process::id(), &host, describe);
-    let mut record = [b' '; LINE];
-    let len = mine.len().min(LINE);
-    record[..len].copy_from_slice(&mine.as_bytes()[..len]);
-    let mut all = vec![0u8; LINE * n];
+    let record = sweep::device_record(rank, describe);
+    let mut all = vec![0u8; sweep::LINE * n];
     comm.allgather(&record[..], &mut all, &Ctl::timeout(timeout))
         .await?;
     if rank == 0 {
-        let lines: Vec<String> = all
-            .chunks(LINE)
-            .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
-            .collect();
-        let config = format!(
-            "nThread 1 nGpus 1 minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0",
-            args.min_bytes, args.max_bytes, args.step_factor, args.warmup, args.iters, args.check
-        );
         let transport = describe.strip_prefix("cpu ").unwrap_or(describe);
-        println!(
-            "# ringrun {} bench: transport {transport}, {} ranks",
-            env!("CARGO_PKG_VERSION"),
-            n
-        );
-        print!("{}", report::header(&config, &lines));
+        sweep::print_header_lines(args, n, transport, &all);
     }
     Ok(())
 }

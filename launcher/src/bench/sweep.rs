@@ -119,14 +119,8 @@ pub(super) async fn print_header<C: BenchComm>(
     transport: &str,
     timeout: Duration,
 ) -> Result<()> {
-    // Every rank's device line goes to rank 0 through an allgather of fixed-size records.
-    const LINE: usize = 160;
     let (rank, n) = (comm.rank(), comm.size());
-    let host = hostname();
-    let mine = report::device_line(rank, std::process::id(), &host, &format!("cpu {transport}"));
-    let mut record = [b' '; LINE];
-    let len = mine.len().min(LINE);
-    record[..len].copy_from_slice(&mine.as_bytes()[..len]);
+    let record = device_record(rank, &format!("cpu {transport}"));
     let mut all = vec![0u8; LINE * n];
     let bufs = Bufs::OutOfPlace {
         send: &record[..],
@@ -135,22 +129,41 @@ pub(super) async fn print_header<C: BenchComm>(
     comm.allgather_bytes(DType::U8, bufs, &Ctl::timeout(timeout))
         .await?;
     if rank == 0 {
-        let lines: Vec<String> = all
-            .chunks(LINE)
-            .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
-            .collect();
-        let config = format!(
-            "nThread 1 nGpus 1 minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0",
-            args.min_bytes, args.max_bytes, args.step_factor, args.warmup, args.iters, args.check
-        );
-        println!(
-            "# ringrun {} bench: transport {transport}, {} ranks",
-            env!("CARGO_PKG_VERSION"),
-            n
-        );
-        print!("{}", report::header(&config, &lines));
+        print_header_lines(args, n, transport, &all);
     }
     Ok(())
+}
+
+/// Bytes of one rank's device line in the header's allgather (fixed, so that one allgather
+/// carries every rank's line to rank 0).
+pub(super) const LINE: usize = 160;
+
+/// This rank's device line (`describe`: what follows the host name), padded to `LINE` bytes.
+pub(super) fn device_record(rank: usize, describe: &str) -> [u8; LINE] {
+    let mine = report::device_line(rank, std::process::id(), &hostname(), describe);
+    let mut record = [b' '; LINE];
+    let len = mine.len().min(LINE);
+    record[..len].copy_from_slice(&mine.as_bytes()[..len]);
+    record
+}
+
+/// Rank 0's header: the configuration line and every rank's device line (`all`: `n` records
+/// of `LINE` bytes, in rank order).
+pub(super) fn print_header_lines(args: &BenchArgs, n: usize, transport: &str, all: &[u8]) {
+    let lines: Vec<String> = all
+        .chunks(LINE)
+        .map(|c| String::from_utf8_lossy(c).trim_end().to_string())
+        .collect();
+    let config = format!(
+        "nThread 1 nGpus 1 minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} agg iters: 1 validation: {} graph: 0",
+        args.min_bytes, args.max_bytes, args.step_factor, args.warmup, args.iters, args.check
+    );
+    println!(
+        "# ringrun {} bench: transport {transport}, {} ranks",
+        env!("CARGO_PKG_VERSION"),
+        n
+    );
+    print!("{}", report::header(&config, &lines));
 }
 
 struct Measure<'a, C> {
