@@ -250,7 +250,9 @@ int ringrun_allreduce(const void *sendbuf,
 
 /*
  Allreduce of `n` buffers in place, as one fused operation: `bufs[i]` holds `counts[i]`
- elements of `dtype`. The buffers must not overlap each other. Host memory only.
+ elements of `dtype`. The buffers must not overlap each other. Host buffers are fused into
+ buckets; device buffers (all of them, or none) are reduced one after another on the group's
+ device side.
 
  # Safety
  `bufs` and `counts` point to `n` entries (or are NULL with `n == 0`); each buffer is
@@ -306,10 +308,13 @@ int ringrun_set_stream(void *stream);
  Joins (or starts) the group described by the launcher's `RINGRUN_*` environment
  (`RINGRUN_SECRET`, `RINGRUN_SEEDS`, `RINGRUN_MIN_SIZE`, ...). Blocks until this process is
  a member of an agreed epoch. Call `ringrun_restore` next to learn the state to start from.
- With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side:
- one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices`, and the collectives
- accept device pointers; without CUDA or NCCL this fails (`RINGRUN_INTERNAL`, the message
- names the missing library).
+ With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side
+ at join: one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices` (with
+ `RINGRUN_DEVICE=cuda`, staged through pinned host memory where NCCL is missing or workers
+ share a GPU), and the collectives accept device pointers; without CUDA this fails
+ (`RINGRUN_INTERNAL`, the message names the missing library). Otherwise, unless
+ `RINGRUN_DEVICE=cpu`, the first collective on device pointers adds that device side
+ (collectively: every member passes device pointers to the same call).
  If SIGPIPE has its default disposition it is set to ignored (a peer dying mid-write must
  be an error, not the end of this process).
  */

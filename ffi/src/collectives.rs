@@ -79,7 +79,9 @@ pub unsafe extern "C" fn ringrun_allreduce(
 }
 
 /// Allreduce of `n` buffers in place, as one fused operation: `bufs[i]` holds `counts[i]`
-/// elements of `dtype`. The buffers must not overlap each other. Host memory only.
+/// elements of `dtype`. The buffers must not overlap each other. Host buffers are fused into
+/// buckets; device buffers (all of them, or none) are reduced one after another on the group's
+/// device side.
 ///
 /// # Safety
 /// `bufs` and `counts` point to `n` entries (or are NULL with `n == 0`); each buffer is
@@ -125,6 +127,22 @@ pub unsafe extern "C" fn ringrun_allreduce_many(
             return Err(invalid("two of the buffers overlap"));
         }
         with_global(|g| {
+            if device::on_device(g, ptrs)? {
+                // Device buffers: one device allreduce each, in order (NCCL runs them
+                // back to back on the group's stream).
+                for r in raws.iter().filter(|r| r.bytes > 0) {
+                    let (p, bytes) = (r.ptr as usize, r.bytes);
+                    let call = Call::Allreduce {
+                        send: p,
+                        recv: p,
+                        bytes,
+                        dtype: dt,
+                        op,
+                    };
+                    device::run(g, call)?;
+                }
+                return Ok(());
+            }
             with_element!(dt, E => {
                 // SAFETY: each checked by `Raw::new`, pairwise disjoint (checked above),
                 // exclusive per the caller's contract.

@@ -67,15 +67,35 @@ impl DeviceRoute {
     }
 }
 
-/// Whether the call's buffers are on the device. Host when the group has no device side (no
-/// CUDA call at all); every non-NULL pointer of one call must be on the same side.
-pub(crate) fn on_device(g: &Global, ptrs: &[*mut c_void]) -> Result<bool, Fail> {
-    let Some(route) = g.route else {
+/// Whether the call's buffers are on the device; every non-NULL pointer of one call must be on
+/// the same side. A device group classifies through its route. A CPU group with an `auto` route
+/// classifies where CUDA loads (an address it cannot classify is host memory) and, at the first
+/// device pointer, gains its device side: collective, since every member passes device memory
+/// to the same call. A CPU group without one never reaches CUDA.
+pub(crate) fn on_device(g: &mut Global, ptrs: &[*mut c_void]) -> Result<bool, Fail> {
+    if let Some(route) = g.route {
+        return classify(route, ptrs, true);
+    }
+    let Some((route, spec)) = g.auto.clone() else {
         return Ok(false);
     };
+    if !classify(route, ptrs, false)? {
+        return Ok(false);
+    }
+    g.group.enable_device(spec)?;
+    (g.route, g.auto) = (Some(route), None);
+    Ok(true)
+}
+
+/// `strict`: a classifier error is an error; otherwise it means host memory.
+fn classify(route: DeviceRoute, ptrs: &[*mut c_void], strict: bool) -> Result<bool, Fail> {
     let mut side = None;
     for p in ptrs.iter().filter(|p| !p.is_null()) {
-        let dev = (route.classify)(*p as usize).map_err(|e| Fail(RINGRUN_INTERNAL, e))?;
+        let dev = match (route.classify)(*p as usize) {
+            Ok(d) => d,
+            Err(e) if strict => return Err(Fail(RINGRUN_INTERNAL, e)),
+            Err(_) => false,
+        };
         match side {
             Some(s) if s != dev => {
                 return Err(invalid(
@@ -438,6 +458,41 @@ mod tests {
             RINGRUN_INVALID_ARGUMENT
         );
         assert_eq!(log.lock().unwrap().enqueued.len(), 3);
+        assert_eq!(crate::group::ringrun_finalize(), 0);
+
+        // A CPU group in auto mode: host pointers stay on the host path and add nothing; the
+        // first device pointer adds the device side, and it stays.
+        crate::group::join(Ok(config(3))).unwrap();
+        with_global(|g| {
+            assert!(g.auto.is_some(), "auto unless RINGRUN_DEVICE=cpu");
+            let spec = DeviceSpec::custom("fake", |_: &GroupConfig| Ok(Fake));
+            let route = DeviceRoute {
+                classify: fake_classify,
+                run: fake_run,
+            };
+            g.auto = Some((route, spec));
+            Ok(())
+        })
+        .unwrap();
+        let made = LOGS.lock().unwrap().len();
+        assert_eq!(
+            status(unsafe { ringrun_allreduce(hp, hp, 8, RINGRUN_FLOAT32, RINGRUN_SUM) }),
+            RINGRUN_OK
+        );
+        assert!(with_global(|g| Ok(g.group.device().is_none())).unwrap());
+        assert_eq!(
+            status(unsafe { ringrun_allreduce(ds, dr, 8, RINGRUN_FLOAT32, RINGRUN_SUM) }),
+            RINGRUN_OK
+        );
+        assert_eq!(LOGS.lock().unwrap().len(), made + 1, "one communicator");
+        let log = LOGS.lock().unwrap().last().unwrap().clone();
+        assert_eq!(log.lock().unwrap().enqueued, ["allreduce"]);
+        with_global(|g| {
+            assert_eq!(g.group.device().as_deref(), Some("fake"));
+            assert!(g.route.is_some() && g.auto.is_none());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(crate::group::ringrun_finalize(), 0);
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use ringrun_membership::MIN_SECRET_LEN;
-use ringrun_runtime::{Group, GroupConfig, config::parse_seeds};
+use ringrun_runtime::{Group, GroupConfig, config::parse_seeds, device::DeviceSpec};
 
 use crate::{
     device::DeviceRoute,
@@ -27,6 +27,9 @@ pub struct Global {
     /// How device pointers are recognised and run; `None` for a CPU group (then no pointer is
     /// ever handed to CUDA).
     pub(crate) route: Option<DeviceRoute>,
+    /// For a CPU group unless `RINGRUN_DEVICE=cpu`: the route that classifies pointers and the
+    /// device side to add at the first collective on device memory (see `device::on_device`).
+    pub(crate) auto: Option<(DeviceRoute, DeviceSpec)>,
     /// The caller's CUDA stream (`ringrun_set_stream`), 0 for none.
     pub(crate) stream: usize,
 }
@@ -76,13 +79,16 @@ pub(crate) fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
     }
     ignore_sigpipe();
     let mut group = Group::join(config?)?;
-    // Only a device group (`RINGRUN_TRANSPORT=nccl`, whose join already loaded CUDA) asks CUDA
-    // about pointers.
+    // A device group (whose join already loaded CUDA) asks CUDA about every pointer; a CPU group
+    // only where the driver loads, and gains a device side at its first device pointer.
     let route = group.device().map(|_| DeviceRoute::cuda());
+    let cpu_only = std::env::var("RINGRUN_DEVICE").is_ok_and(|d| d == "cpu");
+    let auto = (route.is_none() && !cpu_only).then(|| (DeviceRoute::cuda(), DeviceSpec::Cuda));
     *g = Some(Global {
         group,
         restored: None,
         route,
+        auto,
         stream: 0,
     });
     Ok(())
@@ -91,10 +97,13 @@ pub(crate) fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
 /// Joins (or starts) the group described by the launcher's `RINGRUN_*` environment
 /// (`RINGRUN_SECRET`, `RINGRUN_SEEDS`, `RINGRUN_MIN_SIZE`, ...). Blocks until this process is
 /// a member of an agreed epoch. Call `ringrun_restore` next to learn the state to start from.
-/// With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side:
-/// one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices`, and the collectives
-/// accept device pointers; without CUDA or NCCL this fails (`RINGRUN_INTERNAL`, the message
-/// names the missing library).
+/// With `RINGRUN_TRANSPORT=nccl` (or `RINGRUN_DEVICE=cuda`) the group also gets a device side
+/// at join: one NCCL communicator per epoch on GPU `RINGRUN_LOCAL_RANK % devices` (with
+/// `RINGRUN_DEVICE=cuda`, staged through pinned host memory where NCCL is missing or workers
+/// share a GPU), and the collectives accept device pointers; without CUDA this fails
+/// (`RINGRUN_INTERNAL`, the message names the missing library). Otherwise, unless
+/// `RINGRUN_DEVICE=cpu`, the first collective on device pointers adds that device side
+/// (collectively: every member passes device pointers to the same call).
 /// If SIGPIPE has its default disposition it is set to ignored (a peer dying mid-write must
 /// be an error, not the end of this process).
 #[unsafe(no_mangle)]

@@ -79,8 +79,17 @@ def allreduce(array, op="sum", dtype=None):
     uint16 array)."""
     code = _buffers.op_code(op)
     ptr, count, dt, _keep = _buffers.describe(array, True, dtype)
+    _order_after(array)
     check(lib().ringrun_allreduce(ptr, ptr, count, dt, code))
     return array
+
+
+def _order_after(array):
+    """For a CUDA tensor: the collective starts after the work torch enqueued on its current
+    stream, and the call returns once the result is on the device."""
+    stream = _buffers.cuda_stream(array)
+    if stream is not None:
+        check(lib().ringrun_set_stream(stream))
 
 
 def allreduce_many(arrays, op="sum", dtype=None):
@@ -93,6 +102,8 @@ def allreduce_many(arrays, op="sum", dtype=None):
     ptrs = (ctypes.c_void_p * n)(*[d[0] for d in descs])
     counts = (ctypes.c_size_t * n)(*[d[1] for d in descs])
     dt = descs[0][2] if descs else 0
+    if arrays:
+        _order_after(arrays[0])
     check(lib().ringrun_allreduce_many(ptrs, counts, n, dt, code))
     return arrays
 
@@ -100,6 +111,7 @@ def allreduce_many(arrays, op="sum", dtype=None):
 def broadcast(array, root=0, dtype=None):
     """Replaces ``array`` on every rank with rank ``root``'s, in place; returns it."""
     ptr, count, dt, _keep = _buffers.describe(array, True, dtype)
+    _order_after(array)
     check(lib().ringrun_broadcast(ptr, count, dt, int(root)))
     return array
 
@@ -113,6 +125,7 @@ def allgather(array, dtype=None):
     optr, ocount, _, _okeep = _buffers.describe(out, True, _buffers_name(dt))
     if ocount != count * n:
         raise InternalError("allgather output has the wrong size")
+    _order_after(array)
     check(lib().ringrun_allgather(ptr, optr, count, dt))
     return out
 
@@ -128,7 +141,7 @@ def _like(array, n):
         return np.empty(shape, dtype=array.dtype)
     if torch is not None and isinstance(array, torch.Tensor):
         shape = (n * array.shape[0],) + tuple(array.shape[1:]) if array.dim() else (n,)
-        return torch.empty(shape, dtype=array.dtype)
+        return torch.empty(shape, dtype=array.dtype, device=array.device)
     return bytearray(memoryview(array).nbytes * n)
 
 

@@ -1,6 +1,7 @@
-"""Turning numpy arrays, torch CPU tensors and buffer-protocol objects into (address, count,
-dtype code), with every check done here, in Python, before the C call: a wrong dtype or a
-non-contiguous or read-only buffer never reaches the library."""
+"""Turning numpy arrays, torch tensors (CPU or CUDA) and buffer-protocol objects into (address,
+count, dtype code), with every check done here, in Python, before the C call: a wrong dtype or a
+non-contiguous or read-only buffer never reaches the library. A CUDA tensor's address is device
+memory: the library runs it on the group's device side (NCCL, or staged through host memory)."""
 
 import ctypes
 import sys
@@ -64,8 +65,8 @@ def _numpy(arr, writable, dtype):
 
 
 def _torch(t, writable, dtype):
-    if t.device.type != "cpu":
-        raise InvalidArgument(f"tensor is on {t.device}: only CPU tensors are supported")
+    if t.device.type not in ("cpu", "cuda"):
+        raise InvalidArgument(f"tensor is on {t.device}: only CPU and CUDA tensors are supported")
     if not t.is_contiguous():
         raise InvalidArgument("tensor is not contiguous (use .contiguous())")
     name = str(t.dtype).replace("torch.", "")
@@ -115,3 +116,12 @@ def describe(obj, writable=True, dtype=None):
     if torch is not None and isinstance(obj, torch.Tensor):
         return _torch(obj, writable, dtype)
     return _generic(obj, writable, dtype)
+
+
+def cuda_stream(obj):
+    """The raw CUDA stream torch enqueues work on for a CUDA tensor, else None: the library
+    orders the collective after it (ringrun_set_stream)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor) or obj.device.type != "cuda":
+        return None
+    return torch.cuda.current_stream(obj.device).cuda_stream

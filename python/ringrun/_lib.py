@@ -44,6 +44,7 @@ def _declare(lib):
         "ringrun_broadcast": [_vp, _size_t, ctypes.c_int32, _c_int],
         "ringrun_allgather": [_vp, _vp, _size_t, ctypes.c_int32],
         "ringrun_barrier": [],
+        "ringrun_set_stream": [_vp],
         "ringrun_commit": [_u64, _vp, _size_t],
         "ringrun_restore": [ctypes.POINTER(_u64), ctypes.POINTER(_size_t)],
         "ringrun_restored_copy": [_vp, _size_t],

@@ -20,3 +20,12 @@ def test_mismatched_sizes_raise_on_every_rank(group):
     for lines in g.finish(within=40):
         assert any(line.startswith("mismatch raised") for line in lines), lines
         assert "ok" in lines
+
+
+def test_cuda_tensors(group):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    g = group([WORKER, "cuda", "2"], 2, "cuda")
+    for lines in g.finish(within=90):
+        assert "ok" in lines

@@ -109,10 +109,34 @@ def mismatch():
         raise SystemExit("no exception for mismatched sizes")
 
 
+def cuda_tensors():
+    """CUDA tensors through the device side the group gains at its first device collective
+    (NCCL with a GPU per rank, else staged): sums, a broadcast and an allgather, exact."""
+    import torch
+
+    r, n = ringrun.rank(), ringrun.size()
+    dev = torch.device("cuda", r % torch.cuda.device_count())
+    torch.cuda.set_device(dev)
+    idx = torch.arange(1 << 20, device=dev, dtype=torch.float32) % 61
+    t = idx * (r + 1) + r  # enqueued on torch's stream: the collective is ordered after it
+    ringrun.allreduce(t)
+    want = idx * (n * (n + 1) // 2) + n * (n - 1) // 2
+    assert torch.equal(t, want), "allreduce"
+    b = torch.full((1000,), float(r), device=dev)
+    ringrun.broadcast(b, root=n - 1)
+    assert torch.equal(b, torch.full_like(b, n - 1)), "broadcast"
+    g = ringrun.allgather(torch.full((3,), float(r), device=dev))
+    assert g.device == dev and g.tolist() == [float(q) for q in range(n) for _ in range(3)]
+    many = [torch.ones(10, device=dev), torch.ones(7, device=dev)]
+    ringrun.allreduce_many(many)
+    assert all(torch.equal(m, torch.full_like(m, n)) for m in many), "allreduce_many"
+
+
 def main():
     ringrun.init()
     assert ringrun.size() == int(sys.argv[2]), f"size {ringrun.size()}"
-    {"all": every_dtype_and_op, "mismatch": mismatch}[sys.argv[1]]()
+    modes = {"all": every_dtype_and_op, "mismatch": mismatch, "cuda": cuda_tensors}
+    modes[sys.argv[1]]()
     print("ok", flush=True)
     ringrun.finalize()
 

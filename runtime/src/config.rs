@@ -32,6 +32,9 @@ pub struct GroupConfig {
     pub host: String,
     /// Rank of this worker on its host.
     pub local_rank: u32,
+    /// Workers on this host (more than its GPUs: the device side stages, since NCCL refuses two
+    /// ranks on one GPU).
+    pub local_world_size: u32,
     /// No epoch with fewer members is formed.
     pub min_size: usize,
     /// At most this many members; more wait outside.
@@ -74,6 +77,7 @@ impl GroupConfig {
             seeds: Vec::new(),
             host: "localhost".into(),
             local_rank: 0,
+            local_world_size: 1,
             min_size: 1,
             max_size: usize::MAX,
             initial_size: 1,
@@ -102,6 +106,7 @@ impl GroupConfig {
     /// | `RINGRUN_SEEDS` | `HOST:PORT,...` membership seeds | none (new group) |
     /// | `RINGRUN_HOST` | host label | `localhost` |
     /// | `RINGRUN_LOCAL_RANK` | rank on this host | `0` |
+    /// | `RINGRUN_LOCAL_WORLD_SIZE` (or `LOCAL_WORLD_SIZE`) | workers on this host | `1` |
     /// | `RINGRUN_MIN_SIZE`, `RINGRUN_MAX_SIZE` | world size bounds | 1, unbounded |
     /// | `RINGRUN_INITIAL_SIZE` | size the first epoch waits for | `RINGRUN_MIN_SIZE` |
     /// | `RINGRUN_INITIAL_WAIT_MS` | how long it waits | 10000 |
@@ -110,7 +115,7 @@ impl GroupConfig {
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
     /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic`, `shm` (one host) ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
-    /// | `RINGRUN_DEVICE` | `cuda`: a device group over NCCL; `cpu` | `cpu` |
+    /// | `RINGRUN_DEVICE` | `cuda`: a device group, over NCCL where it runs, else staged through host memory over `RINGRUN_TRANSPORT`; `cpu` | `cpu` |
     /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
@@ -139,6 +144,10 @@ impl GroupConfig {
         };
         c.host = var("RINGRUN_HOST").unwrap_or(c.host);
         c.local_rank = parse("RINGRUN_LOCAL_RANK")?.unwrap_or(0);
+        c.local_world_size = match parse("RINGRUN_LOCAL_WORLD_SIZE")? {
+            Some(n) => n,
+            None => parse("LOCAL_WORLD_SIZE")?.unwrap_or(1),
+        };
         c.min_size = parse("RINGRUN_MIN_SIZE")?.unwrap_or(1);
         c.max_size = parse("RINGRUN_MAX_SIZE")?.unwrap_or(usize::MAX);
         c.initial_size = parse("RINGRUN_INITIAL_SIZE")?.unwrap_or(c.min_size);
@@ -179,7 +188,11 @@ pub fn device_from(
         Some("cuda") => true,
         Some(d) => return Err(bad(format!("RINGRUN_DEVICE={d}: expected cuda or cpu"))),
     };
-    Ok((nccl || cuda).then_some(DeviceSpec::Nccl))
+    Ok(match (nccl, cuda) {
+        (true, _) => Some(DeviceSpec::Nccl),
+        (false, true) => Some(DeviceSpec::Cuda),
+        (false, false) => None,
+    })
 }
 
 /// `HOST:PORT,...`; host names are resolved.
@@ -219,6 +232,9 @@ mod tests {
     #[test]
     fn the_transport_and_device_variables_pick_the_device_backend() {
         let pick = |t, d| device_from(t, d).map(|s| s.is_some());
+        let kind = |t, d| format!("{:?}", device_from(t, d).unwrap());
+        assert_eq!(kind(Some("nccl"), Some("cuda")), "Some(Nccl)");
+        assert_eq!(kind(Some("shm"), Some("cuda")), "Some(Cuda)");
         assert!(!pick(None, None).unwrap());
         assert!(!pick(Some("auto"), Some("cpu")).unwrap());
         assert!(!pick(Some("tcp"), None).unwrap());

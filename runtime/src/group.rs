@@ -621,6 +621,20 @@ impl Group {
         self.device.as_deref_mut()
     }
 
+    /// Gives a group without a device side one, for this epoch and the next: collective, so
+    /// every member calls it at the same point (the C ABI does, at the first collective whose
+    /// buffers are device memory). A no-op on a group that has one.
+    pub fn enable_device(&mut self, spec: crate::device::DeviceSpec) -> Result<()> {
+        if self.device.is_some() {
+            return Ok(());
+        }
+        let _span = info_span!("enable_device", epoch = self.epoch(), spec = ?spec).entered();
+        self.device = Some(spec.build(&self.config)?);
+        self.config.device = Some(spec);
+        let (rank, size) = (self.rank(), self.size());
+        self.enter_device(rank, size)
+    }
+
     /// Builds the new epoch's device communicator: rank 0 makes the unique id and broadcasts it
     /// on the epoch's (authenticated) mesh, with a status byte so that a failure on rank 0 ends
     /// every rank's wait; every rank creates its communicator and waits until it is ready,
@@ -667,19 +681,21 @@ impl Group {
         name: &'static str,
         op: impl FnOnce(
             &mut dyn DeviceEpochs,
+            &mut Communicator<EpochTransport>,
             &Runtime,
             &Ctl,
         ) -> std::result::Result<R, CollectiveError>,
     ) -> Result<R> {
         if self.device.is_none() {
             return Err(GroupError::InvalidArgument(format!(
-                "{name} on device memory: the group has no device backend (RINGRUN_TRANSPORT=nccl)"
+                "{name} on device memory: the group has no device backend (RINGRUN_DEVICE=cuda)"
             )));
         }
         let _span = info_span!("device", op = name, epoch = self.epoch()).entered();
         let (ctl, epoch) = self.begin()?;
         let dev = self.device.as_deref_mut().expect("checked above");
-        let r = op(dev, &self.rt, &ctl);
+        let host = self.comm.as_mut().expect("begin checked");
+        let r = op(dev, host, &self.rt, &ctl);
         self.end(epoch, r)
     }
 }

@@ -17,12 +17,13 @@ use ringrun_collectives::{
     DType, ReduceOp,
     device::{
         DeviceBufs, DeviceFault,
-        fake::{Behavior, FakeBuf, FakeComm, FakeLog},
+        fake::{Behavior, FakeBuf, FakeComm, FakeLog, HostStaging},
     },
+    testdata::{count_wrong, inputs},
 };
 use ringrun_runtime::{
     Group, GroupConfig, GroupError,
-    device::{DeviceBackend, DeviceSpec, UniqueIdBytes},
+    device::{DeviceBackend, DeviceSpec, StagingBackend, UniqueIdBytes},
 };
 
 const SECRET: &str = "device-test-secret-0123456789";
@@ -90,13 +91,18 @@ impl DeviceBackend for Fake {
     }
 }
 
-fn config(node: u64, seeds: &[std::net::SocketAddr], port: u16, created: &Registry) -> GroupConfig {
+fn base_config(node: u64, seeds: &[std::net::SocketAddr], port: u16) -> GroupConfig {
     let mut c = GroupConfig::local(node, SECRET);
     c.member_port = port;
     c.seeds = seeds.to_vec();
     c.initial_size = 3;
     c.restore_timeout = Duration::from_secs(20);
     c.op_timeout = Duration::from_secs(20);
+    c
+}
+
+fn config(node: u64, seeds: &[std::net::SocketAddr], port: u16, created: &Registry) -> GroupConfig {
+    let mut c = base_config(node, seeds, port);
     let created = created.clone();
     c.device = Some(DeviceSpec::custom("fake", move |c: &GroupConfig| {
         Ok(Fake {
@@ -260,6 +266,108 @@ fn a_member_leaving_aborts_the_hung_device_op_and_the_next_epoch_gets_a_fresh_co
         ranks.sort();
         assert_eq!(ranks, (0..members.len()).collect::<Vec<_>>());
     }
+}
+
+/// The staged side over plain host memory, counting the staging areas it made.
+struct FakeStaging {
+    made: Arc<AtomicU64>,
+}
+
+impl StagingBackend for FakeStaging {
+    type Staging = HostStaging;
+
+    fn describe(&self) -> String {
+        "fake staged".into()
+    }
+
+    fn staging(&mut self) -> Result<HostStaging, DeviceFault> {
+        self.made.fetch_add(1, Ordering::Relaxed);
+        Ok(HostStaging::default())
+    }
+
+    fn stream(&self) -> &() {
+        &()
+    }
+}
+
+/// The staged side (what ranks sharing a GPU, or GPUs without NCCL, get): device buffers go
+/// through the epoch's host collectives, exactly; a member leaving mid-collective gives the
+/// survivors `MembershipChanged` within a bound, and the next epoch's calls work on the new
+/// host mesh with the same staging area.
+#[test]
+fn the_staged_side_reduces_exactly_and_survives_a_member_leaving() {
+    let port = free_udp_port();
+    let seed = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    let made = Arc::new(AtomicU64::new(0));
+    let (dt, op, count) = (DType::F32, ReduceOp::Sum, 10_000);
+    let threads: Vec<_> = (0..3u64)
+        .map(|node| {
+            let (seed, made) = (seed.clone(), made.clone());
+            thread::spawn(move || -> Option<Duration> {
+                let mut c = base_config(50 + node, &seed, if node == 0 { port } else { 0 });
+                c.device = Some(DeviceSpec::custom_staged("fake staged", move |_| {
+                    Ok(FakeStaging { made: made.clone() })
+                }));
+                let mut g = Group::join(c).expect("join");
+                assert_eq!(g.device().as_deref(), Some("fake staged"));
+                let mut buf = FakeBuf(inputs(dt, op, g.rank(), count).bytes().to_vec());
+                g.allreduce_device(dt, DeviceBufs::InPlace(&mut buf), op, None)
+                    .expect("the first staged allreduce");
+                assert_eq!(count_wrong(dt, op, 3, &buf.0), 0);
+                if node == 2 {
+                    g.barrier().unwrap();
+                    thread::sleep(Duration::from_millis(300));
+                    g.leave();
+                    return None;
+                }
+                g.barrier().unwrap();
+                // Member 2 never joins this one: the host collective waits on it until the
+                // membership change cancels it.
+                let start = Instant::now();
+                let e = g
+                    .allreduce_device(dt, DeviceBufs::InPlace(&mut buf), op, None)
+                    .unwrap_err();
+                let after = start.elapsed();
+                assert!(matches!(e, GroupError::MembershipChanged { .. }), "{e}");
+                g.restore().unwrap();
+                assert_eq!(g.size(), 2);
+                let mut buf = FakeBuf(inputs(dt, op, g.rank(), count).bytes().to_vec());
+                g.allreduce_device(dt, DeviceBufs::InPlace(&mut buf), op, None)
+                    .unwrap();
+                assert_eq!(count_wrong(dt, op, 2, &buf.0), 0);
+                let mut all = FakeBuf(vec![0; 8]);
+                let mine = FakeBuf(vec![g.rank() as u8 + 1; 4]);
+                let bufs = DeviceBufs::OutOfPlace {
+                    send: &mine,
+                    recv: &mut all,
+                };
+                g.allgather_device(DType::U8, bufs, None).unwrap();
+                assert_eq!(all.0, [1, 1, 1, 1, 2, 2, 2, 2]);
+                g.broadcast_device(DType::U8, DeviceBufs::InPlace(&mut all), 1, None)
+                    .unwrap();
+                g.reduce_scatter_device(DType::U8, DeviceBufs::InPlace(&mut all), op, None)
+                    .unwrap();
+                let mine = g.rank() * 4;
+                assert_eq!(all.0[mine..mine + 4], [2 * (mine as u8 / 4 + 1); 4]);
+                g.barrier().unwrap();
+                g.leave();
+                Some(after)
+            })
+        })
+        .collect();
+    let afters: Vec<Duration> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(afters.len(), 2);
+    for a in afters {
+        assert!(a < Duration::from_secs(5), "MembershipChanged after {a:?}");
+    }
+    assert_eq!(
+        made.load(Ordering::Relaxed),
+        3,
+        "one staging area per member"
+    );
 }
 
 /// A CPU group has no device side: device calls are an invalid argument, nothing else.

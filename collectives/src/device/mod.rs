@@ -17,7 +17,7 @@ pub mod staged;
 pub mod watchdog;
 
 pub use communicator::{DeviceCommunicator, WatchConfig};
-pub use staged::{Staged, Staging};
+pub use staged::{Staged, Stager, Staging};
 
 use crate::{
     dtype::{DType, ReduceOp},

@@ -57,11 +57,11 @@ pub trait Staging {
     fn is_done(&mut self, copy: &mut Self::Copy) -> Result<bool, DeviceFault>;
 }
 
-/// Device collectives over a CPU transport, staged through host memory.
+/// Device collectives over a CPU transport, staged through host memory: a [`Stager`] with the
+/// [`Communicator`] it reduces over.
 pub struct Staged<T, S> {
     comm: Communicator<T>,
-    staging: S,
-    poisoned: Option<String>,
+    stager: Stager<S>,
 }
 
 impl<T: Transport, S: Staging> Staged<T, S> {
@@ -69,8 +69,7 @@ impl<T: Transport, S: Staging> Staged<T, S> {
     pub fn new(comm: Communicator<T>, staging: S) -> Self {
         Staged {
             comm,
-            staging,
-            poisoned: None,
+            stager: Stager::new(staging),
         }
     }
 
@@ -79,7 +78,7 @@ impl<T: Transport, S: Staging> Staged<T, S> {
         &mut self.comm
     }
 
-    /// Allreduce of the `dtype` elements in `bufs`.
+    /// See [`Stager::allreduce`].
     pub async fn allreduce(
         &mut self,
         dtype: DType,
@@ -88,19 +87,11 @@ impl<T: Transport, S: Staging> Staged<T, S> {
         stream: &S::Stream,
         ctl: &Ctl,
     ) -> Result<()> {
-        let (send, recv) = lens(&bufs);
-        let n = self.comm.size();
-        check_shape(Shape::Same, dtype, send, recv, n)?;
-        self.stage_in(&bufs, 0, recv, stream, ctl).await?;
-        let host = &mut self.staging.host()[..recv];
-        let r = self
-            .comm
-            .allreduce_bytes(dtype, Bufs::InPlace(host), op, ctl)
-            .await;
-        self.finish(r, bufs, 0, recv, stream, ctl).await
+        let (comm, st) = (&mut self.comm, &mut self.stager);
+        st.allreduce(comm, dtype, bufs, op, stream, ctl).await
     }
 
-    /// Broadcast from `root`.
+    /// See [`Stager::broadcast`].
     pub async fn broadcast(
         &mut self,
         dtype: DType,
@@ -109,22 +100,11 @@ impl<T: Transport, S: Staging> Staged<T, S> {
         stream: &S::Stream,
         ctl: &Ctl,
     ) -> Result<()> {
-        let (send, recv) = lens(&bufs);
-        check_shape(Shape::Root(root), dtype, send, recv, self.comm.size())?;
-        if root == self.comm.rank() {
-            self.stage_in(&bufs, 0, recv, stream, ctl).await?;
-        } else {
-            self.reserve(recv)?;
-        }
-        let host = &mut self.staging.host()[..recv];
-        let r = self
-            .comm
-            .broadcast_bytes(dtype, Bufs::InPlace(host), root, ctl)
-            .await;
-        self.finish(r, bufs, 0, recv, stream, ctl).await
+        let (comm, st) = (&mut self.comm, &mut self.stager);
+        st.broadcast(comm, dtype, bufs, root, stream, ctl).await
     }
 
-    /// Allgather (the output holds `size` blocks).
+    /// See [`Stager::allgather`].
     pub async fn allgather(
         &mut self,
         dtype: DType,
@@ -132,24 +112,11 @@ impl<T: Transport, S: Staging> Staged<T, S> {
         stream: &S::Stream,
         ctl: &Ctl,
     ) -> Result<()> {
-        let (send, recv) = lens(&bufs);
-        let (rank, n) = (self.comm.rank(), self.comm.size());
-        check_shape(Shape::Gather, dtype, send, recv, n)?;
-        let block = recv / n;
-        // Only this rank's block goes down; the host buffer then holds it in place.
-        self.stage_in(&bufs, rank * block, block, stream, ctl)
-            .await?;
-        self.reserve(recv)?;
-        let host = &mut self.staging.host()[..recv];
-        let r = self
-            .comm
-            .allgather_bytes(dtype, Bufs::InPlace(host), ctl)
-            .await;
-        self.finish(r, bufs, 0, recv, stream, ctl).await
+        let (comm, st) = (&mut self.comm, &mut self.stager);
+        st.allgather(comm, dtype, bufs, stream, ctl).await
     }
 
-    /// Reduce-scatter (the input holds `size` blocks; in place, the result is left in this
-    /// rank's block).
+    /// See [`Stager::reduce_scatter`].
     pub async fn reduce_scatter(
         &mut self,
         dtype: DType,
@@ -158,15 +125,120 @@ impl<T: Transport, S: Staging> Staged<T, S> {
         stream: &S::Stream,
         ctl: &Ctl,
     ) -> Result<()> {
+        let (comm, st) = (&mut self.comm, &mut self.stager);
+        st.reduce_scatter(comm, dtype, bufs, op, stream, ctl).await
+    }
+}
+
+/// The staging half of [`Staged`], for callers that own the [`Communicator`] elsewhere (the
+/// runtime's group, whose host communicator changes every epoch). Each call takes the
+/// communicator to reduce over.
+pub struct Stager<S> {
+    staging: S,
+    poisoned: Option<String>,
+}
+
+impl<S: Staging> Stager<S> {
+    /// Stages through `staging`.
+    pub fn new(staging: S) -> Self {
+        Stager {
+            staging,
+            poisoned: None,
+        }
+    }
+
+    /// Why a copy failed, if one did: a copy that did not finish may still write the staging
+    /// area, so a poisoned stager refuses every call (make a fresh one, and leak this one).
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Allreduce of the `dtype` elements in `bufs`.
+    pub async fn allreduce<T: Transport>(
+        &mut self,
+        comm: &mut Communicator<T>,
+        dtype: DType,
+        bufs: DeviceBufs<'_, S::Buf>,
+        op: ReduceOp,
+        stream: &S::Stream,
+        ctl: &Ctl,
+    ) -> Result<()> {
         let (send, recv) = lens(&bufs);
-        let (rank, n) = (self.comm.rank(), self.comm.size());
+        let n = comm.size();
+        check_shape(Shape::Same, dtype, send, recv, n)?;
+        self.stage_in(&bufs, 0, recv, stream, ctl).await?;
+        let host = &mut self.staging.host()[..recv];
+        let r = comm
+            .allreduce_bytes(dtype, Bufs::InPlace(host), op, ctl)
+            .await;
+        self.finish(r, bufs, 0, recv, stream, ctl).await
+    }
+
+    /// Broadcast from `root`.
+    pub async fn broadcast<T: Transport>(
+        &mut self,
+        comm: &mut Communicator<T>,
+        dtype: DType,
+        bufs: DeviceBufs<'_, S::Buf>,
+        root: usize,
+        stream: &S::Stream,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let (send, recv) = lens(&bufs);
+        check_shape(Shape::Root(root), dtype, send, recv, comm.size())?;
+        if root == comm.rank() {
+            self.stage_in(&bufs, 0, recv, stream, ctl).await?;
+        } else {
+            self.reserve(recv)?;
+        }
+        let host = &mut self.staging.host()[..recv];
+        let r = comm
+            .broadcast_bytes(dtype, Bufs::InPlace(host), root, ctl)
+            .await;
+        self.finish(r, bufs, 0, recv, stream, ctl).await
+    }
+
+    /// Allgather (the output holds `size` blocks).
+    pub async fn allgather<T: Transport>(
+        &mut self,
+        comm: &mut Communicator<T>,
+        dtype: DType,
+        bufs: DeviceBufs<'_, S::Buf>,
+        stream: &S::Stream,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let (send, recv) = lens(&bufs);
+        let (rank, n) = (comm.rank(), comm.size());
+        check_shape(Shape::Gather, dtype, send, recv, n)?;
+        let block = recv / n;
+        // Only this rank's block goes down; the host buffer then holds it in place.
+        self.stage_in(&bufs, rank * block, block, stream, ctl)
+            .await?;
+        self.reserve(recv)?;
+        let host = &mut self.staging.host()[..recv];
+        let r = comm.allgather_bytes(dtype, Bufs::InPlace(host), ctl).await;
+        self.finish(r, bufs, 0, recv, stream, ctl).await
+    }
+
+    /// Reduce-scatter (the input holds `size` blocks; in place, the result is left in this
+    /// rank's block).
+    pub async fn reduce_scatter<T: Transport>(
+        &mut self,
+        comm: &mut Communicator<T>,
+        dtype: DType,
+        bufs: DeviceBufs<'_, S::Buf>,
+        op: ReduceOp,
+        stream: &S::Stream,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let (send, recv) = lens(&bufs);
+        let (rank, n) = (comm.rank(), comm.size());
         check_shape(Shape::Scatter, dtype, send, recv, n)?;
         let total = send.unwrap_or(recv);
         let block = total / n;
         self.stage_in(&bufs, 0, total, stream, ctl).await?;
         let host = &mut self.staging.host()[..total];
-        let r = self
-            .comm
+        let r = comm
             .reduce_scatter_bytes(dtype, Bufs::InPlace(host), op, ctl)
             .await;
         // Out of place the result is the whole (one-block) output; in place it is block `rank`.

@@ -150,8 +150,19 @@ impl Setup<'_> {
                 let engine = device::GpuEngine::new(comm, false, "quic", timeout).await?;
                 device_sweep::run(engine, self.args, "ring").await
             }
-            TransportKind::Shm | TransportKind::Auto => {
-                anyhow::bail!("--device cuda runs over nccl, or staged over tcp or quic")
+            TransportKind::Shm => {
+                let boot = self.tcp_mesh().await?;
+                let t =
+                    shm::connect(&boot, &self.secret, 0, &self.shm_config(), self.deadline).await?;
+                let comm = Communicator::new(t, 0, config);
+                let engine = device::GpuEngine::new(comm, false, "shm", timeout).await?;
+                let r = device_sweep::run(engine, self.args, "ring").await;
+                boot.close(self.start_timeout()).await;
+                r
+            }
+            TransportKind::Auto => {
+                let choice = device::auto_transport(self.args.np);
+                Box::pin(self.device(choice)).await
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `ringrun bench --device cuda`: the same sweep on device buffers, through NCCL
 //! (`--transport nccl`, the default with `--device cuda`) or staged through pinned host memory
-//! over a CPU transport (`--transport tcp|quic`).
+//! over a CPU transport (`--transport tcp|quic|shm`; the default picks shm when ranks share a
+//! GPU).
 //!
 //! The NCCL unique id travels over the bench's authenticated TCP mesh (a broadcast from rank 0),
 //! which also carries the bookkeeping reductions. Every library is probed before any CUDA call,
@@ -18,7 +19,7 @@ use ringrun_collectives::{
     transport::Transport,
 };
 
-use super::{BenchArgs, device_sweep::Engine};
+use super::{BenchArgs, TransportKind, device_sweep::Engine};
 
 /// Checks that CUDA (and NCCL, if `nccl`) can be used here; the error names the library.
 pub(super) fn probe(nccl: bool) -> Result<usize> {
@@ -27,6 +28,22 @@ pub(super) fn probe(nccl: bool) -> Result<usize> {
         probe_nccl().map_err(|e| anyhow!("{e}"))?;
     }
     Ok(devices)
+}
+
+/// `--device cuda` with no `--transport`: NCCL when every local rank has a GPU of its own and
+/// NCCL loads; otherwise (ranks sharing a GPU, which NCCL refuses, or no NCCL) staged over shared
+/// memory. The reason for a fallback goes to stderr, once per rank.
+pub(super) fn auto_transport(local_ranks: usize) -> TransportKind {
+    let devices = probe_cuda().unwrap_or(0);
+    let why = match probe_nccl() {
+        Err(e) => format!("{e}"),
+        Ok(_) if local_ranks > devices => {
+            format!("{local_ranks} ranks share {devices} GPU(s), which NCCL refuses")
+        }
+        Ok(_) => return TransportKind::Nccl,
+    };
+    eprintln!("ringrun bench: staging GPU buffers over shared memory: {why}");
+    TransportKind::Shm
 }
 
 enum Backend<T> {

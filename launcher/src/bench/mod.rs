@@ -61,8 +61,9 @@ pub(crate) struct BenchArgs {
     check: u8,
     /// Transport between ranks (default `auto`: shared memory between ranks on one host, TCP
     /// between hosts, with the hierarchical allreduce when a job spans hosts of several ranks;
-    /// `nccl` with --device cuda). `nccl` implies --device cuda; tcp or quic with --device cuda
-    /// stage GPU buffers through host memory.
+    /// with --device cuda, NCCL when each rank has its own GPU, else staged over shm). `nccl`
+    /// implies --device cuda; tcp, quic or shm with --device cuda stage GPU buffers through
+    /// pinned host memory.
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
     /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
@@ -150,12 +151,7 @@ impl BenchArgs {
     /// The device and the transport, defaults resolved: (cuda?, data transport).
     fn resolved(&self) -> (bool, TransportKind) {
         let cuda = self.device == DeviceKind::Cuda || self.transport == Some(TransportKind::Nccl);
-        let default = if cuda {
-            TransportKind::Nccl
-        } else {
-            TransportKind::Auto
-        };
-        (cuda, self.transport.unwrap_or(default))
+        (cuda, self.transport.unwrap_or(TransportKind::Auto))
     }
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct JobEnv {
     pub(crate) checkpoint_dir: Option<String>,
     /// `--transport`, handed on as `RINGRUN_TRANSPORT`.
     pub(crate) transport: String,
+    /// `--device`, handed on as `RINGRUN_DEVICE`.
+    pub(crate) device: String,
     pub(crate) host: String,
     /// Every launch-time worker address, for TF_CONFIG.
     pub(crate) workers: Vec<SocketAddr>,
@@ -60,6 +62,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
         ("RINGRUN_SEEDS", seeds.join(",")),
         ("RINGRUN_HOST", job.host.clone()),
         ("RINGRUN_LOCAL_RANK", slot.local_rank.to_string()),
+        ("RINGRUN_LOCAL_WORLD_SIZE", job.local_world_size.to_string()),
         ("RINGRUN_MIN_SIZE", job.min_size.to_string()),
         ("RINGRUN_INITIAL_SIZE", job.world_size.to_string()),
         (
@@ -71,6 +74,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
             job.checkpoint_dir.clone().unwrap_or_default(),
         ),
         ("RINGRUN_TRANSPORT", job.transport.clone()),
+        ("RINGRUN_DEVICE", job.device.clone()),
         ("RANK", slot.rank.to_string()),
         ("LOCAL_RANK", slot.local_rank.to_string()),
         ("WORLD_SIZE", job.world_size.to_string()),
@@ -116,6 +120,7 @@ mod tests {
             max_restarts: 3,
             checkpoint_dir: None,
             transport: "auto".into(),
+            device: "cpu".into(),
             host: "h".into(),
             workers: vec![
                 "127.0.0.1:7000".parse().unwrap(),
@@ -144,6 +149,8 @@ mod tests {
         assert_eq!(tf["task"]["index"], 1);
         assert_eq!(tf["cluster"]["worker"][1], "127.0.0.1:7001");
         assert_eq!(v["RINGRUN_TRANSPORT"], "auto");
+        assert_eq!(v["RINGRUN_DEVICE"], "cpu");
+        assert_eq!(v["RINGRUN_LOCAL_WORLD_SIZE"], "2");
         let nccl = JobEnv {
             transport: "nccl".into(),
             ..job()

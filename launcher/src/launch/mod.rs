@@ -64,11 +64,17 @@ pub(crate) struct LaunchArgs {
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
     /// Collective transport of the workers' epochs: `auto` (= `tcp`), `tcp`, `quic` (encrypts
-    /// every byte), `shm` (shared memory: every worker of the job on this host), or `nccl`, which gives every worker a device group (`RINGRUN_TRANSPORT=nccl`:
-    /// one NCCL communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL the
-    /// workers fail at join, naming the library).
+    /// every byte), `shm` (shared memory: every worker of the job on this host), or `nccl`,
+    /// which gives every worker a device group on NCCL alone (`RINGRUN_TRANSPORT=nccl`: one NCCL
+    /// communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL, or with more
+    /// workers than GPUs, the workers fail at join, naming the reason).
     #[arg(long, default_value = "auto")]
     pub(crate) transport: String,
+    /// Where the workers' device collectives run (`RINGRUN_DEVICE`): `cuda` gives every worker a
+    /// device group, over NCCL where it can run, else staged through pinned host memory over
+    /// `--transport`; `cpu`, none.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub(crate) device: String,
     /// File holding the job secret (default: $RINGRUN_SECRET; a local-only job gets a random one).
     #[arg(long)]
     pub(crate) secret_file: Option<PathBuf>,
@@ -229,6 +235,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         max_restarts: a.max_restarts,
         checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
         transport: a.transport.clone(),
+        device: a.device.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
     };
