@@ -28,17 +28,21 @@ const LAST_WORD: Duration = Duration::from_millis(20);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AlgoChoice {
     /// Recursive doubling up to [`CommConfig::small_bytes`] (or when there are fewer elements
-    /// than ranks), the ring above.
+    /// than ranks), halving-doubling up to [`CommConfig::mid_bytes`] on power-of-two worlds of
+    /// 4 or more, the ring above.
     #[default]
     Auto,
     /// Always the ring.
     Ring,
     /// Always recursive doubling (called `tree` on the command line).
     RecursiveDoubling,
+    /// Always Rabenseifner's halving-doubling (`hd` on the command line).
+    HalvingDoubling,
 }
 
 /// Tuning of a [`Communicator`]. Every rank must use the same values for `algo`,
-/// `deterministic` and `small_bytes`, or its calls [`Mismatch`](CollectiveError::Mismatch).
+/// `deterministic`, `small_bytes` and `mid_bytes`, or its calls
+/// [`Mismatch`](CollectiveError::Mismatch).
 #[derive(Clone, Debug)]
 pub struct CommConfig {
     /// Allreduce algorithm override.
@@ -50,6 +54,10 @@ pub struct CommConfig {
     /// Largest allreduce (bytes) that [`AlgoChoice::Auto`] sends by recursive doubling, and
     /// largest broadcast sent down a tree rather than a chain.
     pub small_bytes: usize,
+    /// Largest allreduce (bytes) that [`AlgoChoice::Auto`] runs by halving-doubling on a
+    /// power-of-two world of 4 or more (above `small_bytes`): as much data as the ring in
+    /// `2 log2 n` steps instead of `2 (n - 1)`, which wins while per-step hand-offs dominate.
+    pub mid_bytes: usize,
     /// How long an operation keeps polling before it sleeps until data arrives (zero: sleep at
     /// once). Spinning trades CPU for latency.
     pub spin: Duration,
@@ -73,6 +81,7 @@ impl Default for CommConfig {
             deterministic: false,
             segment_bytes: 256 * 1024,
             small_bytes: 256 * 1024,
+            mid_bytes: 4 << 20,
             spin: Duration::from_micros(50),
             spin_yield: true,
             reduce_threads: 1,
@@ -208,8 +217,12 @@ impl<T: Transport> Communicator<T> {
         match self.config.algo {
             AlgoChoice::Ring => Algo::Ring,
             AlgoChoice::RecursiveDoubling => Algo::RecursiveDoubling,
+            AlgoChoice::HalvingDoubling => Algo::HalvingDoubling,
             AlgoChoice::Auto if bytes <= self.config.small_bytes || bytes / dtype.size() < n => {
                 Algo::RecursiveDoubling
+            }
+            AlgoChoice::Auto if n >= 4 && n.is_power_of_two() && bytes <= self.config.mid_bytes => {
+                Algo::HalvingDoubling
             }
             AlgoChoice::Auto => Algo::Ring,
         }
@@ -232,9 +245,10 @@ impl<T: Transport> Communicator<T> {
             Err(e) => return self.reject(Collective::AllReduce, dtype, e).await,
         };
         let algo = self.allreduce_algo(dtype, buf.len());
-        // The ring reads an out-of-place input directly; the others work in place on a copy.
+        // The ring and halving-doubling read an out-of-place input directly; the others work in
+        // place on a copy.
         let input = match (algo, input) {
-            (Algo::Ring, Some(i)) if self.size() > 1 => Some(i),
+            (Algo::Ring | Algo::HalvingDoubling, Some(i)) if self.size() > 1 => Some(i),
             (_, i) => {
                 i.inspect(|i| buf.copy_from_slice(i));
                 None
@@ -253,6 +267,7 @@ impl<T: Transport> Communicator<T> {
             _ if cx.size == 1 => Ok(()),
             Algo::Ring => algo::ring(cx, buf, input, Some(op), true, base, scratch).await,
             Algo::Direct => algo::direct(cx, buf, op, true, scratch).await,
+            Algo::HalvingDoubling => algo::halving_doubling(cx, buf, input, op, scratch).await,
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
         })
         .await

@@ -48,16 +48,19 @@ pub enum Algo {
     Chain = 5,
     /// Dissemination barrier.
     Dissemination = 6,
+    /// Rabenseifner: reduce-scatter by recursive halving, allgather by recursive doubling.
+    HalvingDoubling = 7,
 }
 
 impl Algo {
-    const ALL: [Algo; 6] = [
+    const ALL: [Algo; 7] = [
         Algo::Ring,
         Algo::RecursiveDoubling,
         Algo::Direct,
         Algo::Tree,
         Algo::Chain,
         Algo::Dissemination,
+        Algo::HalvingDoubling,
     ];
 
     /// A short name for reports (`ring`, `rd`, ...).
@@ -69,6 +72,7 @@ impl Algo {
             Algo::Tree => "tree",
             Algo::Chain => "chain",
             Algo::Dissemination => "dissemination",
+            Algo::HalvingDoubling => "hd",
         }
     }
 

@@ -9,6 +9,7 @@ use ringrun_collectives::{AlgoChoice, Bufs, CommConfig, DType, ReduceOp};
 enum Mode {
     Ring,
     Rd,
+    Hd,
     Deterministic,
 }
 
@@ -17,6 +18,7 @@ fn config(mode: Mode, segment_bytes: usize) -> CommConfig {
         algo: match mode {
             Mode::Ring => AlgoChoice::Ring,
             Mode::Rd => AlgoChoice::RecursiveDoubling,
+            Mode::Hd => AlgoChoice::HalvingDoubling,
             Mode::Deterministic => AlgoChoice::Auto,
         },
         deterministic: matches!(mode, Mode::Deterministic),
@@ -61,7 +63,7 @@ fn one(mode: Mode, n: usize, dtype: DType, op: ReduceOp, count: usize, segment_b
 
 #[test]
 fn small_sizes_full_grid() {
-    for mode in [Mode::Ring, Mode::Rd, Mode::Deterministic] {
+    for mode in [Mode::Ring, Mode::Rd, Mode::Hd, Mode::Deterministic] {
         for n in 1..=8 {
             for dtype in DType::ALL {
                 for op in ReduceOp::ALL {
@@ -85,7 +87,7 @@ fn large_sizes() {
         (DType::F16, ReduceOp::Min),
         (DType::I64, ReduceOp::Sum),
     ];
-    for mode in [Mode::Ring, Mode::Rd, Mode::Deterministic] {
+    for mode in [Mode::Ring, Mode::Rd, Mode::Hd, Mode::Deterministic] {
         for n in [2, 3, 8] {
             for (i, (dtype, op)) in pairs.into_iter().enumerate() {
                 // 1 MiB + 3 elements, and a 16 MiB buffer (alternating, to bound the run).
@@ -106,7 +108,12 @@ mod props {
     use super::*;
 
     fn mode() -> impl Strategy<Value = Mode> {
-        prop_oneof![Just(Mode::Ring), Just(Mode::Rd), Just(Mode::Deterministic)]
+        prop_oneof![
+            Just(Mode::Ring),
+            Just(Mode::Rd),
+            Just(Mode::Hd),
+            Just(Mode::Deterministic)
+        ]
     }
 
     proptest! {

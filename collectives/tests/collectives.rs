@@ -166,3 +166,22 @@ fn barrier_and_many_ops_in_sequence() {
         }
     }
 }
+
+/// `Auto` picks recursive doubling for small buffers, halving-doubling for mid sizes on
+/// power-of-two worlds of 4 or more, and the ring otherwise.
+#[test]
+fn auto_picks_the_algorithm_by_size_and_world() {
+    use ringrun_collectives::{Algo, Communicator, transport::mem};
+    let pick = |n: usize, bytes: usize| {
+        let t = mem::mesh(n, 1 << 10).into_iter().next().unwrap();
+        Communicator::new(t, 0, CommConfig::default()).allreduce_algo(DType::F32, bytes)
+    };
+    let c = CommConfig::default();
+    assert_eq!(pick(4, 8), Algo::RecursiveDoubling);
+    assert_eq!(pick(4, c.small_bytes), Algo::RecursiveDoubling);
+    assert_eq!(pick(4, c.small_bytes + 4), Algo::HalvingDoubling);
+    assert_eq!(pick(8, c.mid_bytes), Algo::HalvingDoubling);
+    assert_eq!(pick(8, c.mid_bytes + 4), Algo::Ring);
+    assert_eq!(pick(2, 1 << 20), Algo::Ring);
+    assert_eq!(pick(6, 1 << 20), Algo::Ring);
+}

@@ -73,6 +73,7 @@ fn same_secret(n: usize) -> Vec<JobSecret> {
 enum Mode {
     Ring,
     Rd,
+    Hd,
     Deterministic,
 }
 
@@ -90,6 +91,7 @@ fn allreduce(
     let cfg = CommConfig {
         algo: match mode {
             Mode::Ring => AlgoChoice::Ring,
+            Mode::Hd => AlgoChoice::HalvingDoubling,
             _ => AlgoChoice::RecursiveDoubling,
         },
         deterministic: matches!(mode, Mode::Deterministic),
@@ -125,7 +127,7 @@ fn allreduce(
 
 #[test]
 fn allreduce_grid_over_shm() {
-    for mode in [Mode::Ring, Mode::Rd, Mode::Deterministic] {
+    for mode in [Mode::Ring, Mode::Rd, Mode::Hd, Mode::Deterministic] {
         for n in [1, 2, 3, 5] {
             for (dtype, op) in [
                 (DType::F32, ReduceOp::Sum),
@@ -205,7 +207,7 @@ fn reductions_straight_from_the_ring_survive_an_unaligned_stream() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn any_shape_over_shm(mode in prop_oneof![Just(Mode::Ring), Just(Mode::Rd), Just(Mode::Deterministic)],
+    fn any_shape_over_shm(mode in prop_oneof![Just(Mode::Ring), Just(Mode::Rd), Just(Mode::Hd), Just(Mode::Deterministic)],
                           n in 1usize..=6, d in 0usize..8, o in 0usize..5,
                           count in 0usize..3000, seg in 1usize..2048, ring_log in 12usize..17) {
         allreduce(mode, n, DType::ALL[d], ReduceOp::ALL[o], count, seg, 1 << ring_log);

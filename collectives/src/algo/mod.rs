@@ -7,6 +7,7 @@
 mod barrier;
 mod broadcast;
 mod direct;
+mod hd;
 mod rd;
 mod ring;
 
@@ -18,6 +19,7 @@ use std::{
 pub(crate) use barrier::dissemination;
 pub(crate) use broadcast::{chain, tree};
 pub(crate) use direct::direct;
+pub(crate) use hd::halving_doubling;
 pub(crate) use rd::recursive_doubling;
 pub(crate) use ring::ring;
 

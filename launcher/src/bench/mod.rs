@@ -69,7 +69,7 @@ pub(crate) struct BenchArgs {
     /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Allreduce algorithm (`tree` is recursive doubling).
+    /// Allreduce algorithm (`tree` is recursive doubling, `hd` Rabenseifner's halving-doubling).
     #[arg(long, value_enum, default_value_t = AlgoArg::Auto)]
     algo: AlgoArg,
     /// Reduce in rank order, independent of algorithm and ring position.
@@ -91,6 +91,10 @@ pub(crate) struct BenchArgs {
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
+    /// Largest allreduce in bytes run by halving-doubling under `--algo auto` (power-of-two
+    /// worlds of 4 or more).
+    #[arg(long, value_parser = parse_size)]
+    mid_bytes: Option<usize>,
 
     /// Measure a grouped allreduce instead of the sweep: COUNTxBYTES tensors (comma-separated
     /// list for mixed sizes, e.g. `1000x4K` or `500x4K,10x1M`), beside one allreduce of their
@@ -159,7 +163,10 @@ impl BenchArgs {
 enum AlgoArg {
     Auto,
     Ring,
+    /// Recursive doubling.
     Tree,
+    /// Rabenseifner's halving-doubling.
+    Hd,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -262,10 +269,12 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
             AlgoArg::Auto => AlgoChoice::Auto,
             AlgoArg::Ring => AlgoChoice::Ring,
             AlgoArg::Tree => AlgoChoice::RecursiveDoubling,
+            AlgoArg::Hd => AlgoChoice::HalvingDoubling,
         },
         deterministic: args.deterministic,
         segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
         small_bytes: args.small_bytes.unwrap_or(defaults.small_bytes),
+        mid_bytes: args.mid_bytes.unwrap_or(defaults.mid_bytes),
         spin: args.spin_us.map_or(defaults.spin, Duration::from_micros),
         spin_yield: defaults.spin_yield,
         reduce_threads: args.reduce_threads.unwrap_or(defaults.reduce_threads),
