@@ -8,12 +8,12 @@ use std::{
 use tracing::{Instrument, debug_span, warn};
 
 use crate::{
-    algo::{self, OpCx, Scratch},
+    algo::{self, OpCx, RingBuf, Scratch},
     cancel::Cancel,
     dtype::{DType, Element, ReduceOp},
     error::{CollectiveError, Result},
     frame::{Algo, Collective, ErrorCode, OpSig},
-    fusion::{self, FusionBuffer, TensorMut},
+    fusion::{self, BucketBuf, FusionBuffer, TensorMut},
     spin::Spin,
     transport::Transport,
 };
@@ -265,7 +265,9 @@ impl<T: Transport> Communicator<T> {
         let base = self.rank();
         self.run(sig, ctl, async |cx, scratch| match algo {
             _ if cx.size == 1 => Ok(()),
-            Algo::Ring => algo::ring(cx, buf, input, Some(op), true, base, scratch).await,
+            Algo::Ring => {
+                algo::ring(cx, RingBuf::One(buf), input, Some(op), true, base, scratch).await
+            }
             Algo::Direct => algo::direct(cx, buf, op, true, scratch).await,
             Algo::HalvingDoubling => algo::halving_doubling(cx, buf, input, op, scratch).await,
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
@@ -298,14 +300,48 @@ impl<T: Transport> Communicator<T> {
             .map(|t| (t.dtype(), t.bytes().len()))
             .collect();
         let buckets = fusion::plan(&shapes, self.config.fusion_bytes);
+        // The ring walks a gather list, so its buckets skip the fusion buffer.
+        let gather: Vec<bool> = buckets
+            .iter()
+            .map(|b| self.size() > 1 && self.allreduce_algo(b.dtype, b.bytes) == Algo::Ring)
+            .collect();
         let mut space = std::mem::take(&mut self.fusion);
-        let r = fusion::run(tensors, &buckets, &mut space, async |dtype, bytes| {
-            self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
-                .await
-        })
+        let r = fusion::run(
+            tensors,
+            &buckets,
+            &gather,
+            &mut space,
+            async |dtype, bucket| match bucket {
+                BucketBuf::Whole(bytes) => {
+                    self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
+                        .await
+                }
+                BucketBuf::Gathered(parts) => self.allreduce_gathered(dtype, parts, op, ctl).await,
+            },
+        )
         .await;
         self.fusion = space;
         r
+    }
+
+    /// Ring allreduce, in place, of the buffer that `parts` make laid end to end (a fused
+    /// bucket reduced where its tensors lie). Each part holds whole, aligned elements.
+    async fn allreduce_gathered(
+        &mut self,
+        dtype: DType,
+        parts: Vec<&mut [u8]>,
+        op: ReduceOp,
+        ctl: &Ctl,
+    ) -> Result<()> {
+        let bytes: usize = parts.iter().map(|p| p.len()).sum();
+        let count = bytes / dtype.size();
+        let sig = sig(Collective::AllReduce, dtype, op, Algo::Ring, count, 0);
+        let base = self.rank();
+        let buf = RingBuf::Gather(parts);
+        self.run(sig, ctl, async |cx, scratch| {
+            algo::ring(cx, buf, None, Some(op), true, base, scratch).await
+        })
+        .await
     }
 
     /// Broadcast of `root`'s buffer to every rank. Out of place, only the root reads `send`.
@@ -367,7 +403,7 @@ impl<T: Transport> Communicator<T> {
         let base = (r + n - 1) % n;
         self.run(sig, ctl, async |cx, scratch| match cx.size {
             1 => Ok(()),
-            _ => algo::ring(cx, buf, None, None, true, base, scratch).await,
+            _ => algo::ring(cx, RingBuf::One(buf), None, None, true, base, scratch).await,
         })
         .await
     }
@@ -431,7 +467,7 @@ impl<T: Transport> Communicator<T> {
         self.run(sig, ctl, async |cx, scratch| match algo {
             _ if cx.size == 1 => Ok(()),
             Algo::Direct => algo::direct(cx, buf, op, false, scratch).await,
-            _ => algo::ring(cx, buf, input, Some(op), false, base, scratch).await,
+            _ => algo::ring(cx, RingBuf::One(buf), input, Some(op), false, base, scratch).await,
         })
         .await?;
         if let Some(out) = out {

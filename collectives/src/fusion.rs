@@ -8,10 +8,12 @@
 //! in place as a bucket of its own. Every rank passes the same list and gets the same plan, so
 //! the buckets line up as collective calls.
 //!
-//! Execution ([`run`]) packs one bucket into a reusable, 8-byte-aligned fusion buffer, reduces it
-//! in place with the caller's allreduce, and unpacks it. Buckets run in plan order, so a failure
-//! leaves earlier tensors reduced and later ones untouched (the communicator is poisoned either
-//! way, as for any failed call).
+//! Execution ([`run`]) hands each bucket to the caller's allreduce in one of two forms. Where the
+//! caller's algorithm can walk a gather list (the ring), the bucket's tensors are reduced where
+//! they lie, as one buffer laid end to end: no copy in, no copy out. Otherwise the bucket is
+//! packed into a reusable, 8-byte-aligned fusion buffer, reduced in place and unpacked. Buckets
+//! run in plan order, so a failure leaves earlier tensors reduced and later ones untouched (the
+//! communicator is poisoned either way, as for any failed call).
 
 use std::ops::Range;
 
@@ -126,30 +128,66 @@ impl FusionBuffer {
     }
 }
 
-/// Runs `plan` over `tensors`: `reduce(dtype, bytes)` allreduces one packed (or direct) bucket
-/// in place.
+/// One bucket as [`run`] hands it to the allreduce, which reduces it in place.
+pub(crate) enum BucketBuf<'a> {
+    /// Contiguous: one tensor where it lies, or the members packed into the fusion buffer.
+    Whole(&'a mut [u8]),
+    /// The members where they lie, to be reduced as one buffer laid end to end.
+    Gathered(Vec<&'a mut [u8]>),
+}
+
+/// Runs `plan` over `tensors`: `reduce(dtype, bucket)` allreduces one bucket in place. Bucket
+/// `i` goes as a gather list where `gather[i]` says the allreduce takes one and every member is
+/// aligned for its dtype; otherwise it is packed.
 pub(crate) async fn run(
     tensors: &mut [TensorMut<'_>],
     buckets: &[Bucket],
+    gather: &[bool],
     space: &mut FusionBuffer,
-    mut reduce: impl AsyncFnMut(DType, &mut [u8]) -> Result<()>,
+    mut reduce: impl AsyncFnMut(DType, BucketBuf<'_>) -> Result<()>,
 ) -> Result<()> {
-    for b in buckets {
+    for (i, b) in buckets.iter().enumerate() {
         if b.is_direct() {
             let t = &mut tensors[b.members[0].0];
-            reduce(b.dtype, t.bytes).await?;
+            reduce(b.dtype, BucketBuf::Whole(t.bytes)).await?;
+            continue;
+        }
+        if gather.get(i) == Some(&true) && aligned(tensors, b) {
+            reduce(b.dtype, BucketBuf::Gathered(members(tensors, b))).await?;
             continue;
         }
         let packed = space.bytes(b.bytes);
         for (i, r) in &b.members {
             packed[r.clone()].copy_from_slice(tensors[*i].bytes);
         }
-        reduce(b.dtype, packed).await?;
+        reduce(b.dtype, BucketBuf::Whole(&mut *packed)).await?;
         for (i, r) in &b.members {
             tensors[*i].bytes.copy_from_slice(&packed[r.clone()]);
         }
     }
     Ok(())
+}
+
+/// Whether every member of `b` starts on its dtype's alignment (a reduction reads it in place).
+fn aligned(tensors: &[TensorMut<'_>], b: &Bucket) -> bool {
+    let elem = b.dtype.size();
+    b.members
+        .iter()
+        .all(|(i, _)| (tensors[*i].bytes.as_ptr() as usize).is_multiple_of(elem))
+}
+
+/// The member tensors of `b`, in bucket order (which is the caller's order).
+fn members<'a>(tensors: &'a mut [TensorMut<'_>], b: &Bucket) -> Vec<&'a mut [u8]> {
+    let mut want = b.members.iter().map(|(i, _)| *i).peekable();
+    let mut out = Vec::with_capacity(b.members.len());
+    for (i, t) in tensors.iter_mut().enumerate() {
+        if want.peek() == Some(&i) {
+            want.next();
+            out.push(&mut *t.bytes);
+        }
+    }
+    debug_assert_eq!(out.len(), b.members.len(), "members are in ascending order");
+    out
 }
 
 #[cfg(test)]

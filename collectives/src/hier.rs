@@ -32,7 +32,7 @@ use crate::{
     comm::{Bufs, CommConfig, Communicator, Ctl},
     dtype::{DType, Element, ReduceOp},
     error::{CollectiveError, Result},
-    fusion::{self, FusionBuffer, TensorMut},
+    fusion::{self, BucketBuf, FusionBuffer, TensorMut},
     reduce::finish_avg,
     transport::{Transport, subset::Subset},
 };
@@ -248,10 +248,22 @@ impl<T: Transport> Hierarchical<T> {
             .collect();
         let buckets = fusion::plan(&shapes, self.world.config().fusion_bytes);
         let mut space = std::mem::take(&mut self.fusion);
-        let r = fusion::run(tensors, &buckets, &mut space, async |dtype, bytes| {
-            self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
-                .await
-        })
+        // The stages are separate collectives, so every bucket is packed (no gather list).
+        let r = fusion::run(
+            tensors,
+            &buckets,
+            &[],
+            &mut space,
+            async |dtype, bucket| match bucket {
+                BucketBuf::Whole(bytes) => {
+                    self.allreduce_bytes(dtype, Bufs::InPlace(bytes), op, ctl)
+                        .await
+                }
+                BucketBuf::Gathered(_) => Err(CollectiveError::Poisoned(
+                    "internal: a gather list reached the hierarchical allreduce".into(),
+                )),
+            },
+        )
         .await;
         self.fusion = space;
         r

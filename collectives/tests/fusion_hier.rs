@@ -8,7 +8,8 @@ use std::{sync::Arc, time::Duration};
 use common::*;
 use proptest::prelude::*;
 use ringrun_collectives::{
-    Bufs, CommConfig, Communicator, DType, Hierarchical, ReduceOp, TensorMut, transport::mem,
+    AlgoChoice, Bufs, CommConfig, Communicator, DType, Hierarchical, ReduceOp, TensorMut,
+    transport::mem,
 };
 
 /// Runs `body(rank, hierarchy)` on every rank of an in-memory mesh laid out as `hosts`.
@@ -164,8 +165,16 @@ proptest! {
         n in 1usize..5,
         bucket in prop_oneof![Just(64usize), Just(1000), Just(8192), Just(1 << 20)],
         op in prop::sample::select(ReduceOp::ALL.to_vec()),
+        ring in any::<bool>(),
     ) {
-        let cfg = CommConfig { fusion_bytes: bucket, segment_bytes: 1024, ..CommConfig::default() };
+        // The forced ring takes every bucket as a gather list (segments spanning tensors).
+        let algo = if ring { AlgoChoice::Ring } else { AlgoChoice::Auto };
+        let cfg = CommConfig {
+            fusion_bytes: bucket,
+            segment_bytes: 1024,
+            algo,
+            ..CommConfig::default()
+        };
         let shapes2 = shapes.clone();
         let outs = run_ranks(n, cfg, |r, mut comm: Communicator<mem::MemTransport>| {
             let shapes = shapes2.clone();
@@ -220,5 +229,68 @@ fn grouped_rejects_a_partial_element() {
             o,
             Err(ringrun_collectives::CollectiveError::InvalidArgument(_))
         ));
+    }
+}
+
+#[test]
+fn a_gathered_ring_matches_one_allreduce_bit_for_bit() {
+    // Tensors of 1..700 floats cut by 512-byte segments: most segments span several tensors.
+    let lens: Vec<usize> = (0..300).map(|i| (i * 37) % 700 + 1).collect();
+    for n in [2, 3, 5] {
+        let cfg = CommConfig {
+            algo: AlgoChoice::Ring,
+            segment_bytes: 512,
+            ..CommConfig::default()
+        };
+        let outs = run_ranks(n, cfg, |r, mut comm| {
+            let lens = lens.clone();
+            async move { grouped_and_whole(&mut comm, r, &lens).await.unwrap() }
+        });
+        assert_grouped_is_whole(outs, &format!("n={n}"));
+    }
+}
+
+#[test]
+fn unaligned_tensors_are_packed_and_still_reduced() {
+    // A float tensor starting one byte into its allocation cannot be reduced in place.
+    let outs = run_ranks(
+        3,
+        CommConfig {
+            algo: AlgoChoice::Ring,
+            ..CommConfig::default()
+        },
+        |r, mut comm| async move {
+            let op = ReduceOp::Sum;
+            let mut odd = Aligned::zeroed(4 * 301 + 1);
+            let inp = inputs(DType::F32, op, r, 301);
+            odd.bytes_mut()[1..].copy_from_slice(inp.bytes());
+            let mut even = inputs(DType::F32, op, r, 500);
+            let mut views = [
+                TensorMut::from_bytes(DType::F32, &mut odd.bytes_mut()[1..]),
+                TensorMut::from_bytes(DType::F32, even.bytes_mut()),
+            ];
+            comm.allreduce_grouped(&mut views, op, &ctl())
+                .await
+                .unwrap();
+            let mut first = Aligned::zeroed(4 * 301);
+            first.bytes_mut().copy_from_slice(&odd.bytes()[1..]);
+            (first, even)
+        },
+    );
+    for (r, (a, b)) in outs.into_iter().enumerate() {
+        check(
+            DType::F32,
+            ReduceOp::Sum,
+            3,
+            a.bytes(),
+            &format!("rank {r} unaligned"),
+        );
+        check(
+            DType::F32,
+            ReduceOp::Sum,
+            3,
+            b.bytes(),
+            &format!("rank {r} aligned"),
+        );
     }
 }

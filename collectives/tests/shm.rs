@@ -204,6 +204,32 @@ fn reductions_straight_from_the_ring_survive_an_unaligned_stream() {
     }
 }
 
+#[test]
+fn a_grouped_ring_reduces_tensors_where_they_lie() {
+    // Reduced straight from the peer's ring into tensors that segments span, with a 4 KiB ring
+    // whose wrap splits frames; the result must be the whole buffer's, bit for bit.
+    let lens: Vec<usize> = (0..400).map(|i| (i * 53) % 900 + 1).collect();
+    for (n, ring) in [(2, 4096), (3, 1 << 16)] {
+        let lens = lens.clone();
+        let outs = run_ranks(same_secret(n), ring, move |r, t| {
+            let lens = lens.clone();
+            async move {
+                let cfg = CommConfig {
+                    algo: AlgoChoice::Ring,
+                    segment_bytes: 3000,
+                    ..CommConfig::default()
+                };
+                let mut comm = Communicator::new(t?, 5, cfg);
+                let out = grouped_and_whole(&mut comm, r, &lens).await?;
+                comm.close(Duration::from_secs(5)).await;
+                Ok::<_, CollectiveError>(out)
+            }
+        });
+        let outs = outs.into_iter().map(|o| o.unwrap()).collect();
+        assert_grouped_is_whole(outs, &format!("n={n} ring={ring}"));
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]

@@ -2,6 +2,8 @@
 //! production. Every test is bounded: set-up and operations carry deadlines, and the harness
 //! gives up on ranks that do not report within a minute.
 
+mod common;
+
 use std::{
     future::Future,
     io::Write,
@@ -132,6 +134,34 @@ fn allreduce_over_tcp_mesh() {
             }
         }
     }
+}
+
+#[test]
+fn a_grouped_ring_writes_tensors_where_they_lie() {
+    // 5,000 tensors of 32 bytes and 1 MiB segments: one frame gathers 2,500 of them, more
+    // than one vectored write may carry.
+    let lens = vec![8usize; 5000];
+    let n = 2;
+    let outs = run_ranks(
+        secrets(n),
+        Duration::from_secs(10),
+        Duration::ZERO,
+        |_| {},
+        move |rank, t| {
+            let lens = lens.clone();
+            async move {
+                let cfg = CommConfig {
+                    algo: AlgoChoice::Ring,
+                    segment_bytes: 1 << 20,
+                    ..CommConfig::default()
+                };
+                let mut comm = Communicator::new(t?, 3, cfg);
+                common::grouped_and_whole(&mut comm, rank, &lens).await
+            }
+        },
+    );
+    let outs = outs.into_iter().map(|o| o.unwrap()).collect();
+    common::assert_grouped_is_whole(outs, "tcp");
 }
 
 #[test]

@@ -153,6 +153,16 @@ impl Transport for EpochTransport {
         each!(self, t => t.send(peer, header, payload).await)
     }
 
+    // Delegated so that shared memory and TCP write a gather list where it lies.
+    async fn send_parts(
+        &self,
+        peer: usize,
+        header: &Header,
+        parts: &[&[u8]],
+    ) -> Result<(), CollectiveError> {
+        each!(self, t => t.send_parts(peer, header, parts).await)
+    }
+
     async fn recv(
         &self,
         peer: usize,

@@ -7,7 +7,7 @@
 use tokio::sync::mpsc;
 
 use super::{
-    OpCx, Segments,
+    OpCx, Scratch, Segments,
     direct::{recv_all, send_all},
 };
 use crate::{error::Result, transport::Transport};
@@ -65,14 +65,16 @@ pub(crate) async fn chain<T: Transport>(
     let writer = async {
         while let Some(id) = rx.recv().await {
             let seg = segs.get(id)?;
-            cx.send(real(cx, root, v + 1), &seg).await?;
+            cx.send_seg(real(cx, root, v + 1), &seg).await?;
         }
         Ok(())
     };
     let reader = async move {
         for id in ids {
             if v != 0 {
-                cx.recv(real(cx, root, v - 1), &mut segs.get_mut(id)?)
+                // One contiguous buffer: its segments are single slices and need no scratch.
+                let mut seg = segs.get_mut(id)?;
+                cx.recv_seg(real(cx, root, v - 1), &mut seg, &mut Scratch::default())
                     .await?;
             }
             if has_next {

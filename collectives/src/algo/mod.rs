@@ -10,21 +10,20 @@ mod direct;
 mod hd;
 mod rd;
 mod ring;
+mod segments;
 
-use std::{
-    cell::{Cell, Ref, RefCell, RefMut},
-    ops::Range,
-};
+use std::{cell::Cell, ops::Range};
 
 pub(crate) use barrier::dissemination;
 pub(crate) use broadcast::{chain, tree};
 pub(crate) use direct::direct;
 pub(crate) use hd::halving_doubling;
 pub(crate) use rd::recursive_doubling;
-pub(crate) use ring::ring;
+pub(crate) use ring::{RingBuf, ring};
+use segments::{Seg, Segments};
 
 use crate::{
-    error::{CollectiveError, Result},
+    error::Result,
     frame::{FrameKind, Header, OpSig},
     schedule,
     transport::Transport,
@@ -109,6 +108,38 @@ impl<'t, T: Transport> OpCx<'t, T> {
         self.t.recv_with(peer, &header, scratch, consume).await
     }
 
+    /// Sends one segment as one frame (its pieces gathered by the transport).
+    pub(crate) async fn send_seg(&self, peer: usize, seg: &Seg<'_>) -> Result<()> {
+        let mut parts = seg.parts();
+        match (parts.next(), parts.next()) {
+            (None, _) => self.send(peer, &[]).await,
+            (Some(one), None) => self.send(peer, one).await,
+            _ => {
+                let seq = bump(&self.sent[peer]);
+                let parts: Vec<&[u8]> = seg.parts().collect();
+                let header = self.header(seq, seg.len());
+                self.t.send_parts(peer, &header, &parts).await
+            }
+        }
+    }
+
+    /// Receives the next frame from `peer` into a segment, scattering it over its pieces.
+    pub(crate) async fn recv_seg(
+        &self,
+        peer: usize,
+        seg: &mut Seg<'_>,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        if let Some(one) = seg.single_mut() {
+            return self.recv(peer, one).await;
+        }
+        let len = seg.len();
+        let mut copy = |off: usize, piece: &[u8]| {
+            seg.overlay(off, piece, |d, p, _| d.copy_from_slice(p));
+        };
+        self.recv_with(peer, scratch.bytes(len), &mut copy).await
+    }
+
     /// `(rank + k) mod size` for any signed `k`.
     pub(crate) fn rel(&self, k: isize) -> usize {
         (self.rank as isize + k).rem_euclid(self.size as isize) as usize
@@ -128,74 +159,6 @@ fn bump(c: &Cell<u32>) -> u32 {
     let v = c.get();
     c.set(v + 1);
     v
-}
-
-/// A buffer cut into pipeline segments that one task's reader and writer futures share.
-///
-/// Algorithms guarantee that the writer only reads segments the reader has finished with, so a
-/// borrow conflict is a bug; it surfaces as an error, not a panic.
-pub(crate) struct Segments<'b> {
-    cells: Vec<RefCell<&'b mut [u8]>>,
-    lens: Vec<usize>,
-    starts: Vec<usize>,
-    /// `first[c]..first[c + 1]` are the segment ids of chunk `c`.
-    first: Vec<usize>,
-}
-
-impl<'b> Segments<'b> {
-    pub(crate) fn new(mut buf: &'b mut [u8], chunks: &[Range<usize>], seg_bytes: usize) -> Self {
-        let (mut cells, mut lens, mut starts, mut first, mut offset) =
-            (Vec::new(), Vec::new(), Vec::new(), vec![0], 0);
-        for chunk in chunks {
-            debug_assert_eq!(chunk.start, offset, "chunks must tile the buffer");
-            for seg in schedule::segments(chunk.clone(), seg_bytes) {
-                let (head, tail) = std::mem::take(&mut buf).split_at_mut(seg.len());
-                lens.push(head.len());
-                starts.push(seg.start);
-                cells.push(RefCell::new(head));
-                buf = tail;
-                offset = seg.end;
-            }
-            first.push(cells.len());
-        }
-        Segments {
-            cells,
-            lens,
-            starts,
-            first,
-        }
-    }
-
-    pub(crate) fn of_chunk(&self, c: usize) -> Range<usize> {
-        self.first[c]..self.first[c + 1]
-    }
-
-    /// The byte range of every segment within the buffer, by id.
-    pub(crate) fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        self.starts.iter().zip(&self.lens).map(|(s, l)| *s..s + l)
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.cells.len()
-    }
-
-    pub(crate) fn len(&self, id: usize) -> usize {
-        self.lens[id]
-    }
-
-    pub(crate) fn get(&self, id: usize) -> Result<Ref<'_, &'b mut [u8]>> {
-        self.cells[id].try_borrow().map_err(|_| overlap(id))
-    }
-
-    pub(crate) fn get_mut(&self, id: usize) -> Result<RefMut<'_, &'b mut [u8]>> {
-        self.cells[id].try_borrow_mut().map_err(|_| overlap(id))
-    }
-}
-
-fn overlap(id: usize) -> CollectiveError {
-    CollectiveError::Poisoned(format!(
-        "internal: segment {id} used by reader and writer at once"
-    ))
 }
 
 /// Reusable 8-byte-aligned scratch space.

@@ -40,7 +40,7 @@ use crate::{
 )]
 pub(crate) async fn ring<T: Transport>(
     cx: &OpCx<'_, T>,
-    buf: &mut [u8],
+    buf: RingBuf<'_>,
     input: Option<&[u8]>,
     op: Option<ReduceOp>,
     gather: bool,
@@ -49,8 +49,7 @@ pub(crate) async fn ring<T: Transport>(
 ) -> Result<()> {
     let n = cx.size;
     let dtype = cx.sig.dtype;
-    let chunks = cx.byte_chunks(buf.len());
-    let segs = &Segments::new(buf, &chunks, cx.seg_bytes);
+    let segs = &buf.cut(cx);
     let inputs: Vec<&[u8]> = input
         .map(|i| segs.ranges().map(|r| &i[r]).collect())
         .unwrap_or_default();
@@ -74,7 +73,7 @@ pub(crate) async fn ring<T: Transport>(
         while let Some(src) = rx.recv().await {
             match src {
                 Src::Input(id) => cx.send(next, inputs[id]).await?,
-                Src::Buf(id) => cx.send(next, &segs.get(id)?).await?,
+                Src::Buf(id) => cx.send_seg(next, &*segs.get(id)?).await?,
             }
             done_tx.send_modify(|n| *n += 1);
         }
@@ -91,19 +90,18 @@ pub(crate) async fn ring<T: Transport>(
                     let contribution = inputs.get(id);
                     let threads = cx.reduce_threads;
                     let mut consume = |off: usize, piece: &[u8]| {
-                        let d = &mut mine[off..off + piece.len()];
-                        match contribution {
+                        mine.overlay(off, piece, |d, piece, at| match contribution {
                             Some(c) => {
-                                let c = &c[off..off + piece.len()];
+                                let c = &c[at..at + piece.len()];
                                 reduce_from_par(threads, dtype, op, d, piece, c);
                             }
                             None => reduce_par(threads, dtype, op, Order::SrcFirst, d, piece),
-                        }
+                        });
                     };
                     cx.recv_with(prev, scratch.bytes(segs.len(id)), &mut consume)
                         .await?;
                     if last && op == ReduceOp::Avg {
-                        finish_avg(dtype, &mut mine, n);
+                        mine.parts_mut().for_each(|p| finish_avg(dtype, p, n));
                     }
                     drop(mine);
                     if !last || gather {
@@ -121,7 +119,7 @@ pub(crate) async fn ring<T: Transport>(
                     // contents must not be borrowed until the writer is past it.
                     let sent = queue.position(id);
                     let _ = done.wait_for(|n| *n >= sent).await;
-                    cx.recv(prev, &mut segs.get_mut(id)?).await?;
+                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, scratch).await?;
                     if s < n - 2 {
                         queue.push(Src::Buf(id));
                     }
@@ -131,6 +129,25 @@ pub(crate) async fn ring<T: Transport>(
         Ok(())
     };
     tokio::try_join!(writer, reader).map(|_| ())
+}
+
+/// The ring's buffer: one slice, or a gather list of slices laid end to end (see `segments`).
+pub(crate) enum RingBuf<'b> {
+    One(&'b mut [u8]),
+    Gather(Vec<&'b mut [u8]>),
+}
+
+impl<'b> RingBuf<'b> {
+    /// Cuts the buffer into the ring's chunks and pipeline segments.
+    fn cut<T: Transport>(self, cx: &OpCx<'_, T>) -> Segments<'b> {
+        match self {
+            RingBuf::One(buf) => Segments::new(buf, &cx.byte_chunks(buf.len()), cx.seg_bytes),
+            RingBuf::Gather(parts) => {
+                let len = parts.iter().map(|p| p.len()).sum();
+                Segments::gather(parts, &cx.byte_chunks(len), cx.seg_bytes)
+            }
+        }
+    }
 }
 
 /// What the writer sends next: a segment of the input (first sends of an out-of-place

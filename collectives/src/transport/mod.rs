@@ -46,6 +46,16 @@ pub trait Transport {
     /// link only accepts [`abort_all`](Self::abort_all) (which then closes it).
     async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()>;
 
+    /// Sends one frame whose payload is `parts` back to back (a gather list: the fused tensors
+    /// of a grouped allreduce). The default packs them and calls [`send`](Self::send); streams
+    /// write the parts where they lie.
+    async fn send_parts(&self, peer: usize, header: &Header, parts: &[&[u8]]) -> Result<()> {
+        match parts {
+            [one] => self.send(peer, header, one).await,
+            _ => self.send(peer, header, &parts.concat()).await,
+        }
+    }
+
     /// Receives the next frame from `peer` into `dst`.
     ///
     /// The frame must match `expect` (see [`Header::check`]) and `dst.len()` must equal
@@ -105,6 +115,10 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 
     async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
         (**self).send(peer, header, payload).await
+    }
+
+    async fn send_parts(&self, peer: usize, header: &Header, parts: &[&[u8]]) -> Result<()> {
+        (**self).send_parts(peer, header, parts).await
     }
 
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {

@@ -184,7 +184,12 @@ where
     }
 
     async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
-        debug_assert_eq!(header.len as usize, payload.len());
+        self.send_parts(peer, header, &[payload]).await
+    }
+
+    async fn send_parts(&self, peer: usize, header: &Header, parts: &[&[u8]]) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert_eq!(header.len as usize, len);
         let mut w = self.writer(peer)?.lock().await;
         if w.dirty {
             return Err(CollectiveError::Poisoned(format!(
@@ -193,13 +198,18 @@ where
         }
         w.dirty = true;
         let Writer { io, staging, .. } = &mut *w;
-        let res = if payload.len() <= COALESCE_BYTES {
+        let head = header.encode();
+        let res = if len <= COALESCE_BYTES {
             staging.clear();
-            staging.extend_from_slice(&header.encode());
-            staging.extend_from_slice(payload);
+            staging.extend_from_slice(&head);
+            parts.iter().for_each(|p| staging.extend_from_slice(p));
             io.write_all(staging).await
         } else {
-            write_both(io, &header.encode(), payload).await
+            let mut slices: Vec<IoSlice<'_>> = std::iter::once(&head[..])
+                .chain(parts.iter().copied())
+                .map(IoSlice::new)
+                .collect();
+            write_all_vectored(io, &mut slices).await
         };
         res.map_err(|e| lost(peer, e))?;
         w.dirty = false;
@@ -296,7 +306,9 @@ where
                 let Ok(lock) = self.writer(peer) else { return };
                 let mut w = lock.lock().await;
                 let Writer { io, dirty, .. } = &mut *w;
-                if *dirty || write_both(io, &frame.encode(), payload).await.is_err() {
+                let head = frame.encode();
+                let mut slices = [IoSlice::new(&head), IoSlice::new(payload)];
+                if *dirty || write_all_vectored(io, &mut slices).await.is_err() {
                     let _ = io.shutdown().await;
                 }
                 let _ = io.flush().await;
@@ -362,27 +374,24 @@ async fn read_error_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `a` then `b` with as few calls as the stream allows.
-async fn write_both<W: AsyncWrite + Unpin>(
+/// At most this many slices per vectored write (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Writes every slice, in order, with as few calls as the stream allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut a: &[u8],
-    mut b: &[u8],
+    mut bufs: &mut [IoSlice<'_>],
 ) -> io::Result<()> {
-    while !a.is_empty() {
-        let n = w
-            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-            .await?;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let take = bufs.len().min(MAX_SLICES);
+        let n = w.write_vectored(&bufs[..take]).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
-        }
+        IoSlice::advance_slices(&mut bufs, n);
     }
-    w.write_all(b).await
+    Ok(())
 }
 
 fn lost(peer: usize, e: io::Error) -> CollectiveError {

@@ -76,6 +76,12 @@ impl<T: Transport> Transport for Subset<T> {
         r.map_err(|e| e.renumber(|g| self.local(g)))
     }
 
+    async fn send_parts(&self, peer: usize, header: &Header, parts: &[&[u8]]) -> Result<()> {
+        let g = self.peer(peer)?;
+        let r = self.parent.send_parts(g, header, parts).await;
+        r.map_err(|e| e.renumber(|g| self.local(g)))
+    }
+
     async fn recv(&self, peer: usize, expect: &Header, dst: &mut [u8]) -> Result<()> {
         let g = self.peer(peer)?;
         let r = self.parent.recv(g, expect, dst).await;
@@ -174,6 +180,16 @@ impl<A: Transport, B: Transport> Transport for Routed<A, B> {
                 .await
                 .map_err(|e| self.world(e)),
             None => self.b.send(peer, header, payload).await,
+        }
+    }
+
+    async fn send_parts(&self, peer: usize, header: &Header, parts: &[&[u8]]) -> Result<()> {
+        match self.via_a(peer) {
+            Some(i) => {
+                let r = self.a.send_parts(i, header, parts).await;
+                r.map_err(|e| self.world(e))
+            }
+            None => self.b.send_parts(peer, header, parts).await,
         }
     }
 

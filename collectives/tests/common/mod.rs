@@ -47,3 +47,52 @@ pub fn check(dtype: DType, op: ReduceOp, n: usize, out: &[u8], what: &str) {
         assert_eq!(got, want, "{what}: element {i}: got {got}, want {want}");
     }
 }
+
+/// Float tensors of `lens` elements with inexact values (rounding depends on the order of
+/// reduction), different on every rank.
+pub fn inexact_tensors(rank: usize, lens: &[usize]) -> Vec<Vec<f32>> {
+    let mut at = 0usize;
+    lens.iter()
+        .map(|l| {
+            at += l;
+            (at - l..at)
+                .map(|i| ((i * 31 + rank * 17) as f32).sin() * 1e3 + 0.1 * rank as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// A grouped allreduce of `lens` tensors and, after it, one allreduce of their concatenation;
+/// returns both results, which must match bit for bit when the tensors fit one bucket.
+pub async fn grouped_and_whole<T: ringrun_collectives::transport::Transport>(
+    comm: &mut Communicator<T>,
+    rank: usize,
+    lens: &[usize],
+) -> ringrun_collectives::Result<(Vec<f32>, Vec<f32>)> {
+    use ringrun_collectives::TensorMut;
+    let mut tensors = inexact_tensors(rank, lens);
+    let mut whole: Vec<f32> = tensors.concat();
+    let mut views: Vec<TensorMut<'_>> = tensors.iter_mut().map(|t| TensorMut::new(t)).collect();
+    comm.allreduce_grouped(&mut views, ReduceOp::Sum, &ctl())
+        .await?;
+    comm.allreduce(&mut whole, ReduceOp::Sum, &ctl()).await?;
+    Ok((tensors.concat(), whole))
+}
+
+/// Asserts that every rank's grouped result equals its whole one bit for bit, and that all
+/// ranks agree.
+pub fn assert_grouped_is_whole(outs: Vec<(Vec<f32>, Vec<f32>)>, what: &str) {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let first = bits(&outs[0].1);
+    for (r, (grouped, whole)) in outs.iter().enumerate() {
+        assert_eq!(grouped.len(), whole.len(), "{what}: rank {r}");
+        assert!(
+            bits(grouped) == bits(whole),
+            "{what}: rank {r}: grouped differs"
+        );
+        assert!(
+            bits(whole) == first,
+            "{what}: rank {r} disagrees with rank 0"
+        );
+    }
+}
