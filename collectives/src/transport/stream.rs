@@ -204,6 +204,9 @@ where
             staging.extend_from_slice(&head);
             parts.iter().for_each(|p| staging.extend_from_slice(p));
             io.write_all(staging).await
+        } else if let [one] = parts {
+            // The common case, one payload: no slice list to allocate.
+            write_all_vectored(io, &mut [IoSlice::new(&head), IoSlice::new(one)]).await
         } else {
             let mut slices: Vec<IoSlice<'_>> = std::iter::once(&head[..])
                 .chain(parts.iter().copied())
