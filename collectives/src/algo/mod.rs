@@ -110,17 +110,14 @@ impl<'t, T: Transport> OpCx<'t, T> {
 
     /// Sends one segment as one frame (its pieces gathered by the transport).
     pub(crate) async fn send_seg(&self, peer: usize, seg: &Seg<'_>) -> Result<()> {
-        let mut parts = seg.parts();
-        match (parts.next(), parts.next()) {
-            (None, _) => self.send(peer, &[]).await,
-            (Some(one), None) => self.send(peer, one).await,
-            _ => {
-                let seq = bump(&self.sent[peer]);
-                let parts: Vec<&[u8]> = seg.parts().collect();
-                let header = self.header(seq, seg.len());
-                self.t.send_parts(peer, &header, &parts).await
-            }
+        if let Some(one) = seg.single() {
+            return self.send(peer, one).await;
         }
+        let seq = bump(&self.sent[peer]);
+        let parts: Vec<&[u8]> = seg.parts().collect();
+        self.t
+            .send_parts(peer, &self.header(seq, seg.len()), &parts)
+            .await
     }
 
     /// Receives the next frame from `peer` into a segment, scattering it over its pieces.

@@ -140,13 +140,12 @@ pub(crate) enum RingBuf<'b> {
 impl<'b> RingBuf<'b> {
     /// Cuts the buffer into the ring's chunks and pipeline segments.
     fn cut<T: Transport>(self, cx: &OpCx<'_, T>) -> Segments<'b> {
-        match self {
-            RingBuf::One(buf) => Segments::new(buf, &cx.byte_chunks(buf.len()), cx.seg_bytes),
-            RingBuf::Gather(parts) => {
-                let len = parts.iter().map(|p| p.len()).sum();
-                Segments::gather(parts, &cx.byte_chunks(len), cx.seg_bytes)
-            }
-        }
+        let parts = match self {
+            RingBuf::One(buf) => vec![buf],
+            RingBuf::Gather(parts) => parts,
+        };
+        let len = parts.iter().map(|p| p.len()).sum();
+        Segments::gather(parts, &cx.byte_chunks(len), cx.seg_bytes)
     }
 }
 

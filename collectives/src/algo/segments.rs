@@ -39,6 +39,15 @@ impl<'b> Seg<'b> {
     }
 
     /// The segment as one slice, if it is one.
+    pub(crate) fn single(&self) -> Option<&[u8]> {
+        match &self.parts[..] {
+            [] => Some(&[]),
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The segment as one mutable slice, if it is one.
     pub(crate) fn single_mut(&mut self) -> Option<&mut [u8]> {
         match &mut self.parts[..] {
             [] => Some(&mut []),
