@@ -29,7 +29,9 @@ const LAST_WORD: Duration = Duration::from_millis(20);
 pub enum AlgoChoice {
     /// Recursive doubling up to [`CommConfig::small_bytes`] (or when there are fewer elements
     /// than ranks), halving-doubling up to [`CommConfig::mid_bytes`] on power-of-two worlds of
-    /// 4 or more, the ring above.
+    /// 4 or more, the ring above. Where the transport has a shared-memory arena (every rank on
+    /// one host) and there are 3 ranks or more, the arena replaces recursive doubling and the
+    /// ring: it needs one or two barriers per round where they need a hand-off per step.
     #[default]
     Auto,
     /// Always the ring.
@@ -38,6 +40,9 @@ pub enum AlgoChoice {
     RecursiveDoubling,
     /// Always Rabenseifner's halving-doubling (`hd` on the command line).
     HalvingDoubling,
+    /// Always the shared-memory arena where the transport has one (all ranks on one host),
+    /// else as `Auto`.
+    Arena,
 }
 
 /// Tuning of a [`Communicator`]. Every rank must use the same values for `algo`,
@@ -72,6 +77,9 @@ pub struct CommConfig {
     /// Largest fusion bucket of [`Communicator::allreduce_grouped`] (Horovod's fusion
     /// threshold); tensors at least this large are reduced in place, unpacked.
     pub fusion_bytes: usize,
+    /// Largest arena chunk that every rank reduces whole (one barrier) rather than by parts
+    /// (two barriers, a third of the reads at 8 ranks); see `algo::arena`.
+    pub arena_one_shot_bytes: usize,
 }
 
 impl Default for CommConfig {
@@ -86,6 +94,7 @@ impl Default for CommConfig {
             spin_yield: true,
             reduce_threads: 1,
             fusion_bytes: fusion::DEFAULT_BUCKET_BYTES,
+            arena_one_shot_bytes: 64 * 1024,
         }
     }
 }
@@ -208,23 +217,30 @@ impl<T: Transport> Communicator<T> {
         &self.transport
     }
 
+    /// The transport's shared-memory arena, where every rank has one of some size.
+    fn arena(&self) -> Option<&crate::transport::shm::Arena> {
+        self.transport.arena().filter(|a| a.capacity() > 0)
+    }
+
     /// The allreduce algorithm this communicator picks for `bytes` bytes of `dtype`.
     pub fn allreduce_algo(&self, dtype: DType, bytes: usize) -> Algo {
         let n = self.size();
         if self.config.deterministic {
             return Algo::Direct;
         }
+        let arena = self.arena().is_some();
+        let small = bytes <= self.config.small_bytes || bytes / dtype.size() < n;
+        let hd = n >= 4 && n.is_power_of_two() && bytes <= self.config.mid_bytes;
         match self.config.algo {
             AlgoChoice::Ring => Algo::Ring,
             AlgoChoice::RecursiveDoubling => Algo::RecursiveDoubling,
             AlgoChoice::HalvingDoubling => Algo::HalvingDoubling,
-            AlgoChoice::Auto if bytes <= self.config.small_bytes || bytes / dtype.size() < n => {
-                Algo::RecursiveDoubling
-            }
-            AlgoChoice::Auto if n >= 4 && n.is_power_of_two() && bytes <= self.config.mid_bytes => {
-                Algo::HalvingDoubling
-            }
-            AlgoChoice::Auto => Algo::Ring,
+            AlgoChoice::Arena if arena => Algo::Arena,
+            // Auto, or Arena where there is none.
+            _ if arena && n >= 3 && (small || !hd) => Algo::Arena,
+            _ if small => Algo::RecursiveDoubling,
+            _ if hd => Algo::HalvingDoubling,
+            _ => Algo::Ring,
         }
     }
 
@@ -248,7 +264,9 @@ impl<T: Transport> Communicator<T> {
         // The ring and halving-doubling read an out-of-place input directly; the others work in
         // place on a copy.
         let input = match (algo, input) {
-            (Algo::Ring | Algo::HalvingDoubling, Some(i)) if self.size() > 1 => Some(i),
+            (Algo::Ring | Algo::HalvingDoubling | Algo::Arena, Some(i)) if self.size() > 1 => {
+                Some(i)
+            }
             (_, i) => {
                 i.inspect(|i| buf.copy_from_slice(i));
                 None
@@ -263,13 +281,15 @@ impl<T: Transport> Communicator<T> {
             0,
         );
         let base = self.rank();
-        self.run(sig, ctl, async |cx, scratch| match algo {
+        let one_shot = self.config.arena_one_shot_bytes;
+        self.run(sig, ctl, async |cx, scratch| match (algo, cx.t.arena()) {
             _ if cx.size == 1 => Ok(()),
-            Algo::Ring => {
+            (Algo::Arena, Some(arena)) => algo::arena(cx, arena, buf, input, op, one_shot).await,
+            (Algo::Ring, _) => {
                 algo::ring(cx, RingBuf::One(buf), input, Some(op), true, base, scratch).await
             }
-            Algo::Direct => algo::direct(cx, buf, op, true, scratch).await,
-            Algo::HalvingDoubling => algo::halving_doubling(cx, buf, input, op, scratch).await,
+            (Algo::Direct, _) => algo::direct(cx, buf, op, true, scratch).await,
+            (Algo::HalvingDoubling, _) => algo::halving_doubling(cx, buf, input, op, scratch).await,
             _ => algo::recursive_doubling(cx, buf, op, scratch).await,
         })
         .await
@@ -586,6 +606,10 @@ impl<T: Transport> Communicator<T> {
             self.config.segment_bytes,
         )
         .with_reduce_threads(self.config.reduce_threads);
+        if let Some(a) = self.transport.arena() {
+            // Before anything else of the call: a peer waiting in the arena compares it.
+            a.announce(&cx.header(0, 0));
+        }
         let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
             dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
         let started = Instant::now();

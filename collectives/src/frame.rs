@@ -50,10 +50,12 @@ pub enum Algo {
     Dissemination = 6,
     /// Rabenseifner: reduce-scatter by recursive halving, allgather by recursive doubling.
     HalvingDoubling = 7,
+    /// Through the shared-memory arena of one host: stage, barrier, reduce (see `algo::arena`).
+    Arena = 8,
 }
 
 impl Algo {
-    const ALL: [Algo; 7] = [
+    const ALL: [Algo; 8] = [
         Algo::Ring,
         Algo::RecursiveDoubling,
         Algo::Direct,
@@ -61,6 +63,7 @@ impl Algo {
         Algo::Chain,
         Algo::Dissemination,
         Algo::HalvingDoubling,
+        Algo::Arena,
     ];
 
     /// A short name for reports (`ring`, `rd`, ...).
@@ -73,6 +76,7 @@ impl Algo {
             Algo::Chain => "chain",
             Algo::Dissemination => "dissemination",
             Algo::HalvingDoubling => "hd",
+            Algo::Arena => "arena",
         }
     }
 

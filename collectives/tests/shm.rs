@@ -41,8 +41,10 @@ where
                 .build()
                 .unwrap();
             let out = rt.block_on(async {
+                // The arena's buffers as small as the ring, so that small tests take many rounds.
                 let config = ShmConfig {
                     ring_bytes,
+                    arena_bytes: ring_bytes,
                     ..ShmConfig::default()
                 };
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -74,6 +76,7 @@ enum Mode {
     Ring,
     Rd,
     Hd,
+    Arena,
     Deterministic,
 }
 
@@ -92,10 +95,13 @@ fn allreduce(
         algo: match mode {
             Mode::Ring => AlgoChoice::Ring,
             Mode::Hd => AlgoChoice::HalvingDoubling,
+            Mode::Arena => AlgoChoice::Arena,
             _ => AlgoChoice::RecursiveDoubling,
         },
         deterministic: matches!(mode, Mode::Deterministic),
         segment_bytes: seg,
+        // Below `seg` bytes an arena round is one-shot, above it two-shot.
+        arena_one_shot_bytes: seg,
         ..CommConfig::default()
     };
     let outs = run_ranks(same_secret(n), ring, move |r, t| {
@@ -127,7 +133,13 @@ fn allreduce(
 
 #[test]
 fn allreduce_grid_over_shm() {
-    for mode in [Mode::Ring, Mode::Rd, Mode::Hd, Mode::Deterministic] {
+    for mode in [
+        Mode::Ring,
+        Mode::Rd,
+        Mode::Hd,
+        Mode::Arena,
+        Mode::Deterministic,
+    ] {
         for n in [1, 2, 3, 5] {
             for (dtype, op) in [
                 (DType::F32, ReduceOp::Sum),
@@ -233,7 +245,7 @@ fn a_grouped_ring_reduces_tensors_where_they_lie() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn any_shape_over_shm(mode in prop_oneof![Just(Mode::Ring), Just(Mode::Rd), Just(Mode::Hd), Just(Mode::Deterministic)],
+    fn any_shape_over_shm(mode in prop_oneof![Just(Mode::Ring), Just(Mode::Rd), Just(Mode::Hd), Just(Mode::Arena), Just(Mode::Deterministic)],
                           n in 1usize..=6, d in 0usize..8, o in 0usize..5,
                           count in 0usize..3000, seg in 1usize..2048, ring_log in 12usize..17) {
         allreduce(mode, n, DType::ALL[d], ReduceOp::ALL[o], count, seg, 1 << ring_log);
@@ -285,7 +297,10 @@ fn a_rank_without_the_secret_cannot_attach() {
 
 #[test]
 fn a_dead_peer_fails_the_allreduce_quickly() {
-    for victim in [0, 2] {
+    for (victim, algo) in [(0, AlgoChoice::Ring), (2, AlgoChoice::Ring)]
+        .into_iter()
+        .chain([(0, AlgoChoice::Arena), (3, AlgoChoice::Arena)])
+    {
         let results = run_ranks(same_secret(4), 1 << 16, move |rank, t| async move {
             let t = t?;
             if rank == victim {
@@ -294,7 +309,11 @@ fn a_dead_peer_fails_the_allreduce_quickly() {
                 drop(t);
                 return Ok(Duration::ZERO);
             }
-            let mut comm = Communicator::new(t, 5, CommConfig::default());
+            let cfg = CommConfig {
+                algo,
+                ..CommConfig::default()
+            };
+            let mut comm = Communicator::new(t, 5, cfg);
             let mut buf = vec![1.0f32; 4 << 20];
             let started = Instant::now();
             let ctl = Ctl::timeout(Duration::from_secs(10));
@@ -307,7 +326,7 @@ fn a_dead_peer_fails_the_allreduce_quickly() {
                     err,
                     CollectiveError::PeerLost { .. } | CollectiveError::Aborted { .. }
                 ),
-                "rank {rank}: {err}"
+                "{algo:?} rank {rank}: {err}"
             );
             Ok::<_, CollectiveError>(started.elapsed())
         });
@@ -323,9 +342,19 @@ fn a_dead_peer_fails_the_allreduce_quickly() {
 
 #[test]
 fn deadlines_and_cancellation_are_honoured() {
-    let results = run_ranks(same_secret(3), 1 << 16, |rank, t| async move {
+    for algo in [AlgoChoice::Ring, AlgoChoice::Arena] {
+        deadline_and_cancel(algo);
+    }
+}
+
+fn deadline_and_cancel(algo: AlgoChoice) {
+    let results = run_ranks(same_secret(3), 1 << 16, move |rank, t| async move {
         let t = t?;
-        let mut comm = Communicator::new(t, 5, CommConfig::default());
+        let cfg = CommConfig {
+            algo,
+            ..CommConfig::default()
+        };
+        let mut comm = Communicator::new(t, 5, cfg);
         let mut buf = vec![1.0f32; 1 << 16];
         if rank == 2 {
             // Silent: alive but never joins the allreduce.
@@ -365,4 +394,82 @@ fn deadlines_and_cancellation_are_honoured() {
         t0 < Duration::from_secs(2) && t1 < Duration::from_secs(2),
         "{t0:?} {t1:?}"
     );
+}
+
+#[test]
+fn the_arena_gives_every_rank_the_same_bits_whatever_its_rounds() {
+    // Inexact float inputs: any change of reduction order would show in the low bits.
+    let (n, len) = (5, 50_000);
+    let run = |arena: usize, one_shot: usize| -> Vec<Vec<u32>> {
+        let outs = run_ranks(same_secret(n), arena, move |r, t| async move {
+            let cfg = CommConfig {
+                algo: AlgoChoice::Arena,
+                arena_one_shot_bytes: one_shot,
+                ..CommConfig::default()
+            };
+            let mut comm = Communicator::new(t?, 5, cfg);
+            let mut buf = inexact_tensors(r, &[len]).remove(0);
+            comm.allreduce(&mut buf, ReduceOp::Sum, &ctl()).await?;
+            comm.close(Duration::from_secs(5)).await;
+            Ok::<_, CollectiveError>(buf.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+        });
+        outs.into_iter().map(Result::unwrap).collect()
+    };
+    let inputs: Vec<Vec<f32>> = (0..n)
+        .map(|r| inexact_tensors(r, &[len]).remove(0))
+        .collect();
+    let in_rank_order: Vec<u32> = (0..len)
+        .map(|i| {
+            (1..n)
+                .fold(inputs[0][i], |acc, r| acc + inputs[r][i])
+                .to_bits()
+        })
+        .collect();
+    // 4 KiB rounds split in parts (two-shot), and one whole round (one-shot).
+    for outs in [run(4096, 0), run(1 << 20, 1 << 20)] {
+        for (r, out) in outs.iter().enumerate() {
+            assert!(
+                *out == in_rank_order,
+                "rank {r} differs from the rank-order sum"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_mismatched_call_in_the_arena_fails_every_rank_promptly() {
+    // Case 0: rank 1 reduces more elements than the others, all in the arena. Case 1: rank 2
+    // runs the ring while the others wait in the arena.
+    for case in 0..2 {
+        let results = run_ranks(same_secret(3), 1 << 16, move |r, t| async move {
+            let algo = match (case, r) {
+                (1, 2) => AlgoChoice::Ring,
+                _ => AlgoChoice::Arena,
+            };
+            let cfg = CommConfig {
+                algo,
+                ..CommConfig::default()
+            };
+            let mut comm = Communicator::new(t?, 5, cfg);
+            let mut buf = vec![1.0f32; if (case, r) == (0, 1) { 5000 } else { 4000 }];
+            let started = Instant::now();
+            let ctl = Ctl::timeout(Duration::from_secs(20));
+            let err = comm
+                .allreduce(&mut buf, ReduceOp::Sum, &ctl)
+                .await
+                .expect_err("a mismatched call cannot succeed");
+            Ok::<_, CollectiveError>((err, started.elapsed()))
+        });
+        for (r, res) in results.into_iter().enumerate() {
+            let (err, took) = res.unwrap();
+            assert!(
+                matches!(err, CollectiveError::Mismatch { .. }),
+                "case {case} rank {r}: {err}"
+            );
+            assert!(
+                took < Duration::from_secs(3),
+                "case {case} rank {r}: {took:?}"
+            );
+        }
+    }
 }

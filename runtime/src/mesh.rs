@@ -203,6 +203,10 @@ impl Transport for EpochTransport {
         each!(self, t => t.waiting_on())
     }
 
+    fn arena(&self) -> Option<&shm::Arena> {
+        each!(self, t => t.arena())
+    }
+
     async fn close(&self, within: Duration) {
         each!(self, t => t.close(within).await)
     }

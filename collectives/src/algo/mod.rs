@@ -4,6 +4,7 @@
 //! header) and per-link frame counters. Algorithms never allocate per segment: they receive into
 //! the communicator's [`Scratch`] or straight into the destination.
 
+mod arena;
 mod barrier;
 mod broadcast;
 mod direct;
@@ -14,6 +15,7 @@ mod segments;
 
 use std::{cell::Cell, ops::Range};
 
+pub(crate) use arena::arena;
 pub(crate) use barrier::dissemination;
 pub(crate) use broadcast::{chain, tree};
 pub(crate) use direct::direct;

@@ -97,6 +97,12 @@ pub trait Transport {
     /// The peer a receive is currently blocked on, for timeout reports.
     fn waiting_on(&self) -> Option<usize>;
 
+    /// The shared-memory arena of the ranks (all of them on one host), if the transport has
+    /// one: `Algo::Arena` runs on it.
+    fn arena(&self) -> Option<&shm::Arena> {
+        None
+    }
+
     /// Graceful end, bounded by `within`: ends this rank's side of every link, then waits until
     /// every peer has ended its side too. A peer still finishing the last operation (it may
     /// need bytes this rank already sent, or still be writing) is not cut off by an early close.
@@ -154,6 +160,10 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 
     fn waiting_on(&self) -> Option<usize> {
         (**self).waiting_on()
+    }
+
+    fn arena(&self) -> Option<&shm::Arena> {
+        (**self).arena()
     }
 
     async fn close(&self, within: Duration) {

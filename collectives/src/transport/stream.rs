@@ -16,7 +16,7 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::Transport;
+use super::{Transport, shm::Arena};
 use crate::{
     error::{CollectiveError, Result},
     frame::{
@@ -84,6 +84,8 @@ pub struct StreamTransport<R, W> {
     readers: Vec<Option<Mutex<Reader<R>>>>,
     writers: Vec<Option<Mutex<Writer<W>>>>,
     waiting_on: AtomicUsize,
+    /// Shared memory's host arena (see `shm::Arena`), where the links are shared-memory rings.
+    arena: Option<Arena>,
     // Keeps alive what the streams depend on (a QUIC endpoint, say); dropped last.
     _owner: Option<Box<dyn Any + Send + Sync>>,
 }
@@ -123,7 +125,16 @@ where
             readers,
             writers,
             waiting_on: AtomicUsize::new(NOT_WAITING),
+            arena: None,
             _owner: owner,
+        }
+    }
+
+    /// The same transport with a host arena beside its links.
+    pub fn with_arena(self, arena: Arena) -> Self {
+        StreamTransport {
+            arena: Some(arena),
+            ..self
         }
     }
 
@@ -319,6 +330,14 @@ where
         };
         let peers = (0..self.size()).filter(|p| *p != self.rank).map(tell);
         let _ = tokio::time::timeout(within, futures_util::future::join_all(peers)).await;
+        // After the frames, so that a peer woken in the arena finds the reason on its link.
+        if let Some(a) = &self.arena {
+            a.abort();
+        }
+    }
+
+    fn arena(&self) -> Option<&Arena> {
+        self.arena.as_ref()
     }
 
     fn waiting_on(&self) -> Option<usize> {

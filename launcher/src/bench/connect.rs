@@ -60,6 +60,10 @@ impl Setup<'_> {
                 .unwrap_or(ShmConfig::default().ring_bytes),
             spin: self.config.spin,
             spin_yield: Some(self.config.spin_yield),
+            arena_bytes: self
+                .args
+                .shm_arena_bytes
+                .unwrap_or(ShmConfig::default().arena_bytes),
         }
     }
 

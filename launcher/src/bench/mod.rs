@@ -69,7 +69,8 @@ pub(crate) struct BenchArgs {
     /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-    /// Allreduce algorithm (`tree` is recursive doubling, `hd` Rabenseifner's halving-doubling).
+    /// Allreduce algorithm (`tree` is recursive doubling, `hd` Rabenseifner's halving-doubling,
+    /// `arena` the shared-memory arena of ranks on one host).
     #[arg(long, value_enum, default_value_t = AlgoArg::Auto)]
     algo: AlgoArg,
     /// Reduce in rank order, independent of algorithm and ring position.
@@ -88,6 +89,12 @@ pub(crate) struct BenchArgs {
     /// Bytes of each shared-memory ring (`--transport shm`).
     #[arg(long, value_parser = parse_size)]
     shm_ring_bytes: Option<usize>,
+    /// Bytes of each of a rank's two shared-memory arena buffers (0: no arena).
+    #[arg(long, value_parser = parse_size)]
+    shm_arena_bytes: Option<usize>,
+    /// Largest arena chunk every rank reduces whole (one barrier instead of two).
+    #[arg(long, value_parser = parse_size)]
+    arena_one_shot_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
@@ -167,6 +174,8 @@ enum AlgoArg {
     Tree,
     /// Rabenseifner's halving-doubling.
     Hd,
+    /// The shared-memory arena (ranks on one host; elsewhere as `auto`).
+    Arena,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -270,6 +279,7 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
             AlgoArg::Ring => AlgoChoice::Ring,
             AlgoArg::Tree => AlgoChoice::RecursiveDoubling,
             AlgoArg::Hd => AlgoChoice::HalvingDoubling,
+            AlgoArg::Arena => AlgoChoice::Arena,
         },
         deterministic: args.deterministic,
         segment_bytes: args.segment_bytes.unwrap_or(defaults.segment_bytes),
@@ -279,6 +289,9 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         spin_yield: defaults.spin_yield,
         reduce_threads: args.reduce_threads.unwrap_or(defaults.reduce_threads),
         fusion_bytes: args.fusion_bytes.unwrap_or(defaults.fusion_bytes),
+        arena_one_shot_bytes: args
+            .arena_one_shot_bytes
+            .unwrap_or(defaults.arena_one_shot_bytes),
     };
     let setup = connect::Setup {
         args,

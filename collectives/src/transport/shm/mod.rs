@@ -24,6 +24,7 @@
 
 #![allow(unsafe_code)] // mmap, raw ring copies and pidfd polling; each block has a SAFETY note.
 
+mod arena;
 mod ring;
 mod segment;
 mod wake;
@@ -33,6 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use arena::Arena;
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
 
@@ -66,6 +68,9 @@ pub struct ShmConfig {
     /// Whether spinning yields the CPU between rounds; `None`: when the ranks of the mesh
     /// outnumber this host's cores (see [`CommConfig::spin_yield`](crate::CommConfig::spin_yield)).
     pub spin_yield: Option<bool>,
+    /// Bytes of each of a rank's two arena buffers (rounded up to a page; 0: no arena, so
+    /// `Algo::Arena` is never picked). An arena allreduce moves at most this much per round.
+    pub arena_bytes: usize,
 }
 
 impl Default for ShmConfig {
@@ -74,6 +79,7 @@ impl Default for ShmConfig {
             ring_bytes: 1 << 20,
             spin: Duration::from_micros(50),
             spin_yield: None,
+            arena_bytes: 1 << 20,
         }
     }
 }
@@ -124,6 +130,7 @@ async fn form<B: Transport>(
         pid: std::process::id(),
         ring_bytes: config.ring_bytes.max(4096).next_power_of_two() as u64,
         doorbell: local.name,
+        arena_bytes: config.arena_bytes.next_multiple_of(4096) as u64,
     };
     let mut own = Owned::create(&id, secret)?;
     let peers: Vec<usize> = (0..n).filter(|p| *p != me).collect();
@@ -161,12 +168,20 @@ async fn form<B: Transport>(
 
     let own_map = own.map.clone();
     let mut links: Vec<Option<Link<ShmReader, ShmWriter>>> = (0..n).map(|_| None).collect();
+    let mut maps = vec![own_map.clone(); n];
+    let mut arena_peers = vec![None; n];
     for (map, peer) in theirs {
         let p = peer.rank;
+        maps[p] = map.clone();
+        arena_peers[p] = Some(peer.clone());
         let (reader, writer) = ring::link(&own_map, &map, me, peer, &local);
         links[p] = Some(Link { reader, writer });
     }
-    Ok(StreamTransport::new(me, links, None))
+    let transport = StreamTransport::new(me, links, None);
+    Ok(match id.arena_bytes {
+        0 => transport,
+        _ => transport.with_arena(Arena::new(me, maps, arena_peers, local)),
+    })
 }
 
 /// Opens, verifies and maps peer `p`'s segment, named by `raw` (zero-padded).

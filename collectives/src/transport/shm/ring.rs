@@ -193,10 +193,13 @@ impl ShmReader {
             let tail = self.tail;
             let ready = || ctl.head.load(Ordering::Acquire) != tail;
             let (local, peer) = (&self.local, &self.peer);
-            match self
-                .wait
-                .poll(cx, local, peer, &ctl.consumer_waiting, ready)
-            {
+            match self.wait.poll(
+                cx,
+                local,
+                || peer.check_alive(),
+                &ctl.consumer_waiting,
+                ready,
+            ) {
                 Poll::Ready(Ok(())) => self.seen_head = ctl.head.load(Ordering::Acquire),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -300,10 +303,13 @@ impl AsyncWrite for ShmWriter {
             let head = this.head;
             let ready = || head - ctl.tail.load(Ordering::Acquire) < cap;
             let (local, peer) = (&this.local, &this.peer);
-            match this
-                .wait
-                .poll(cx, local, peer, &ctl.producer_waiting, ready)
-            {
+            match this.wait.poll(
+                cx,
+                local,
+                || peer.check_alive(),
+                &ctl.producer_waiting,
+                ready,
+            ) {
                 Poll::Ready(Ok(())) => this.seen_tail = ctl.tail.load(Ordering::Acquire),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,

@@ -2,11 +2,13 @@
 //! the mapping.
 //!
 //! Layout: a 4 KiB header page, then one 128-byte control block per rank (the ring *from* that
-//! rank into this one; the slot of the owner itself is never used), padded to a page, then one
-//! data area of `ring_bytes` per rank.
+//! rank into this one; the slot of the owner itself is never used), padded to a page, then the
+//! owner's arena control page (`arena`), then one data area of `ring_bytes` per rank, then the
+//! owner's two arena buffers of `arena_bytes` each (written by the owner, read by every rank).
 //!
-//! Header (little endian): magic `RRSHM001` | rank u32 | size u32 | epoch u64 | pid u32 |
-//! reserved u32 | ring bytes u64 | nonce (32) | doorbell name (64) | MAC (32). The MAC is
+//! Header (little endian): magic `RRSHM002` | rank u32 | size u32 | epoch u64 | pid u32 |
+//! reserved u32 | ring bytes u64 | nonce (32) | doorbell name (64) | arena bytes u64 |
+//! MAC (32). The MAC is
 //! `HMAC(job secret, label | header before the MAC | file name)`, so a process without the
 //! secret can neither forge a segment nor make a rank accept another rank's segment.
 
@@ -32,10 +34,14 @@ pub(super) const DOORBELL_LEN: usize = 64;
 pub(super) const CTL_BYTES: usize = 128;
 const HEADER_BYTES: usize = 4096;
 const PAGE: usize = 4096;
-const MAGIC: [u8; 8] = *b"RRSHM001";
-const MAC_LABEL: &str = "ringrun shm segment v1";
+const MAGIC: [u8; 8] = *b"RRSHM002";
+const MAC_LABEL: &str = "ringrun shm segment v2";
 /// Header bytes covered by the MAC; the MAC follows them.
-const SIGNED_LEN: usize = 136;
+const SIGNED_LEN: usize = 144;
+/// Bytes of the arena control page.
+pub(super) const ARENA_CTL_BYTES: usize = PAGE;
+/// Largest arena buffer a header may ask us to map.
+const MAX_ARENA: u64 = 1 << 30;
 const MAC_AT: usize = SIGNED_LEN;
 /// Largest world a segment is made for (bounds what a header may ask us to map).
 const MAX_RANKS: u32 = 4096;
@@ -49,11 +55,21 @@ pub(super) struct Identity {
     pub(super) pid: u32,
     pub(super) ring_bytes: u64,
     pub(super) doorbell: [u8; DOORBELL_LEN],
+    /// Bytes of each of the owner's two arena buffers (a multiple of the page; 0: no arena).
+    pub(super) arena_bytes: u64,
 }
 
 impl Identity {
+    fn rings_at(&self) -> usize {
+        HEADER_BYTES + ctl_area(self.size as usize) + ARENA_CTL_BYTES
+    }
+
+    fn arena_at(&self) -> usize {
+        self.rings_at() + self.size as usize * self.ring_bytes as usize
+    }
+
     fn total_len(&self) -> usize {
-        HEADER_BYTES + ctl_area(self.size as usize) + self.size as usize * self.ring_bytes as usize
+        self.arena_at() + 2 * self.arena_bytes as usize
     }
 
     fn encode(&self, nonce: &[u8; 32]) -> [u8; SIGNED_LEN] {
@@ -66,6 +82,7 @@ impl Identity {
         h[32..40].copy_from_slice(&self.ring_bytes.to_le_bytes());
         h[40..72].copy_from_slice(nonce);
         h[72..136].copy_from_slice(&self.doorbell);
+        h[136..144].copy_from_slice(&self.arena_bytes.to_le_bytes());
         h
     }
 
@@ -84,9 +101,11 @@ impl Identity {
             pid: u32_at(24),
             ring_bytes: u64_at(32),
             doorbell,
+            arena_bytes: u64_at(136),
         };
         let ring_ok = id.ring_bytes.is_power_of_two() && id.ring_bytes <= 1 << 30;
-        if id.size == 0 || id.size > MAX_RANKS || !ring_ok || id.rank >= id.size {
+        let arena_ok = id.arena_bytes.is_multiple_of(PAGE as u64) && id.arena_bytes <= MAX_ARENA;
+        if id.size == 0 || id.size > MAX_RANKS || !ring_ok || !arena_ok || id.rank >= id.size {
             return Err(format!("implausible segment header {id:?}"));
         }
         Ok(id)
@@ -103,6 +122,9 @@ pub(super) struct Mapping {
     len: usize,
     size: usize,
     ring_bytes: usize,
+    rings_at: usize,
+    arena_at: usize,
+    arena_bytes: usize,
 }
 
 // SAFETY: the mapping is plain shared memory that lives until `drop`; every access through it
@@ -137,6 +159,9 @@ impl Mapping {
             len,
             size: id.size as usize,
             ring_bytes: id.ring_bytes as usize,
+            rings_at: id.rings_at(),
+            arena_at: id.arena_at(),
+            arena_bytes: id.arena_bytes as usize,
         })
     }
 
@@ -150,10 +175,25 @@ impl Mapping {
     /// Data area of the ring from rank `from`, and its length.
     pub(super) fn data(&self, from: usize) -> (NonNull<u8>, usize) {
         assert!(from < self.size, "ring slot {from} outside the segment");
-        let at = HEADER_BYTES + ctl_area(self.size) + from * self.ring_bytes;
+        let at = self.rings_at + from * self.ring_bytes;
         debug_assert!(at + self.ring_bytes <= self.len);
         // SAFETY: in bounds of the mapping, as computed by `Identity::total_len`.
         (unsafe { self.ptr.add(at) }, self.ring_bytes)
+    }
+
+    /// The owner's arena control page (page-aligned).
+    pub(super) fn arena_ctl(&self) -> NonNull<u8> {
+        // SAFETY: the page before the rings, inside the mapping (`Identity::rings_at`).
+        unsafe { self.ptr.add(self.rings_at - ARENA_CTL_BYTES) }
+    }
+
+    /// The owner's arena buffer `parity` (0 or 1), and its length (0: no arena).
+    pub(super) fn arena_buf(&self, parity: usize) -> (NonNull<u8>, usize) {
+        assert!(parity < 2, "arena buffer {parity}");
+        let at = self.arena_at + parity * self.arena_bytes;
+        debug_assert!(at + self.arena_bytes <= self.len);
+        // SAFETY: in bounds of the mapping, as computed by `Identity::total_len`.
+        (unsafe { self.ptr.add(at) }, self.arena_bytes)
     }
 }
 
@@ -315,6 +355,7 @@ mod tests {
             pid: std::process::id(),
             ring_bytes: 4096,
             doorbell: [7; DOORBELL_LEN],
+            arena_bytes: 8192,
         };
         let secret = JobSecret::from_bytes(b"segment test");
         let mut seg = Owned::create(&id, &secret).unwrap();

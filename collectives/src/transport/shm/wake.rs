@@ -139,7 +139,7 @@ impl Peer {
     }
 
     /// `Err` once the peer process has exited (its pidfd turned readable).
-    fn check_alive(&self) -> io::Result<()> {
+    pub(super) fn check_alive(&self) -> io::Result<()> {
         let Some(fd) = &self.pidfd else { return Ok(()) };
         let mut p = libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -195,12 +195,12 @@ impl Waiter {
     }
 
     /// Waits a little for `ready`: `Ready(Ok)` when it holds, `Pending` with a wake-up
-    /// arranged, or an error once the peer is dead.
+    /// arranged, or the error of `alive` (checked at every park timeout) once a peer is dead.
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
         local: &Local,
-        peer: &Peer,
+        alive: impl Fn() -> io::Result<()>,
         flag: &AtomicU32,
         ready: impl Fn() -> bool,
     ) -> Poll<io::Result<()>> {
@@ -232,7 +232,7 @@ impl Waiter {
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.step)));
         if timer.as_mut().poll(cx).is_ready() {
-            peer.check_alive()?;
+            alive()?;
             self.step = (self.step * 2).min(PARK_MAX);
             self.timer = None;
             cx.waker().wake_by_ref();

@@ -1,0 +1,333 @@
+//! The host arena: each rank's two staging buffers, in its own segment and readable by every
+//! rank of the host, and a phase counter per rank.
+//!
+//! On it `algo::arena` runs an allreduce as one or two barriers per chunk instead of the ring's
+//! `2 (n - 1)` hand-offs, which is what wins where ranks outnumber cores and every hand-off
+//! waits for the scheduler. This module owns the memory and the synchronisation; the algorithm
+//! (which chunk, which part, when to wait) lives in `algo::arena`.
+//!
+//! Protocol. A rank writes only its own buffers and control page, and everyone reads them. A
+//! rank *publishes* by bumping its phase counter (`Release`) after writing; a reader waits until
+//! every rank's counter reaches the phase it needs (`Acquire`) before reading what that phase
+//! covers. Every rank publishes the same number of phases per operation, so a phase number
+//! names the same step on every rank. The two buffers alternate by round (`next_buffer`):
+//! before a rank stages round `t` into buffer `t % 2`, it has waited in round `t - 1` for every
+//! rank's first phase, which every rank publishes only after it finished reading round
+//! `t - 2`, so the buffer is free.
+//!
+//! Agreement. At the start of every operation a rank *announces* its operation header
+//! (seqlock-protected, so a reader never acts on a torn copy). A waiting rank that finds a peer
+//! announcing the same operation id with another signature fails with `Mismatch`, whichever
+//! algorithm that peer runs, and each rank compares all headers after its first wait.
+//!
+//! Failure. A rank whose operation fails marks its arena aborted (after its error frames went
+//! out on the rings, so `last_word` finds them); a dropped arena marks itself closed; both ring
+//! every peer. A waiter sees either as `PeerLost` for that rank, and a dead process through
+//! the pidfd check of `wake::Waiter`, within milliseconds.
+
+use std::{
+    cell::Cell,
+    future::Future,
+    ops::Range,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering, fence},
+    },
+    task::{Context, Poll},
+};
+
+use super::{
+    segment::{ARENA_CTL_BYTES, Mapping},
+    wake::{Local, Peer, Waiter},
+};
+use crate::{
+    dtype::{DType, ReduceOp},
+    error::{CollectiveError, Result},
+    frame::{HEADER_LEN, Header},
+    reduce::{self, Order},
+};
+
+/// Bytes reduced per pass over the inputs: the accumulator stays in the L1 cache.
+const BLOCK: usize = 16 * 1024;
+const ABORTED: u32 = 1;
+const CLOSED: u32 = 2;
+
+/// One rank's arena control page; each group on its own cache line.
+#[repr(C, align(64))]
+struct Ctl {
+    /// Phases the owner has published.
+    phase: AtomicU64,
+    _phase_line: [u8; 56],
+    /// The owner parked waiting for the others.
+    waiting: AtomicU32,
+    /// 0 while usable, then [`ABORTED`] or [`CLOSED`].
+    state: AtomicU32,
+    _state_line: [u8; 56],
+    /// Seqlock over `header`: odd while the owner rewrites it.
+    seq: AtomicU64,
+    header: [AtomicU64; HEADER_LEN / 8],
+    _header_line: [u8; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<Ctl>() <= ARENA_CTL_BYTES);
+
+/// This rank's view of the arenas of every rank on the host.
+pub struct Arena {
+    rank: usize,
+    /// Every rank's segment by rank, this rank's own included.
+    maps: Vec<Arc<Mapping>>,
+    /// Every other rank (`None` at this rank's index).
+    peers: Vec<Option<Arc<Peer>>>,
+    local: Arc<Local>,
+    bytes: usize,
+    rounds: AtomicU64,
+}
+
+impl Arena {
+    pub(super) fn new(
+        rank: usize,
+        maps: Vec<Arc<Mapping>>,
+        peers: Vec<Option<Arc<Peer>>>,
+        local: Arc<Local>,
+    ) -> Arena {
+        let bytes = maps.iter().map(|m| m.arena_buf(0).1).min().unwrap_or(0);
+        Arena {
+            rank,
+            maps,
+            peers,
+            local,
+            bytes,
+            rounds: AtomicU64::new(0),
+        }
+    }
+
+    /// Ranks sharing the arena.
+    pub fn size(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Bytes of each staging buffer: the largest chunk one round moves.
+    pub fn capacity(&self) -> usize {
+        self.bytes
+    }
+
+    fn ctl(&self, rank: usize) -> &Ctl {
+        // SAFETY: the control page is page-aligned inside a live mapping (`self.maps`), zero-filled
+        // by the kernel when the file was sized; all-zero bytes are valid atomics, and every
+        // process only touches it through these atomics.
+        unsafe { self.maps[rank].arena_ctl().cast::<Ctl>().as_ref() }
+    }
+
+    /// Tells the other ranks which operation this rank is in (call before anything else of it).
+    pub(crate) fn announce(&self, header: &Header) {
+        let ctl = self.ctl(self.rank);
+        let s = ctl.seq.load(Ordering::Relaxed);
+        ctl.seq.store(s | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (word, bytes) in ctl.header.iter().zip(header.encode().chunks_exact(8)) {
+            let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            word.store(v, Ordering::Relaxed);
+        }
+        ctl.seq.store((s | 1) + 1, Ordering::Release);
+    }
+
+    /// The header `rank` announced last, if it is not being rewritten right now.
+    fn announced(&self, rank: usize) -> Option<Header> {
+        let ctl = self.ctl(rank);
+        let before = ctl.seq.load(Ordering::Acquire);
+        let mut raw = [0u8; HEADER_LEN];
+        for (word, bytes) in ctl.header.iter().zip(raw.chunks_exact_mut(8)) {
+            bytes.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        fence(Ordering::Acquire);
+        let stable =
+            before.is_multiple_of(2) && before != 0 && ctl.seq.load(Ordering::Relaxed) == before;
+        stable.then(|| Header::decode(&raw).ok()).flatten()
+    }
+
+    /// `Mismatch` if a rank announced `expect`'s operation with another signature.
+    pub(crate) fn verify(&self, expect: &Header) -> Result<()> {
+        for r in (0..self.size()).filter(|r| *r != self.rank) {
+            match self.announced(r) {
+                Some(h) if h.op_id == expect.op_id => {
+                    Header::check(expect, &h).map_err(|detail| CollectiveError::Mismatch {
+                        rank: r,
+                        detail: format!("rank {r}'s call differs: {detail}"),
+                    })?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Which buffer the next round stages into.
+    pub(crate) fn next_buffer(&self) -> usize {
+        (self.rounds.fetch_add(1, Ordering::Relaxed) % 2) as usize
+    }
+
+    /// Copies `src` into this rank's buffer `buf` at byte `at`.
+    pub(crate) fn stage(&self, buf: usize, at: usize, src: &[u8]) {
+        let (base, len) = self.maps[self.rank].arena_buf(buf);
+        assert!(at + src.len() <= len, "staging past the arena buffer");
+        // SAFETY: inside this rank's own buffer, which no rank reads until this rank publishes
+        // the phase covering it (the protocol above); `src` is ordinary memory of this process.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.as_ptr().add(at), src.len()) };
+    }
+
+    /// Bytes `range` of `rank`'s buffer `buf`.
+    fn view(&self, rank: usize, buf: usize, range: Range<usize>) -> &[u8] {
+        let (base, len) = self.maps[rank].arena_buf(buf);
+        assert!(
+            range.start <= range.end && range.end <= len,
+            "outside the arena"
+        );
+        // SAFETY: inside the live mapping of `rank`'s segment. The caller waited for the phase in
+        // which `rank` published these bytes, and `rank` does not write them again before every
+        // rank has published a later phase (the protocol above), so they do not change under
+        // this borrow.
+        unsafe { std::slice::from_raw_parts(base.as_ptr().add(range.start), range.len()) }
+    }
+
+    /// `out = buf₀[range] ⊕ buf₁[range] ⊕ …` over every rank's buffer, in rank order (so every
+    /// rank computing the same range gets the same bits).
+    pub(crate) fn reduce_into(
+        &self,
+        buf: usize,
+        range: Range<usize>,
+        dtype: DType,
+        op: ReduceOp,
+        out: &mut [u8],
+    ) {
+        let srcs: Vec<&[u8]> = (0..self.size())
+            .map(|r| self.view(r, buf, range.clone()))
+            .collect();
+        for (i, o) in out.chunks_mut(BLOCK).enumerate() {
+            let at = i * BLOCK..i * BLOCK + o.len();
+            match &srcs[..] {
+                [only] => o.copy_from_slice(&only[at]),
+                [a, b, rest @ ..] => {
+                    reduce::reduce_from(dtype, op, o, &a[at.clone()], &b[at.clone()]);
+                    for s in rest {
+                        reduce::reduce(dtype, op, Order::DstFirst, o, &s[at.clone()]);
+                    }
+                }
+                [] => unreachable!("an arena has at least this rank"),
+            }
+        }
+    }
+
+    /// Copies bytes `range` of `rank`'s buffer `buf` into `out`.
+    pub(crate) fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8]) {
+        out.copy_from_slice(self.view(rank, buf, range));
+    }
+
+    /// Publishes everything this rank wrote so far as its next phase; returns its number.
+    pub(crate) fn publish(&self) -> u64 {
+        let phase = self.ctl(self.rank).phase.fetch_add(1, Ordering::Release) + 1;
+        for (r, peer) in self.peers.iter().enumerate() {
+            if let Some(peer) = peer {
+                self.local.notify(peer, &self.ctl(r).waiting);
+            }
+        }
+        phase
+    }
+
+    /// Waits until every rank has published `phase`; fails on a peer that aborted, closed, died
+    /// or announced `expect`'s operation with another signature.
+    pub(crate) fn wait_all(&self, phase: u64, expect: &Header) -> WaitAll<'_> {
+        WaitAll {
+            arena: self,
+            phase,
+            expect: *expect,
+            wait: Waiter::new(),
+            dead: Cell::new(None),
+        }
+    }
+
+    fn reached(&self, phase: u64) -> bool {
+        (0..self.size()).all(|r| self.ctl(r).phase.load(Ordering::Acquire) >= phase)
+    }
+
+    fn trouble(&self, expect: &Header) -> Result<()> {
+        for r in (0..self.size()).filter(|r| *r != self.rank) {
+            let reason = match self.ctl(r).state.load(Ordering::Acquire) {
+                0 => continue,
+                ABORTED => format!("rank {r} gave up on the operation"),
+                _ => format!("rank {r} closed its end"),
+            };
+            return Err(CollectiveError::PeerLost { rank: r, reason });
+        }
+        self.verify(expect)
+    }
+
+    fn set_state(&self, state: u32) {
+        self.ctl(self.rank).state.store(state, Ordering::Release);
+        for peer in self.peers.iter().flatten() {
+            self.local.ring(peer);
+        }
+    }
+
+    /// Marks this rank's arena unusable after a failed operation and wakes every peer.
+    pub(crate) fn abort(&self) {
+        self.set_state(ABORTED);
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        self.set_state(CLOSED);
+    }
+}
+
+/// [`Arena::wait_all`]'s future.
+pub(crate) struct WaitAll<'a> {
+    arena: &'a Arena,
+    phase: u64,
+    expect: Header,
+    wait: Waiter,
+    dead: Cell<Option<usize>>,
+}
+
+impl Future for WaitAll<'_> {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = &mut *self;
+        let arena = this.arena;
+        let flag = &arena.ctl(arena.rank).waiting;
+        if arena.reached(this.phase) {
+            this.wait.done(flag);
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = arena.trouble(&this.expect) {
+            this.wait.done(flag);
+            return Poll::Ready(Err(e));
+        }
+        let alive = || {
+            for peer in arena.peers.iter().flatten() {
+                if let Err(e) = peer.check_alive() {
+                    this.dead.set(Some(peer.rank));
+                    return Err(e);
+                }
+            }
+            Ok(())
+        };
+        let phase = this.phase;
+        match this
+            .wait
+            .poll(cx, &arena.local, alive, flag, || arena.reached(phase))
+        {
+            Poll::Ready(Ok(())) => {
+                this.wait.done(flag);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(CollectiveError::PeerLost {
+                rank: this.dead.get().unwrap_or(arena.rank),
+                reason: e.to_string(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
