@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Medians of mid_rounds.sh output: busbw per N, size and algorithm, and ratios to Open MPI."""
+"""Medians of mid_rounds.sh output per N, size and algorithm, and ratios to Open MPI.
+
+From 64 KiB up the table shows busbw (GB/s) and ringrun ÷ Open MPI; below, where busbw rounds
+to nothing, time per call (µs) and Open MPI's time ÷ ringrun's (so above 1 is faster, as for
+busbw)."""
 import collections
 import re
 import statistics
 import sys
 
+BUSBW_FROM = 64 * 1024
 runs = collections.defaultdict(list)
 algos, cur = [], None
 for line in open(sys.argv[1]):
@@ -18,22 +23,31 @@ for line in open(sys.argv[1]):
     if cur is None or len(f) < 9 or not f[0].isdigit():
         continue
     n, who, size = cur[0], cur[1], int(f[0])
-    if who == "mpi":  # mpi_allreduce.py: busbw is column 7
-        runs[(n, size, "mpi")].append(float(f[6]))
-    else:  # nccl-tests layout: out-of-place busbw column 8, in-place column 12
-        runs[(n, size, who + " oop")].append(float(f[7]))
-        runs[(n, size, who + " ip")].append(float(f[11]))
+    big = size >= BUSBW_FROM
+    if who == "mpi":  # mpi_allreduce.py: time column 5, busbw column 7
+        runs[(n, size, "mpi")].append(float(f[6] if big else f[4]))
+    else:  # nccl-tests layout: out of place time 6, busbw 8; in place time 10, busbw 12
+        runs[(n, size, who + " oop")].append(float(f[7] if big else f[5]))
+        runs[(n, size, who + " ip")].append(float(f[11] if big else f[9]))
 
 med = lambda n, s, k: statistics.median(runs[(n, s, k)])
-head = ["N", "size", "Open MPI (runs)"] + [f"{a} oop / ip" for a in algos]
+
+
+def ratio(n, s, key, mpi):
+    mine = med(n, s, key)
+    return mine / mpi if s >= BUSBW_FROM else mpi / mine
+
+
+head = ["N", "size", "unit", "Open MPI (runs)"] + [f"{a} oop / ip" for a in algos]
 head += [f"{a} ÷ MPI oop / ip" for a in algos]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for n in sorted({k[0] for k in runs}):
     for s in sorted({k[1] for k in runs if k[0] == n}):
         mpi = med(n, s, "mpi")
-        row = [str(n), f"{s >> 10} KiB"]
+        label = f"{s >> 10} KiB" if s >= 1024 else f"{s} B"
+        row = [str(n), label, "GB/s" if s >= BUSBW_FROM else "µs"]
         row.append(f"{mpi:.2f} ({', '.join(f'{x:.2f}' for x in runs[(n, s, 'mpi')])})")
         row += [f"{med(n, s, a + ' oop'):.2f} / {med(n, s, a + ' ip'):.2f}" for a in algos]
-        row += [f"{med(n, s, a + ' oop') / mpi:.2f} / {med(n, s, a + ' ip') / mpi:.2f}" for a in algos]
+        row += [f"{ratio(n, s, a + ' oop', mpi):.2f} / {ratio(n, s, a + ' ip', mpi):.2f}" for a in algos]
         print("| " + " | ".join(row) + " |")

@@ -31,7 +31,8 @@ pub enum AlgoChoice {
     /// than ranks), halving-doubling up to [`CommConfig::mid_bytes`] on power-of-two worlds of
     /// 4 or more, the ring above. Where the transport has a shared-memory arena (every rank on
     /// one host) and there are 3 ranks or more, the arena replaces recursive doubling and the
-    /// ring: it needs one or two barriers per round where they need a hand-off per step.
+    /// ring, and from 8 ranks halving-doubling too: it needs one or two barriers per round
+    /// where they need a hand-off per step.
     #[default]
     Auto,
     /// Always the ring.
@@ -236,8 +237,9 @@ impl<T: Transport> Communicator<T> {
             AlgoChoice::RecursiveDoubling => Algo::RecursiveDoubling,
             AlgoChoice::HalvingDoubling => Algo::HalvingDoubling,
             AlgoChoice::Arena if arena => Algo::Arena,
-            // Auto, or Arena where there is none.
-            _ if arena && n >= 3 && (small || !hd) => Algo::Arena,
+            // Auto, or Arena where there is none. Halving-doubling's 2 log2 n hand-offs still
+            // beat the arena's barriers at mid sizes on 4 ranks, not on 8 (on two cores).
+            _ if arena && n >= 3 && (small || !hd || n >= 8) => Algo::Arena,
             _ if small => Algo::RecursiveDoubling,
             _ if hd => Algo::HalvingDoubling,
             _ => Algo::Ring,

@@ -16,7 +16,10 @@ use crate::{
     error::Result,
     reduce::finish_avg,
     schedule,
-    transport::{Transport, shm::Arena},
+    transport::{
+        Transport,
+        shm::{Arena, Own},
+    },
 };
 
 use super::OpCx;
@@ -38,28 +41,41 @@ pub(crate) async fn arena<T: Transport>(
     let rounds = buf.len().div_ceil(chunk).max(1);
     for i in 0..rounds {
         let range = i * chunk..((i + 1) * chunk).min(buf.len());
-        let b = arena.next_buffer();
-        arena.stage(b, 0, &input.unwrap_or(buf)[range.clone()]);
-        arena.wait_all(arena.publish(), &expect).await?;
-        if i == 0 {
-            arena.verify(&expect)?;
-        }
-        let out = &mut buf[range];
-        let len = out.len();
-        if len <= one_shot_bytes {
-            arena.reduce_into(b, 0..len, dtype, op, out);
-            if op == ReduceOp::Avg {
-                finish_avg(dtype, out, cx.size);
-            }
-            continue;
-        }
+        let len = range.len();
+        let one_shot = len <= one_shot_bytes;
         let parts: Vec<_> = schedule::chunks(len / elem, cx.size)
             .into_iter()
             .map(|r| r.start * elem..r.end * elem)
             .collect();
         let mine = parts[cx.rank].clone();
+        let b = arena.next_buffer();
+        let src = &input.unwrap_or(&*buf)[range.clone()];
+        match one_shot {
+            true => arena.stage(b, 0, src),
+            // Only this rank reads its own part: it stays where it is.
+            false => {
+                arena.stage(b, 0, &src[..mine.start]);
+                arena.stage(b, mine.end, &src[mine.end..]);
+            }
+        }
+        arena.wait_all(arena.publish(), &expect).await?;
+        if i == 0 {
+            arena.verify(&expect)?;
+        }
+        let out = &mut buf[range.clone()];
+        if one_shot {
+            arena.reduce_into(b, 0..len, dtype, op, Own::Staged, out);
+            if op == ReduceOp::Avg {
+                finish_avg(dtype, out, cx.size);
+            }
+            continue;
+        }
+        let own = match input {
+            Some(i) => Own::In(&i[range.start + mine.start..range.start + mine.end]),
+            None => Own::InOut,
+        };
         let part = &mut out[mine.clone()];
-        arena.reduce_into(b, mine.clone(), dtype, op, part);
+        arena.reduce_into(b, mine.clone(), dtype, op, own, part);
         if op == ReduceOp::Avg {
             finish_avg(dtype, part, cx.size);
         }

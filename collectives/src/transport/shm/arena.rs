@@ -72,6 +72,17 @@ struct Ctl {
 
 const _: () = assert!(std::mem::size_of::<Ctl>() <= ARENA_CTL_BYTES);
 
+/// Where [`Arena::reduce_into`] finds this rank's operand.
+#[derive(Clone, Copy)]
+pub(crate) enum Own<'a> {
+    /// Staged in this rank's buffer like everyone's.
+    Staged,
+    /// In this slice (as long as the output), not staged.
+    In(&'a [u8]),
+    /// In the output itself (in place), not staged.
+    InOut,
+}
+
 /// This rank's view of the arenas of every rank on the host.
 pub struct Arena {
     rank: usize,
@@ -190,31 +201,38 @@ impl Arena {
         unsafe { std::slice::from_raw_parts(base.as_ptr().add(range.start), range.len()) }
     }
 
-    /// `out = buf₀[range] ⊕ buf₁[range] ⊕ …` over every rank's buffer, in rank order (so every
-    /// rank computing the same range gets the same bits).
+    /// `out = x₀ ⊕ x₁ ⊕ …` over bytes `range` of every rank's buffer `buf`, in rank order (so
+    /// every rank computing the same range gets the same bits); `own` says where this rank's
+    /// operand is.
     pub(crate) fn reduce_into(
         &self,
         buf: usize,
         range: Range<usize>,
         dtype: DType,
         op: ReduceOp,
+        own: Own<'_>,
         out: &mut [u8],
     ) {
-        let srcs: Vec<&[u8]> = (0..self.size())
+        let views: Vec<&[u8]> = (0..self.size())
             .map(|r| self.view(r, buf, range.clone()))
             .collect();
-        for (i, o) in out.chunks_mut(BLOCK).enumerate() {
-            let at = i * BLOCK..i * BLOCK + o.len();
-            match &srcs[..] {
-                [only] => o.copy_from_slice(&only[at]),
-                [a, b, rest @ ..] => {
-                    reduce::reduce_from(dtype, op, o, &a[at.clone()], &b[at.clone()]);
-                    for s in rest {
-                        reduce::reduce(dtype, op, Order::DstFirst, o, &s[at.clone()]);
-                    }
+        let mut acc = vec![0u64; BLOCK / 8];
+        let acc: &mut [u8] = bytemuck::cast_slice_mut(&mut acc);
+        for start in (0..out.len()).step_by(BLOCK) {
+            let at = start..(start + BLOCK).min(out.len());
+            let acc = &mut acc[..at.len()];
+            for (r, view) in views.iter().enumerate() {
+                let x = match own {
+                    Own::In(mine) if r == self.rank => &mine[at.clone()],
+                    Own::InOut if r == self.rank => &out[at.clone()],
+                    _ => &view[at.clone()],
+                };
+                match r {
+                    0 => acc.copy_from_slice(x),
+                    _ => reduce::reduce(dtype, op, Order::DstFirst, acc, x),
                 }
-                [] => unreachable!("an arena has at least this rank"),
             }
+            out[at].copy_from_slice(acc);
         }
     }
 

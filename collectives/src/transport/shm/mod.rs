@@ -35,6 +35,7 @@ use std::{
 };
 
 pub use arena::Arena;
+pub(crate) use arena::Own;
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
 
@@ -79,7 +80,7 @@ impl Default for ShmConfig {
             ring_bytes: 1 << 20,
             spin: Duration::from_micros(50),
             spin_yield: None,
-            arena_bytes: 1 << 20,
+            arena_bytes: 256 * 1024,
         }
     }
 }
