@@ -268,9 +268,15 @@ impl Arena {
         (0..self.size()).all(|r| self.ctl(r).phase.load(Ordering::Acquire) >= phase)
     }
 
-    fn trouble(&self, expect: &Header) -> Result<()> {
+    /// Why the wait for `phase` cannot end: a peer that has not reached it aborted or closed
+    /// (one that has can close freely: its part of the wait is done), or a peer's call differs.
+    fn trouble(&self, phase: u64, expect: &Header) -> Result<()> {
         for r in (0..self.size()).filter(|r| *r != self.rank) {
-            let reason = match self.ctl(r).state.load(Ordering::Acquire) {
+            let ctl = self.ctl(r);
+            if ctl.phase.load(Ordering::Acquire) >= phase {
+                continue;
+            }
+            let reason = match ctl.state.load(Ordering::Acquire) {
                 0 => continue,
                 ABORTED => format!("rank {r} gave up on the operation"),
                 _ => format!("rank {r} closed its end"),
@@ -319,7 +325,7 @@ impl Future for WaitAll<'_> {
             this.wait.done(flag);
             return Poll::Ready(Ok(()));
         }
-        if let Err(e) = arena.trouble(&this.expect) {
+        if let Err(e) = arena.trouble(this.phase, &this.expect) {
             this.wait.done(flag);
             return Poll::Ready(Err(e));
         }
