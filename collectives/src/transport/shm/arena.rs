@@ -271,6 +271,8 @@ impl Arena {
     /// Why the wait for `phase` cannot end: a peer that has not reached it aborted or closed
     /// (one that has can close freely: its part of the wait is done), or a peer's call differs.
     fn trouble(&self, phase: u64, expect: &Header) -> Result<()> {
+        // A differing call first: it is the cause, and a peer that saw it may close at once.
+        self.verify(expect)?;
         for r in (0..self.size()).filter(|r| *r != self.rank) {
             let ctl = self.ctl(r);
             if ctl.phase.load(Ordering::Acquire) >= phase {
@@ -283,7 +285,7 @@ impl Arena {
             };
             return Err(CollectiveError::PeerLost { rank: r, reason });
         }
-        self.verify(expect)
+        Ok(())
     }
 
     fn set_state(&self, state: u32) {
