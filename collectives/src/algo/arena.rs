@@ -15,7 +15,6 @@ use crate::{
     dtype::ReduceOp,
     error::Result,
     reduce::finish_avg,
-    schedule,
     transport::{
         Transport,
         shm::{Arena, Own},
@@ -43,10 +42,7 @@ pub(crate) async fn arena<T: Transport>(
         let range = i * chunk..((i + 1) * chunk).min(buf.len());
         let len = range.len();
         let one_shot = len <= one_shot_bytes;
-        let parts: Vec<_> = schedule::chunks(len / elem, cx.size)
-            .into_iter()
-            .map(|r| r.start * elem..r.end * elem)
-            .collect();
+        let parts = cx.byte_chunks(len);
         let mine = parts[cx.rank].clone();
         let b = arena.next_buffer();
         let src = &input.unwrap_or(&*buf)[range.clone()];
