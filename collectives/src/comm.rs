@@ -15,7 +15,7 @@ use crate::{
     frame::{Algo, Collective, ErrorCode, OpSig},
     fusion::{self, BucketBuf, FusionBuffer, TensorMut},
     spin::Spin,
-    transport::Transport,
+    transport::{Transport, shm::Abandon},
 };
 
 /// How long peers get to hear about an abort before the error is returned.
@@ -615,11 +615,13 @@ impl<T: Transport> Communicator<T> {
         let span = debug_span!("collective", coll = ?sig.coll, algo = sig.algo.name(),
             dtype = sig.dtype.nccl_name(), count = sig.count, epoch = self.epoch, op_id);
         let started = Instant::now();
+        let abandon = Abandon::arm(self.transport.arena());
         let op = Box::pin(op(&cx, &mut self.scratch));
         let spun = Spin::new(op, self.config.spin, self.config.spin_yield);
         let result = guarded(&self.transport, spun, ctl, started)
             .instrument(span)
             .await;
+        abandon.finish(result.is_err());
         let header = cx.header(0, 0);
         drop(cx);
         let Err(mut e) = result else { return Ok(()) };

@@ -473,3 +473,44 @@ fn a_mismatched_call_in_the_arena_fails_every_rank_promptly() {
         }
     }
 }
+
+#[test]
+fn an_abandoned_call_in_the_arena_fails_its_peers_promptly() {
+    // Rank 0 drops its allreduce's future (a caller's timeout) and keeps the communicator; the
+    // others, waiting for phases it will never publish, must hear of it long before their
+    // deadline.
+    let results = run_ranks(same_secret(3), 1 << 16, move |rank, t| async move {
+        let cfg = CommConfig {
+            algo: AlgoChoice::Arena,
+            ..CommConfig::default()
+        };
+        let mut comm = Communicator::new(t?, 5, cfg);
+        let mut buf = vec![1.0f32; 1 << 16];
+        let ctl = Ctl::timeout(Duration::from_secs(20));
+        match rank {
+            0 => {
+                let call = comm.allreduce(&mut buf, ReduceOp::Sum, &ctl);
+                let dropped = tokio::time::timeout(Duration::from_millis(200), call).await;
+                assert!(dropped.is_err(), "rank 0 finished without rank 2");
+                tokio::time::sleep(Duration::from_millis(3500)).await;
+                return Ok(None);
+            }
+            2 => tokio::time::sleep(Duration::from_millis(600)).await,
+            _ => {}
+        }
+        let started = Instant::now();
+        let err = comm
+            .allreduce(&mut buf, ReduceOp::Sum, &ctl)
+            .await
+            .expect_err("rank 0 left the call");
+        Ok::<_, CollectiveError>(Some((err, started.elapsed())))
+    });
+    for (rank, r) in results.into_iter().enumerate().skip(1) {
+        let (err, took) = r.unwrap().unwrap();
+        assert!(
+            matches!(err, CollectiveError::PeerLost { rank: 0, .. }),
+            "rank {rank}: {err}"
+        );
+        assert!(took < Duration::from_secs(3), "rank {rank} waited {took:?}");
+    }
+}

@@ -307,6 +307,34 @@ impl Drop for Arena {
     }
 }
 
+/// Marks the arena aborted unless [`finish`](Abandon::finish)ed: a call abandoned midway (its
+/// future dropped) leaves its peers waiting for phases it will never publish, and they should
+/// hear of it at once rather than at their deadline.
+pub(crate) struct Abandon<'a>(Option<&'a Arena>);
+
+impl<'a> Abandon<'a> {
+    /// Guards the call about to run on `arena` (none: nothing to guard).
+    pub(crate) fn arm(arena: Option<&'a Arena>) -> Self {
+        Abandon(arena)
+    }
+
+    /// The call ended; a failed one aborts the arena at once (the peers read why in the error
+    /// frames that follow).
+    pub(crate) fn finish(mut self, failed: bool) {
+        if let Some(a) = self.0.take().filter(|_| failed) {
+            a.abort();
+        }
+    }
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.abort();
+        }
+    }
+}
+
 /// [`Arena::wait_all`]'s future.
 pub(crate) struct WaitAll<'a> {
     arena: &'a Arena,

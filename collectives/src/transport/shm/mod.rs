@@ -35,7 +35,7 @@ use std::{
 };
 
 pub use arena::Arena;
-pub(crate) use arena::Own;
+pub(crate) use arena::{Abandon, Own};
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
 
