@@ -37,7 +37,8 @@ for line in open(sys.argv[1]):
 BEST = "--best" in sys.argv[2:]
 
 
-def med(n, s, k):
+def stat(n, s, k):
+    """The median of the runs, or with --best the best of them."""
     xs = runs[(n, s, k)]
     if not BEST:
         return statistics.median(xs)
@@ -45,7 +46,7 @@ def med(n, s, k):
 
 
 def ratio(n, s, key, mpi):
-    mine = med(n, s, key)
+    mine = stat(n, s, key)
     return mine / mpi if s >= BUSBW_FROM else mpi / mine
 
 
@@ -55,10 +56,10 @@ print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for n in sorted({k[0] for k in runs}):
     for s in sorted({k[1] for k in runs if k[0] == n}):
-        mpi = med(n, s, "mpi")
+        mpi = stat(n, s, "mpi")
         label = f"{s >> 10} KiB" if s >= 1024 else f"{s} B"
         row = [str(n), label, "GB/s" if s >= BUSBW_FROM else "µs"]
         row.append(f"{mpi:.2f} ({', '.join(f'{x:.2f}' for x in runs[(n, s, 'mpi')])})")
-        row += [f"{med(n, s, a + ' oop'):.2f} / {med(n, s, a + ' ip'):.2f}" for a in algos]
+        row += [f"{stat(n, s, a + ' oop'):.2f} / {stat(n, s, a + ' ip'):.2f}" for a in algos]
         row += [f"{ratio(n, s, a + ' oop', mpi):.2f} / {ratio(n, s, a + ' ip', mpi):.2f}" for a in algos]
         print("| " + " | ".join(row) + " |")

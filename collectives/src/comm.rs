@@ -621,7 +621,7 @@ impl<T: Transport> Communicator<T> {
         let result = guarded(&self.transport, spun, ctl, started)
             .instrument(span)
             .await;
-        abandon.finish(result.is_err());
+        abandon.disarm();
         let header = cx.header(0, 0);
         drop(cx);
         let Err(mut e) = result else { return Ok(()) };

@@ -307,9 +307,10 @@ impl Drop for Arena {
     }
 }
 
-/// Marks the arena aborted unless [`finish`](Abandon::finish)ed: a call abandoned midway (its
+/// Marks the arena aborted unless [`disarm`](Abandon::disarm)ed: a call abandoned midway (its
 /// future dropped) leaves its peers waiting for phases it will never publish, and they should
-/// hear of it at once rather than at their deadline.
+/// hear of it at once rather than at their deadline. (A call that fails is not abandoned: its
+/// `abort_all` aborts the arena after the error frames, which tell the peers why.)
 pub(crate) struct Abandon<'a>(Option<&'a Arena>);
 
 impl<'a> Abandon<'a> {
@@ -318,12 +319,9 @@ impl<'a> Abandon<'a> {
         Abandon(arena)
     }
 
-    /// The call ended; a failed one aborts the arena at once (the peers read why in the error
-    /// frames that follow).
-    pub(crate) fn finish(mut self, failed: bool) {
-        if let Some(a) = self.0.take().filter(|_| failed) {
-            a.abort();
-        }
+    /// The call ended, well or not: it was not abandoned.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
     }
 }
 
