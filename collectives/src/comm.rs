@@ -24,6 +24,10 @@ const ABORT_NOTICE: Duration = Duration::from_millis(100);
 /// How long a failed operation reads a lost peer's link for the error it reported.
 const LAST_WORD: Duration = Duration::from_millis(20);
 
+/// Largest allreduce that `Auto` sends by halving-doubling rather than through a
+/// shared-memory arena (where `mid_bytes` allows halving-doubling at all).
+const HD_OVER_ARENA_BYTES: usize = 1 << 20;
+
 /// Which allreduce algorithm to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AlgoChoice {
@@ -31,7 +35,7 @@ pub enum AlgoChoice {
     /// than ranks), halving-doubling up to [`CommConfig::mid_bytes`] on power-of-two worlds of
     /// 4 or more, the ring above. Where the transport has a shared-memory arena (every rank on
     /// one host) and there are 3 ranks or more, the arena replaces recursive doubling and the
-    /// ring, and from 8 ranks halving-doubling too: it needs one or two barriers per round
+    /// ring, and halving-doubling above 1 MiB or from 8 ranks: it needs one barrier per round
     /// where they need a hand-off per step.
     #[default]
     Auto,
@@ -53,7 +57,8 @@ pub enum AlgoChoice {
 pub struct CommConfig {
     /// Allreduce algorithm override.
     pub algo: AlgoChoice,
-    /// Reduce in rank order, independent of algorithm and ring position (see `algo::direct`).
+    /// Reduce in rank order, independent of algorithm and ring position (see `algo::direct`;
+    /// over a shared-memory arena, `algo::arena`, which adds in the same order).
     pub deterministic: bool,
     /// Pipeline segment size in bytes.
     pub segment_bytes: usize,
@@ -78,9 +83,15 @@ pub struct CommConfig {
     /// Largest fusion bucket of [`Communicator::allreduce_grouped`] (Horovod's fusion
     /// threshold); tensors at least this large are reduced in place, unpacked.
     pub fusion_bytes: usize,
-    /// Largest arena chunk that every rank reduces whole (one barrier) rather than by parts
-    /// (two barriers, a third of the reads at 8 ranks); see `algo::arena`.
+    /// Largest arena round that every rank reduces whole (`n` reads of it per rank) rather
+    /// than by parts (each rank reduces `1/n` of it, and the rounds pipeline); see
+    /// `algo::arena`.
     pub arena_one_shot_bytes: usize,
+    /// Out-of-place arena allreduces whose buffers, summed over the host's ranks, reach this
+    /// many bytes write their results with streaming stores: results that large leave the
+    /// cache before they are read again, and an ordinary store would first read every line it
+    /// overwrites (in place, staging the input has just read them).
+    pub arena_stream_bytes: usize,
 }
 
 impl Default for CommConfig {
@@ -96,6 +107,7 @@ impl Default for CommConfig {
             reduce_threads: 1,
             fusion_bytes: fusion::DEFAULT_BUCKET_BYTES,
             arena_one_shot_bytes: 64 * 1024,
+            arena_stream_bytes: 16 << 20,
         }
     }
 }
@@ -226,10 +238,11 @@ impl<T: Transport> Communicator<T> {
     /// The allreduce algorithm this communicator picks for `bytes` bytes of `dtype`.
     pub fn allreduce_algo(&self, dtype: DType, bytes: usize) -> Algo {
         let n = self.size();
-        if self.config.deterministic {
-            return Algo::Direct;
-        }
         let arena = self.arena().is_some();
+        if self.config.deterministic {
+            // The arena reduces in rank order too: the same bits as `Direct`, faster.
+            return if arena { Algo::Arena } else { Algo::Direct };
+        }
         let small = bytes <= self.config.small_bytes || bytes / dtype.size() < n;
         let hd = n >= 4 && n.is_power_of_two() && bytes <= self.config.mid_bytes;
         match self.config.algo {
@@ -238,8 +251,10 @@ impl<T: Transport> Communicator<T> {
             AlgoChoice::HalvingDoubling => Algo::HalvingDoubling,
             AlgoChoice::Arena if arena => Algo::Arena,
             // Auto, or Arena where there is none. Halving-doubling's 2 log2 n hand-offs still
-            // beat the arena's barriers at mid sizes on 4 ranks, not on 8 (on two cores).
-            _ if arena && n >= 3 && (small || !hd || n >= 8) => Algo::Arena,
+            // beat the arena's barriers up to 1 MiB on 4 ranks, not on 8 (on two cores).
+            _ if arena && n >= 3 && (small || !hd || n >= 8 || bytes > HD_OVER_ARENA_BYTES) => {
+                Algo::Arena
+            }
             _ if small => Algo::RecursiveDoubling,
             _ if hd => Algo::HalvingDoubling,
             _ => Algo::Ring,
@@ -283,10 +298,13 @@ impl<T: Transport> Communicator<T> {
             0,
         );
         let base = self.rank();
-        let one_shot = self.config.arena_one_shot_bytes;
+        let tuning = algo::ArenaTuning {
+            one_shot_bytes: self.config.arena_one_shot_bytes,
+            stream_bytes: self.config.arena_stream_bytes,
+        };
         self.run(sig, ctl, async |cx, scratch| match (algo, cx.t.arena()) {
             _ if cx.size == 1 => Ok(()),
-            (Algo::Arena, Some(arena)) => algo::arena(cx, arena, buf, input, op, one_shot).await,
+            (Algo::Arena, Some(arena)) => algo::arena(cx, arena, buf, input, tuning).await,
             (Algo::Ring, _) => {
                 algo::ring(cx, RingBuf::One(buf), input, Some(op), true, base, scratch).await
             }

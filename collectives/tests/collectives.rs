@@ -96,6 +96,26 @@ fn allgather_places_every_block() {
 }
 
 #[test]
+fn deterministic_allreduce_is_the_rank_order_sum() {
+    // Inexact inputs, so any other order of reduction shows in the low bits; `shm.rs` checks
+    // the same sum over shared memory.
+    for n in [2, 3, 5, 8] {
+        for len in [1, 1023, 50_000] {
+            let outs = run_ranks(n, cfg(true), |r, mut comm| async move {
+                let mut buf = inexact_tensors(r, &[len]).remove(0);
+                comm.allreduce(&mut buf, ReduceOp::Sum, &ctl())
+                    .await
+                    .map(|()| buf.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            });
+            let want = rank_order_sum(n, len);
+            for (r, out) in outs.into_iter().enumerate() {
+                assert!(out.unwrap() == want, "n={n} len={len} rank {r}");
+            }
+        }
+    }
+}
+
+#[test]
 fn reduce_scatter_gives_each_rank_its_block() {
     for deterministic in [false, true] {
         for n in 1..=8 {

@@ -13,7 +13,7 @@ use std::{
 use common::*;
 use proptest::prelude::*;
 use ringrun_collectives::{
-    AlgoChoice, Bufs, CollectiveError, CommConfig, Communicator, Ctl, DType, ReduceOp,
+    Algo, AlgoChoice, Bufs, CollectiveError, CommConfig, Communicator, Ctl, DType, ReduceOp,
     transport::{
         auth::JobSecret,
         mem,
@@ -100,8 +100,10 @@ fn allreduce(
         },
         deterministic: matches!(mode, Mode::Deterministic),
         segment_bytes: seg,
-        // Below `seg` bytes an arena round is one-shot, above it two-shot.
+        // Below `seg` bytes an arena round is one-shot, above it two-shot; larger calls write
+        // their results with streaming stores.
         arena_one_shot_bytes: seg,
+        arena_stream_bytes: seg * 8,
         ..CommConfig::default()
     };
     let outs = run_ranks(same_secret(n), ring, move |r, t| {
@@ -400,40 +402,88 @@ fn deadline_and_cancel(algo: AlgoChoice) {
 fn the_arena_gives_every_rank_the_same_bits_whatever_its_rounds() {
     // Inexact float inputs: any change of reduction order would show in the low bits.
     let (n, len) = (5, 50_000);
-    let run = |arena: usize, one_shot: usize| -> Vec<Vec<u32>> {
-        let outs = run_ranks(same_secret(n), arena, move |r, t| async move {
-            let cfg = CommConfig {
-                algo: AlgoChoice::Arena,
-                arena_one_shot_bytes: one_shot,
-                ..CommConfig::default()
-            };
-            let mut comm = Communicator::new(t?, 5, cfg);
-            let mut buf = inexact_tensors(r, &[len]).remove(0);
-            comm.allreduce(&mut buf, ReduceOp::Sum, &ctl()).await?;
-            comm.close(Duration::from_secs(5)).await;
-            Ok::<_, CollectiveError>(buf.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+    let run = |arena: usize, cfg: CommConfig| -> Vec<Vec<u32>> {
+        let outs = run_ranks(same_secret(n), arena, move |r, t| {
+            let cfg = cfg.clone();
+            async move {
+                let mut comm = Communicator::new(t?, 5, cfg);
+                let input = inexact_tensors(r, &[len]).remove(0);
+                // Even ranks out of place (where streaming stores apply), odd ranks in place.
+                let mut out = input.clone();
+                let bufs = match r % 2 {
+                    0 => Bufs::OutOfPlace {
+                        send: bytemuck::cast_slice(&input),
+                        recv: bytemuck::cast_slice_mut(&mut out),
+                    },
+                    _ => Bufs::InPlace(bytemuck::cast_slice_mut(&mut out)),
+                };
+                comm.allreduce_bytes(DType::F32, bufs, ReduceOp::Sum, &ctl())
+                    .await?;
+                comm.close(Duration::from_secs(5)).await;
+                Ok::<_, CollectiveError>(out.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            }
         });
         outs.into_iter().map(Result::unwrap).collect()
     };
-    let inputs: Vec<Vec<f32>> = (0..n)
-        .map(|r| inexact_tensors(r, &[len]).remove(0))
-        .collect();
-    let in_rank_order: Vec<u32> = (0..len)
-        .map(|i| {
-            (1..n)
-                .fold(inputs[0][i], |acc, r| acc + inputs[r][i])
-                .to_bits()
-        })
-        .collect();
-    // 4 KiB rounds split in parts (two-shot), and one whole round (one-shot).
-    for outs in [run(4096, 0), run(1 << 20, 1 << 20)] {
+    let arena = |one_shot: usize, stream: usize| CommConfig {
+        algo: AlgoChoice::Arena,
+        arena_one_shot_bytes: one_shot,
+        arena_stream_bytes: stream,
+        ..CommConfig::default()
+    };
+    let deterministic = CommConfig {
+        deterministic: true,
+        ..CommConfig::default()
+    };
+    let never = usize::MAX;
+    let in_rank_order = rank_order_sum(n, len);
+    // 4 KiB rounds split in parts (two-shot), with ordinary and with streaming stores; one
+    // whole round (one-shot); and deterministic mode, which must give what it gives on every
+    // other transport (`collectives.rs` checks the same sum without shared memory).
+    for (what, outs) in [
+        ("two-shot", run(4096, arena(0, never))),
+        ("streaming", run(4096, arena(0, 0))),
+        ("one-shot", run(1 << 20, arena(1 << 20, never))),
+        ("deterministic", run(4096, deterministic)),
+    ] {
         for (r, out) in outs.iter().enumerate() {
             assert!(
                 *out == in_rank_order,
-                "rank {r} differs from the rank-order sum"
+                "{what}: rank {r} differs from the rank-order sum"
             );
         }
     }
+}
+
+/// With an arena, `Auto` takes it from 3 ranks on, except halving-doubling at 256 KiB–1 MiB on
+/// 4 ranks; two ranks keep the ring; deterministic mode takes it too (same order of addition).
+#[test]
+fn auto_takes_the_arena_where_it_pays() {
+    let picks = |n: usize, cfg: CommConfig, sizes: &'static [usize]| -> Vec<Algo> {
+        let outs = run_ranks(same_secret(n), 4096, move |_, t| {
+            let cfg = cfg.clone();
+            async move {
+                let comm = Communicator::new(t?, 5, cfg);
+                let picked = sizes.iter().map(|b| comm.allreduce_algo(DType::F32, *b));
+                Ok::<_, CollectiveError>(picked.collect::<Vec<_>>())
+            }
+        });
+        outs.into_iter().next().unwrap().unwrap()
+    };
+    const KIB: usize = 1024;
+    const MIB: usize = 1 << 20;
+    let sizes: &'static [usize] = &[8, 256 * KIB, 512 * KIB, MIB, 2 * MIB, 16 * MIB];
+    let (a, h) = (Algo::Arena, Algo::HalvingDoubling);
+    assert_eq!(picks(4, CommConfig::default(), sizes), [a, a, h, h, a, a]);
+    assert_eq!(picks(8, CommConfig::default(), sizes), [a; 6]);
+    assert_eq!(picks(3, CommConfig::default(), sizes), [a; 6]);
+    let two = picks(2, CommConfig::default(), sizes);
+    assert!(!two.contains(&a), "two ranks took the arena: {two:?}");
+    let deterministic = CommConfig {
+        deterministic: true,
+        ..CommConfig::default()
+    };
+    assert_eq!(picks(4, deterministic, sizes), [a; 6]);
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod segments;
 
 use std::{cell::Cell, ops::Range};
 
-pub(crate) use arena::arena;
+pub(crate) use arena::{Tuning as ArenaTuning, arena};
 pub(crate) use barrier::dissemination;
 pub(crate) use broadcast::{chain, tree};
 pub(crate) use direct::direct;

@@ -62,6 +62,21 @@ pub fn inexact_tensors(rank: usize, lens: &[usize]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Bits of the sum of every rank's `inexact_tensors(r, &[len])`, added in rank order
+/// (`x0 + x1 + …`, left to right): what deterministic mode must give on every transport.
+pub fn rank_order_sum(n: usize, len: usize) -> Vec<u32> {
+    let inputs: Vec<Vec<f32>> = (0..n)
+        .map(|r| inexact_tensors(r, &[len]).remove(0))
+        .collect();
+    (0..len)
+        .map(|i| {
+            (1..n)
+                .fold(inputs[0][i], |acc, r| acc + inputs[r][i])
+                .to_bits()
+        })
+        .collect()
+}
+
 /// A grouped allreduce of `lens` tensors and, after it, one allreduce of their concatenation;
 /// returns both results, which must match bit for bit when the tensors fit one bucket.
 pub async fn grouped_and_whole<T: ringrun_collectives::transport::Transport>(

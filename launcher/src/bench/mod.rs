@@ -89,12 +89,16 @@ pub(crate) struct BenchArgs {
     /// Bytes of each shared-memory ring (`--transport shm`).
     #[arg(long, value_parser = parse_size)]
     shm_ring_bytes: Option<usize>,
-    /// Bytes of each of a rank's two shared-memory arena buffers (0: no arena).
+    /// Bytes of each of a rank's three shared-memory arena buffers (0: no arena).
     #[arg(long, value_parser = parse_size)]
     shm_arena_bytes: Option<usize>,
-    /// Largest arena chunk every rank reduces whole (one barrier instead of two).
+    /// Largest arena round every rank reduces whole rather than by parts.
     #[arg(long, value_parser = parse_size)]
     arena_one_shot_bytes: Option<usize>,
+    /// Out-of-place arena allreduces at least this large, summed over the host's ranks, write
+    /// their results with streaming stores (0: always; a huge value: never).
+    #[arg(long, value_parser = parse_size)]
+    arena_stream_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
@@ -292,6 +296,9 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         arena_one_shot_bytes: args
             .arena_one_shot_bytes
             .unwrap_or(defaults.arena_one_shot_bytes),
+        arena_stream_bytes: args
+            .arena_stream_bytes
+            .unwrap_or(defaults.arena_stream_bytes),
     };
     let setup = connect::Setup {
         args,

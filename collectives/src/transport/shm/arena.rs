@@ -1,4 +1,4 @@
-//! The host arena: each rank's two staging buffers, in its own segment and readable by every
+//! The host arena: each rank's three staging buffers, in its own segment and readable by every
 //! rank of the host, and a phase counter per rank.
 //!
 //! On it `algo::arena` runs an allreduce as one or two barriers per chunk instead of the ring's
@@ -10,10 +10,12 @@
 //! rank *publishes* by bumping its phase counter (`Release`) after writing; a reader waits until
 //! every rank's counter reaches the phase it needs (`Acquire`) before reading what that phase
 //! covers. Every rank publishes the same number of phases per operation, so a phase number
-//! names the same step on every rank. The two buffers alternate by round (`next_buffer`):
-//! before a rank stages round `t` into buffer `t % 2`, it has waited in round `t - 1` for every
-//! rank's first phase, which every rank publishes only after it finished reading round
-//! `t - 2`, so the buffer is free.
+//! names the same step on every rank. The three buffers take rounds in turn (`next_buffer`),
+//! and a rank reads a peer's buffer for round `t` only until it publishes the phase that follows
+//! the one its reads of round `t` waited for. A rank stages round `t` (into the buffer of round
+//! `t - 3`) only after the wait that opens round `t - 1`, and every rank published that phase
+//! after it finished reading round `t - 3`, so the buffer is free. (Two buffers would not do:
+//! the pipelined allreduce stages round `t + 1` while peers still copy out round `t`.)
 //!
 //! Agreement. At the start of every operation a rank *announces* its operation header
 //! (seqlock-protected, so a reader never acts on a torn copy). A waiting rank that finds a peer
@@ -38,13 +40,14 @@ use std::{
 };
 
 use super::{
-    segment::{ARENA_CTL_BYTES, Mapping},
+    segment::{ARENA_BUFFERS, ARENA_CTL_BYTES, Mapping},
+    stream,
     wake::{Local, Peer, Waiter},
 };
 use crate::{
-    dtype::{DType, ReduceOp},
+    dtype::ReduceOp,
     error::{CollectiveError, Result},
-    frame::{HEADER_LEN, Header},
+    frame::{HEADER_LEN, Header, OpSig},
     reduce::{self, Order},
 };
 
@@ -71,6 +74,25 @@ struct Ctl {
 }
 
 const _: () = assert!(std::mem::size_of::<Ctl>() <= ARENA_CTL_BYTES);
+
+/// How results reach the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// Ordinary stores: the result stays in the cache for whoever reads it next.
+    Cached,
+    /// Streaming stores (`stream`): for results too large to stay in the cache, whose lines
+    /// would otherwise be read from memory before being overwritten.
+    Streaming,
+}
+
+impl Store {
+    fn copy(self, dst: &mut [u8], src: &[u8]) {
+        match self {
+            Store::Cached => dst.copy_from_slice(src),
+            Store::Streaming => stream::copy(dst, src),
+        }
+    }
+}
 
 /// Where [`Arena::reduce_into`] finds this rank's operand.
 #[derive(Clone, Copy)]
@@ -175,7 +197,7 @@ impl Arena {
 
     /// Which buffer the next round stages into.
     pub(crate) fn next_buffer(&self) -> usize {
-        (self.rounds.fetch_add(1, Ordering::Relaxed) % 2) as usize
+        (self.rounds.fetch_add(1, Ordering::Relaxed) % ARENA_BUFFERS as u64) as usize
     }
 
     /// Copies `src` into this rank's buffer `buf` at byte `at`.
@@ -202,43 +224,58 @@ impl Arena {
     }
 
     /// `out = x₀ ⊕ x₁ ⊕ …` over bytes `range` of every rank's buffer `buf`, in rank order (so
-    /// every rank computing the same range gets the same bits); `own` says where this rank's
-    /// operand is.
+    /// every rank computing the same range gets the same bits), divided by the ranks for
+    /// `Avg`. `own` says where this rank's operand is; where it was not staged, this rank owns
+    /// the range and the result goes into its buffer too, for the others to fetch.
     pub(crate) fn reduce_into(
         &self,
         buf: usize,
         range: Range<usize>,
-        dtype: DType,
-        op: ReduceOp,
+        sig: &OpSig,
         own: Own<'_>,
         out: &mut [u8],
+        store: Store,
     ) {
-        let views: Vec<&[u8]> = (0..self.size())
-            .map(|r| self.view(r, buf, range.clone()))
-            .collect();
+        assert_eq!(out.len(), range.len(), "reduction output of another length");
         let mut acc = vec![0u64; BLOCK / 8];
         let acc: &mut [u8] = bytemuck::cast_slice_mut(&mut acc);
         for start in (0..out.len()).step_by(BLOCK) {
             let at = start..(start + BLOCK).min(out.len());
             let acc = &mut acc[..at.len()];
-            for (r, view) in views.iter().enumerate() {
+            let theirs = range.start + at.start..range.start + at.end;
+            for r in 0..self.size() {
+                // Views are taken block by block: this rank's own buffer is written below
+                // wherever its operand lies elsewhere, so no borrow of it may be held then.
                 let x = match own {
                     Own::In(mine) if r == self.rank => &mine[at.clone()],
                     Own::InOut if r == self.rank => &out[at.clone()],
-                    _ => &view[at.clone()],
+                    _ => self.view(r, buf, theirs.clone()),
                 };
                 match r {
                     0 => acc.copy_from_slice(x),
-                    _ => reduce::reduce(dtype, op, Order::DstFirst, acc, x),
+                    _ => reduce::reduce(sig.dtype, sig.op, Order::DstFirst, acc, x),
                 }
             }
-            out[at].copy_from_slice(acc);
+            if sig.op == ReduceOp::Avg {
+                reduce::finish_avg(sig.dtype, acc, self.size());
+            }
+            store.copy(&mut out[at], acc);
+            if !matches!(own, Own::Staged) {
+                self.stage(buf, theirs.start, acc);
+            }
         }
     }
 
     /// Copies bytes `range` of `rank`'s buffer `buf` into `out`.
-    pub(crate) fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8]) {
-        out.copy_from_slice(self.view(rank, buf, range));
+    pub(crate) fn fetch(
+        &self,
+        buf: usize,
+        rank: usize,
+        range: Range<usize>,
+        out: &mut [u8],
+        store: Store,
+    ) {
+        store.copy(out, self.view(rank, buf, range));
     }
 
     /// Publishes everything this rank wrote so far as its next phase; returns its number.

@@ -27,6 +27,7 @@
 mod arena;
 mod ring;
 mod segment;
+mod stream;
 mod wake;
 
 use std::{
@@ -35,7 +36,7 @@ use std::{
 };
 
 pub use arena::Arena;
-pub(crate) use arena::{Abandon, Own};
+pub(crate) use arena::{Abandon, Own, Store};
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
 
@@ -69,7 +70,7 @@ pub struct ShmConfig {
     /// Whether spinning yields the CPU between rounds; `None`: when the ranks of the mesh
     /// outnumber this host's cores (see [`CommConfig::spin_yield`](crate::CommConfig::spin_yield)).
     pub spin_yield: Option<bool>,
-    /// Bytes of each of a rank's two arena buffers (rounded up to a page; 0: no arena, so
+    /// Bytes of each of a rank's three arena buffers (rounded up to a page; 0: no arena, so
     /// `Algo::Arena` is never picked). An arena allreduce moves at most this much per round.
     pub arena_bytes: usize,
 }

@@ -4,9 +4,9 @@
 //! Layout: a 4 KiB header page, then one 128-byte control block per rank (the ring *from* that
 //! rank into this one; the slot of the owner itself is never used), padded to a page, then the
 //! owner's arena control page (`arena`), then one data area of `ring_bytes` per rank, then the
-//! owner's two arena buffers of `arena_bytes` each (written by the owner, read by every rank).
+//! owner's [`ARENA_BUFFERS`] arena buffers of `arena_bytes` each (written by the owner, read by every rank).
 //!
-//! Header (little endian): magic `RRSHM002` | rank u32 | size u32 | epoch u64 | pid u32 |
+//! Header (little endian): magic `RRSHM003` | rank u32 | size u32 | epoch u64 | pid u32 |
 //! reserved u32 | ring bytes u64 | nonce (32) | doorbell name (64) | arena bytes u64 |
 //! MAC (32). The MAC is
 //! `HMAC(job secret, label | header before the MAC | file name)`, so a process without the
@@ -34,12 +34,15 @@ pub(super) const DOORBELL_LEN: usize = 64;
 pub(super) const CTL_BYTES: usize = 128;
 const HEADER_BYTES: usize = 4096;
 const PAGE: usize = 4096;
-const MAGIC: [u8; 8] = *b"RRSHM002";
-const MAC_LABEL: &str = "ringrun shm segment v2";
+const MAGIC: [u8; 8] = *b"RRSHM003";
+const MAC_LABEL: &str = "ringrun shm segment v3";
 /// Header bytes covered by the MAC; the MAC follows them.
 const SIGNED_LEN: usize = 144;
 /// Bytes of the arena control page.
 pub(super) const ARENA_CTL_BYTES: usize = PAGE;
+/// Arena buffers per rank: the pipelined allreduce stages round `t + 1` while peers may still
+/// read round `t`, and round `t - 1` until the barrier that ends it (`arena` explains).
+pub(super) const ARENA_BUFFERS: usize = 3;
 /// Largest arena buffer a header may ask us to map.
 const MAX_ARENA: u64 = 1 << 30;
 const MAC_AT: usize = SIGNED_LEN;
@@ -55,7 +58,7 @@ pub(super) struct Identity {
     pub(super) pid: u32,
     pub(super) ring_bytes: u64,
     pub(super) doorbell: [u8; DOORBELL_LEN],
-    /// Bytes of each of the owner's two arena buffers (a multiple of the page; 0: no arena).
+    /// Bytes of each of the owner's arena buffers (a multiple of the page; 0: no arena).
     pub(super) arena_bytes: u64,
 }
 
@@ -69,7 +72,7 @@ impl Identity {
     }
 
     fn total_len(&self) -> usize {
-        self.arena_at() + 2 * self.arena_bytes as usize
+        self.arena_at() + ARENA_BUFFERS * self.arena_bytes as usize
     }
 
     fn encode(&self, nonce: &[u8; 32]) -> [u8; SIGNED_LEN] {
@@ -187,10 +190,10 @@ impl Mapping {
         unsafe { self.ptr.add(self.rings_at - ARENA_CTL_BYTES) }
     }
 
-    /// The owner's arena buffer `parity` (0 or 1), and its length (0: no arena).
-    pub(super) fn arena_buf(&self, parity: usize) -> (NonNull<u8>, usize) {
-        assert!(parity < 2, "arena buffer {parity}");
-        let at = self.arena_at + parity * self.arena_bytes;
+    /// The owner's arena buffer `index` (below [`ARENA_BUFFERS`]), and its length (0: no arena).
+    pub(super) fn arena_buf(&self, index: usize) -> (NonNull<u8>, usize) {
+        assert!(index < ARENA_BUFFERS, "arena buffer {index}");
+        let at = self.arena_at + index * self.arena_bytes;
         debug_assert!(at + self.arena_bytes <= self.len);
         // SAFETY: in bounds of the mapping, as computed by `Identity::total_len`.
         (unsafe { self.ptr.add(at) }, self.arena_bytes)
