@@ -4,19 +4,30 @@
 #   benches/compare/mid_rounds.sh PEERS_DIR > out.txt   (env: NS="4 8", ROUNDS=3, ALGOS="ring hd",
 #                                                         MINB=256K, MAXB=8M)
 #   python3 benches/compare/mid_table.py out.txt        (medians and ratios, Markdown)
+# With SIZES="2M 4M ..." each run measures one size instead of the sweep MINB..MAXB: the two
+# sides then alternate every few seconds, which matters where the machine's speed changes
+# from one run to the next.
 # PEERS_DIR holds peers/ as installed by ../shared/peers/install.sh.
 set -u
 peers=${1:?usage: mid_rounds.sh PEERS_DIR}
 ringrun=$(cd "$(dirname "$0")/../.." && pwd)/target/release/ringrun
-opts=(-b "${MINB:-256K}" -e "${MAXB:-8M}" -f 2 -w 5 -n 1000 --budget 0.4)
-for r in $(seq "${ROUNDS:-3}"); do for n in ${NS:-4 8}; do
-  echo "### round $r N=$n mpi"
-  (cd "$peers" && timeout 300 mpirun --oversubscribe --allow-run-as-root -np "$n" \
+common=(-f 2 -w 5 -n 1000 --budget 0.4)
+one_round() { # ROUND N MINB MAXB
+  local opts=(-b "$3" -e "$4" "${common[@]}")
+  echo "### round $1 N=$2 mpi"
+  (cd "$peers" && timeout 300 mpirun --oversubscribe --allow-run-as-root -np "$2" \
     peers/.venv/bin/python peers/mpi_allreduce.py "${opts[@]}" --min-iters 3 2>/dev/null) |
     grep -aE "^ +[0-9]"
   for a in ${ALGOS:-ring hd}; do
-    echo "### round $r N=$n $a"
-    timeout 300 "$ringrun" bench --np "$n" --transport shm --algo "$a" "${opts[@]}" |
+    echo "### round $1 N=$2 $a"
+    timeout 300 "$ringrun" bench --np "$2" --transport shm --algo "$a" "${opts[@]}" |
       grep -aE "^ +[0-9]"
   done
+}
+for r in $(seq "${ROUNDS:-3}"); do for n in ${NS:-4 8}; do
+  if [ -n "${SIZES:-}" ]; then
+    for s in $SIZES; do one_round "$r" "$n" "$s" "$s"; done
+  else
+    one_round "$r" "$n" "${MINB:-256K}" "${MAXB:-8M}"
+  fi
 done; done
