@@ -1,10 +1,10 @@
 //! The host arena: each rank's three staging buffers, in its own segment and readable by every
 //! rank of the host, and a phase counter per rank.
 //!
-//! On it `algo::arena` runs an allreduce as one or two barriers per chunk instead of the ring's
+//! On it `algo::arena` runs an allreduce as one barrier per round instead of the ring's
 //! `2 (n - 1)` hand-offs, which is what wins where ranks outnumber cores and every hand-off
 //! waits for the scheduler. This module owns the memory and the synchronisation; the algorithm
-//! (which chunk, which part, when to wait) lives in `algo::arena`.
+//! (which round, which part, when to wait) lives in `algo::arena`.
 //!
 //! Protocol. A rank writes only its own buffers and control page, and everyone reads them. A
 //! rank *publishes* by bumping its phase counter (`Release`) after writing; a reader waits until
