@@ -113,13 +113,10 @@ fn config(node: u64, seeds: &[std::net::SocketAddr], port: u16, created: &Regist
     c
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/common/ports.rs"]
+#[allow(unreachable_pub)]
+mod ports;
+use ports::free_udp_port;
 
 /// What a survivor saw.
 struct Seen {

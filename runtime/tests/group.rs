@@ -23,13 +23,10 @@ fn config(node: u64, seeds: &[std::net::SocketAddr], port: u16, initial: usize) 
     c
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/common/ports.rs"]
+#[allow(unreachable_pub)]
+mod ports;
+use ports::free_udp_port;
 
 /// Retries a step after a membership change, as a training loop does.
 fn step(g: &mut Group, v: &mut [f32]) -> Result<(), GroupError> {

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::ports::free_udp_port;
+
 pub const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 pub const SECRET: &str = "elastic-test-secret-0123456789";
 
@@ -32,14 +34,6 @@ pub struct Job {
     hosts: Option<Vec<(String, String)>>,
     workers: Vec<Option<Worker>>,
     finished: Vec<Lines>,
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Job {
