@@ -4,7 +4,8 @@
 //! Layout: a 4 KiB header page, then one 128-byte control block per rank (the ring *from* that
 //! rank into this one; the slot of the owner itself is never used), padded to a page, then the
 //! owner's arena control page (`arena`), then one data area of `ring_bytes` per rank, then the
-//! owner's [`ARENA_BUFFERS`] arena buffers of `arena_bytes` each (written by the owner, read by every rank).
+//! owner's [`ARENA_BUFFERS`] arena buffers of `arena_bytes` each (written by the owner, read by
+//! every rank).
 //!
 //! Header (little endian): magic `RRSHM003` | rank u32 | size u32 | epoch u64 | pid u32 |
 //! reserved u32 | ring bytes u64 | nonce (32) | doorbell name (64) | arena bytes u64 |
