@@ -61,13 +61,10 @@ fn compile() -> Option<PathBuf> {
 
 type Lines = Arc<Mutex<Vec<String>>>;
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/common/ports.rs"]
+#[allow(unreachable_pub)]
+mod ports;
+use ports::free_udp_port;
 
 fn spawn(exe: &Path, node: usize, ports: &[u16], run: &str, steps: u64) -> (Child, Lines) {
     let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
