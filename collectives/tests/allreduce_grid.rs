@@ -23,6 +23,8 @@ fn config(mode: Mode, segment_bytes: usize) -> CommConfig {
         },
         deterministic: matches!(mode, Mode::Deterministic),
         segment_bytes,
+        // Two ranks out of place stream the half the peer reduced from this size on.
+        pair_stream_bytes: 4 * segment_bytes,
         ..CommConfig::default()
     }
 }

@@ -101,9 +101,10 @@ fn allreduce(
         deterministic: matches!(mode, Mode::Deterministic),
         segment_bytes: seg,
         // Below `seg` bytes an arena round is one-shot, above it two-shot; larger calls write
-        // their results with streaming stores.
+        // their results with streaming stores (two ranks' too).
         arena_one_shot_bytes: seg,
         arena_stream_bytes: seg * 8,
+        pair_stream_bytes: seg * 8,
         ..CommConfig::default()
     };
     let outs = run_ranks(same_secret(n), ring, move |r, t| {

@@ -7,7 +7,7 @@
 use tokio::sync::mpsc;
 
 use super::{
-    OpCx, Scratch, Segments,
+    OpCx, Segments,
     direct::{recv_all, send_all},
 };
 use crate::{error::Result, transport::Transport};
@@ -74,7 +74,7 @@ pub(crate) async fn chain<T: Transport>(
             if v != 0 {
                 // One contiguous buffer: its segments are single slices and need no scratch.
                 let mut seg = segs.get_mut(id)?;
-                cx.recv_seg(real(cx, root, v - 1), &mut seg, &mut Scratch::default())
+                cx.recv_seg(real(cx, root, v - 1), &mut seg, &mut [])
                     .await?;
             }
             if has_next {

@@ -9,6 +9,7 @@ mod barrier;
 mod broadcast;
 mod direct;
 mod hd;
+mod pair;
 mod rd;
 mod ring;
 mod segments;
@@ -43,6 +44,9 @@ pub(crate) struct OpCx<'t, T> {
     pub(crate) seg_bytes: usize,
     /// Threads the ring may reduce a segment with (see `par`).
     pub(crate) reduce_threads: usize,
+    /// Out-of-place buffers this large take streaming stores where an algorithm writes results
+    /// it does not read again (see `pair`).
+    pub(crate) stream_bytes: usize,
     sent: Vec<Cell<u32>>,
     received: Vec<Cell<u32>>,
 }
@@ -61,6 +65,7 @@ impl<'t, T: Transport> OpCx<'t, T> {
             sig,
             seg_bytes,
             reduce_threads: 1,
+            stream_bytes: usize::MAX,
             sent: (0..n).map(|_| Cell::new(0)).collect(),
             received: (0..n).map(|_| Cell::new(0)).collect(),
         }
@@ -69,6 +74,13 @@ impl<'t, T: Transport> OpCx<'t, T> {
     pub(crate) fn with_reduce_threads(self, threads: usize) -> Self {
         OpCx {
             reduce_threads: threads.max(1),
+            ..self
+        }
+    }
+
+    pub(crate) fn with_stream_bytes(self, stream_bytes: usize) -> Self {
+        OpCx {
+            stream_bytes,
             ..self
         }
     }
@@ -122,12 +134,13 @@ impl<'t, T: Transport> OpCx<'t, T> {
             .await
     }
 
-    /// Receives the next frame from `peer` into a segment, scattering it over its pieces.
+    /// Receives the next frame from `peer` into a segment, scattering it over its pieces
+    /// (`space`, at least the segment's length, holds it where the transport copies).
     pub(crate) async fn recv_seg(
         &self,
         peer: usize,
         seg: &mut Seg<'_>,
-        scratch: &mut Scratch,
+        space: &mut [u8],
     ) -> Result<()> {
         if let Some(one) = seg.single_mut() {
             return self.recv(peer, one).await;
@@ -136,7 +149,7 @@ impl<'t, T: Transport> OpCx<'t, T> {
         let mut copy = |off: usize, piece: &[u8]| {
             seg.overlay(off, piece, |d, p, _| d.copy_from_slice(p));
         };
-        self.recv_with(peer, scratch.bytes(len), &mut copy).await
+        self.recv_with(peer, &mut space[..len], &mut copy).await
     }
 
     /// `(rank + k) mod size` for any signed `k`.

@@ -11,6 +11,9 @@
 //! later segments are still arriving. The two futures share the buffer through [`Segments`]:
 //! the writer only ever reads segments the reader has finished with.
 //!
+//! Two ranks running a whole allreduce take [`pair`] instead: the same two steps, with the
+//! frames of both interleaved.
+//!
 //! Bitwise identity across ranks holds because each chunk is reduced on exactly one path and
 //! the result is then copied, never recomputed, by the allgather.
 
@@ -18,7 +21,7 @@ use std::cell::Cell;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{OpCx, Scratch, Segments};
+use super::{OpCx, Scratch, Segments, pair::pair};
 use crate::{
     dtype::ReduceOp,
     error::Result,
@@ -48,12 +51,14 @@ pub(crate) async fn ring<T: Transport>(
     scratch: &mut Scratch,
 ) -> Result<()> {
     let n = cx.size;
-    let dtype = cx.sig.dtype;
     let segs = &buf.cut(cx);
     let inputs: Vec<&[u8]> = input
         .map(|i| segs.ranges().map(|r| &i[r]).collect())
         .unwrap_or_default();
     let inputs = &inputs;
+    if let (2, Some(op), true) = (n, op, gather) {
+        return pair(cx, segs, inputs, op, base, scratch).await;
+    }
     let (next, prev) = (cx.rel(1), cx.rel(-1));
     let chunk = |k: isize| (base as isize + k).rem_euclid(n as isize) as usize;
     let own = chunk(1);
@@ -84,26 +89,8 @@ pub(crate) async fn ring<T: Transport>(
             for s in 0..n - 1 {
                 let last = s == n - 2;
                 for id in segs.of_chunk(chunk(-(s as isize) - 1)) {
-                    // Reduce each piece as it is lent (straight from a shared-memory ring), so
-                    // the incoming bytes are read once, not copied to scratch first.
-                    let mut mine = segs.get_mut(id)?;
-                    let contribution = inputs.get(id);
-                    let threads = cx.reduce_threads;
-                    let mut consume = |off: usize, piece: &[u8]| {
-                        mine.overlay(off, piece, |d, piece, at| match contribution {
-                            Some(c) => {
-                                let c = &c[at..at + piece.len()];
-                                reduce_from_par(threads, dtype, op, d, piece, c);
-                            }
-                            None => reduce_par(threads, dtype, op, Order::SrcFirst, d, piece),
-                        });
-                    };
-                    cx.recv_with(prev, scratch.bytes(segs.len(id)), &mut consume)
-                        .await?;
-                    if last && op == ReduceOp::Avg {
-                        mine.parts_mut().for_each(|p| finish_avg(dtype, p, n));
-                    }
-                    drop(mine);
+                    let space = scratch.bytes(segs.len(id));
+                    recv_reduce(cx, prev, segs, id, inputs.get(id), op, last, space).await?;
                     if !last || gather {
                         queue.push(Src::Buf(id));
                     }
@@ -119,7 +106,8 @@ pub(crate) async fn ring<T: Transport>(
                     // contents must not be borrowed until the writer is past it.
                     let sent = queue.position(id);
                     let _ = done.wait_for(|n| *n >= sent).await;
-                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, scratch).await?;
+                    let space = scratch.bytes(segs.len(id));
+                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, space).await?;
                     if s < n - 2 {
                         queue.push(Src::Buf(id));
                     }
@@ -129,6 +117,45 @@ pub(crate) async fn ring<T: Transport>(
         Ok(())
     };
     tokio::try_join!(writer, reader).map(|_| ())
+}
+
+/// Receives the next frame from `from` and reduces it into segment `id` as it is lent
+/// (straight from a shared-memory ring, so the incoming bytes are read once, not copied to
+/// scratch first). With `contribution`, out of place: the segment is `contribution ⊕ frame`.
+/// On the reduction's `last` step an average is finished.
+#[expect(clippy::too_many_arguments, reason = "one segment's whole context")]
+#[expect(
+    clippy::await_holding_refcell_ref,
+    reason = "disjoint segments, see Segments"
+)]
+pub(super) async fn recv_reduce<T: Transport>(
+    cx: &OpCx<'_, T>,
+    from: usize,
+    segs: &Segments<'_>,
+    id: usize,
+    contribution: Option<&&[u8]>,
+    op: ReduceOp,
+    last: bool,
+    space: &mut [u8],
+) -> Result<()> {
+    let dtype = cx.sig.dtype;
+    let mut mine = segs.get_mut(id)?;
+    let threads = cx.reduce_threads;
+    let mut consume = |off: usize, piece: &[u8]| {
+        mine.overlay(off, piece, |d, piece, at| match contribution {
+            Some(c) => {
+                let c = &c[at..at + piece.len()];
+                reduce_from_par(threads, dtype, op, d, piece, c);
+            }
+            None => reduce_par(threads, dtype, op, Order::SrcFirst, d, piece),
+        });
+    };
+    cx.recv_with(from, &mut space[..segs.len(id)], &mut consume)
+        .await?;
+    if last && op == ReduceOp::Avg {
+        mine.parts_mut().for_each(|p| finish_avg(dtype, p, cx.size));
+    }
+    Ok(())
 }
 
 /// The ring's buffer: one slice, or a gather list of slices laid end to end (see `segments`).

@@ -99,6 +99,10 @@ pub(crate) struct BenchArgs {
     /// their results with streaming stores (0: always; a huge value: never).
     #[arg(long, value_parser = parse_size)]
     arena_stream_bytes: Option<usize>,
+    /// Out-of-place two-rank allreduces at least this large write the half the peer reduced
+    /// with streaming stores (0: always; a huge value: never).
+    #[arg(long, value_parser = parse_size)]
+    pair_stream_bytes: Option<usize>,
     /// Largest allreduce in bytes sent by recursive doubling under `--algo auto`.
     #[arg(long, value_parser = parse_size)]
     small_bytes: Option<usize>,
@@ -299,6 +303,7 @@ fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode
         arena_stream_bytes: args
             .arena_stream_bytes
             .unwrap_or(defaults.arena_stream_bytes),
+        pair_stream_bytes: args.pair_stream_bytes.unwrap_or(defaults.pair_stream_bytes),
     };
     let setup = connect::Setup {
         args,
