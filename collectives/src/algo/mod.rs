@@ -29,7 +29,7 @@ use crate::{
     error::Result,
     frame::{FrameKind, Header, OpSig},
     schedule,
-    transport::Transport,
+    transport::{Transport, shm::Store},
 };
 
 /// One operation in flight: who we are, what we are doing, and how many frames went each way.
@@ -134,20 +134,23 @@ impl<'t, T: Transport> OpCx<'t, T> {
             .await
     }
 
-    /// Receives the next frame from `peer` into a segment, scattering it over its pieces
-    /// (`space`, at least the segment's length, holds it where the transport copies).
+    /// Receives the next frame from `peer` into a segment, scattering it over its pieces with
+    /// `store` (`space`, at least the segment's length, holds it where the transport copies).
     pub(crate) async fn recv_seg(
         &self,
         peer: usize,
         seg: &mut Seg<'_>,
         space: &mut [u8],
+        store: Store,
     ) -> Result<()> {
-        if let Some(one) = seg.single_mut() {
+        if store == Store::Cached
+            && let Some(one) = seg.single_mut()
+        {
             return self.recv(peer, one).await;
         }
         let len = seg.len();
         let mut copy = |off: usize, piece: &[u8]| {
-            seg.overlay(off, piece, |d, p, _| d.copy_from_slice(p));
+            seg.overlay(off, piece, |d, p, _| store.copy(d, p));
         };
         self.recv_with(peer, &mut space[..len], &mut copy).await
     }

@@ -9,7 +9,7 @@
 //!
 //! Out of place and large, the half that arrives already reduced is written with streaming
 //! stores: nothing reads it again here, and an ordinary store would first read every output
-//! line from memory (see `transport::shm::stream_copy`).
+//! line from memory (see `transport::shm::Store`).
 //!
 //! No deadlock: a frame waits only on frames earlier in the order (reduced segment `j` on the
 //! peer's input segment `j`), and a reader waits on its own writer only for a segment that the
@@ -21,7 +21,7 @@ use super::{OpCx, Scratch, Segments, ring::recv_reduce};
 use crate::{
     dtype::ReduceOp,
     error::Result,
-    transport::{Transport, shm::stream_copy},
+    transport::{Transport, shm::Store},
 };
 
 /// How many input segments a rank sends ahead of its first reduced one: enough to keep the
@@ -75,7 +75,10 @@ pub(super) async fn pair<T: Transport>(
         }
     }
     let bytes: usize = (0..segs.count()).map(|id| segs.len(id)).sum();
-    let streaming = !inputs.is_empty() && bytes >= cx.stream_bytes;
+    let store = match !inputs.is_empty() && bytes >= cx.stream_bytes {
+        true => Store::Streaming,
+        false => Store::Cached,
+    };
     let (reduced_tx, mut reduced_rx) = watch::channel(0usize);
     let (sent_tx, mut sent_rx) = watch::channel(0usize);
 
@@ -110,14 +113,7 @@ pub(super) async fn pair<T: Transport>(
                     let _ = sent_rx.wait_for(|n| *n >= sent_at[j]).await;
                     let mut seg = segs.get_mut(theirs.start + j)?;
                     let space = scratch.bytes(seg.len());
-                    if streaming {
-                        let mut copy = |off: usize, piece: &[u8]| {
-                            seg.overlay(off, piece, |d, p, _| stream_copy(d, p));
-                        };
-                        cx.recv_with(peer, space, &mut copy).await?;
-                    } else {
-                        cx.recv_seg(peer, &mut seg, space).await?;
-                    }
+                    cx.recv_seg(peer, &mut seg, space, store).await?;
                 }
             }
         }

@@ -27,7 +27,7 @@ use crate::{
     error::Result,
     par::{reduce_from_par, reduce_par},
     reduce::{Order, finish_avg},
-    transport::Transport,
+    transport::{Transport, shm::Store},
 };
 
 /// Runs the reduce-scatter phase (if `op` is given) and/or the allgather phase (if `gather`).
@@ -107,7 +107,8 @@ pub(crate) async fn ring<T: Transport>(
                     let sent = queue.position(id);
                     let _ = done.wait_for(|n| *n >= sent).await;
                     let space = scratch.bytes(segs.len(id));
-                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, space).await?;
+                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, space, Store::Cached)
+                        .await?;
                     if s < n - 2 {
                         queue.push(Src::Buf(id));
                     }

@@ -86,7 +86,8 @@ pub(crate) enum Store {
 }
 
 impl Store {
-    fn copy(self, dst: &mut [u8], src: &[u8]) {
+    /// `dst.copy_from_slice(src)`, with this kind of store.
+    pub(crate) fn copy(self, dst: &mut [u8], src: &[u8]) {
         match self {
             Store::Cached => dst.copy_from_slice(src),
             Store::Streaming => stream::copy(dst, src),

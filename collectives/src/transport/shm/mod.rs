@@ -39,7 +39,6 @@ pub use arena::Arena;
 pub(crate) use arena::{Abandon, Own, Store};
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
-pub(crate) use stream::copy as stream_copy;
 
 use self::{
     segment::{Identity, Owned},
