@@ -40,6 +40,7 @@ use std::{
 };
 
 use super::{
+    memcpy,
     segment::{ARENA_BUFFERS, ARENA_CTL_BYTES, Mapping},
     stream,
     wake::{Local, Peer, Waiter},
@@ -89,7 +90,7 @@ impl Store {
     /// `dst.copy_from_slice(src)`, with this kind of store.
     pub(crate) fn copy(self, dst: &mut [u8], src: &[u8]) {
         match self {
-            Store::Cached => dst.copy_from_slice(src),
+            Store::Cached => memcpy::copy(dst, src),
             Store::Streaming => stream::copy(dst, src),
         }
     }
@@ -206,8 +207,10 @@ impl Arena {
         let (base, len) = self.maps[self.rank].arena_buf(buf);
         assert!(at + src.len() <= len, "staging past the arena buffer");
         // SAFETY: inside this rank's own buffer, which no rank reads until this rank publishes
-        // the phase covering it (the protocol above); `src` is ordinary memory of this process.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.as_ptr().add(at), src.len()) };
+        // the phase covering it (the protocol above), so it may be borrowed mutably; `src` is
+        // ordinary memory of this process.
+        let dst = unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(at), src.len()) };
+        memcpy::copy(dst, src);
     }
 
     /// Bytes `range` of `rank`'s buffer `buf`.

@@ -25,6 +25,7 @@
 #![allow(unsafe_code)] // mmap, raw ring copies and pidfd polling; each block has a SAFETY note.
 
 mod arena;
+mod memcpy;
 mod ring;
 mod segment;
 mod stream;

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     super::stream::Lend,
+    memcpy,
     segment::{CTL_BYTES, Mapping},
     wake::{Local, Peer, Waiter},
 };
@@ -96,15 +97,16 @@ impl Ring {
         let at = pos as usize & (self.cap - 1);
         let first = src.len().min(self.cap - at);
         // SAFETY: both pieces lie inside the data area (at + first <= cap, rest <= at), which no
-        // one else reads or writes until the caller publishes them (the caller's contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.as_ptr().add(at), first);
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr().add(first),
-                self.data.as_ptr(),
-                src.len() - first,
-            );
-        }
+        // one else reads or writes until the caller publishes them (the caller's contract), so
+        // they may be borrowed mutably; `src` is the caller's memory, not the ring's.
+        let (tail, head) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.data.as_ptr().add(at), first),
+                std::slice::from_raw_parts_mut(self.data.as_ptr(), src.len() - first),
+            )
+        };
+        memcpy::copy(tail, &src[..first]);
+        memcpy::copy(head, &src[first..]);
     }
 
     /// Copies ring bytes from position `pos` (wrapping) into `dst`.
@@ -114,15 +116,17 @@ impl Ring {
     unsafe fn copy_out(&self, pos: u64, dst: &mut [u8]) {
         let at = pos as usize & (self.cap - 1);
         let first = dst.len().min(self.cap - at);
-        // SAFETY: inside the data area; the producer does not touch published, unconsumed bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data.as_ptr().add(at), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data.as_ptr(),
-                dst.as_mut_ptr().add(first),
-                dst.len() - first,
-            );
-        }
+        // SAFETY: inside the data area (as in `copy_in`); the producer does not touch
+        // published, unconsumed bytes, so they may be borrowed while read.
+        let (tail, head) = unsafe {
+            (
+                std::slice::from_raw_parts(self.data.as_ptr().add(at), first),
+                std::slice::from_raw_parts(self.data.as_ptr(), dst.len() - first),
+            )
+        };
+        let (into_tail, into_head) = dst.split_at_mut(first);
+        memcpy::copy(into_tail, tail);
+        memcpy::copy(into_head, head);
     }
 }
 
