@@ -53,7 +53,9 @@ def read_runs(path):
 def mode_of(before, after):
     if before is None or after is None:
         return None
-    return "fast" if min(before, after) >= args.split else "slow" if max(before, after) < args.split else "mixed"
+    if min(before, after) >= args.split:
+        return "fast"
+    return "slow" if max(before, after) < args.split else "mixed"
 
 
 runs = collections.defaultdict(list)
@@ -103,8 +105,10 @@ for n in sorted({k[0] for k in runs}):
         mpi = stat(n, s, "mpi")
         label = f"{s >> 10} KiB" if s >= 1024 else f"{s} B"
         row = [str(n), label, "GB/s" if s >= BUSBW_FROM else "µs"]
-        row.append(f"{mpi:.2f} ({', '.join(f'{x:.2f}' for x in runs[(n, s, 'mpi')])})")
-        row[-1] += f" [{len(runs[(n, s, 'mpi')])} / {len(runs[(n, s, algos[0] + ' oop')])} runs]" if args.mode != "all" else ""
+        mpi_runs = f"{mpi:.2f} ({', '.join(f'{x:.2f}' for x in runs[(n, s, 'mpi')])})"
+        if args.mode != "all":  # how many runs of each side the mode kept
+            mpi_runs += f" [{len(runs[(n, s, 'mpi')])} / {len(runs[(n, s, algos[0] + ' oop')])} runs]"
+        row.append(mpi_runs)
         row += [f"{stat(n, s, a + ' oop'):.2f} / {stat(n, s, a + ' ip'):.2f}" for a in algos]
         row += [f"{ratio(n, s, a + ' oop', mpi):.2f} / {ratio(n, s, a + ' ip', mpi):.2f}" for a in algos]
         print("| " + " | ".join(row) + " |")

@@ -3,11 +3,12 @@
 //! From about 2 KiB glibc's memcpy copies with `rep movsb`. On Zen 4 that instruction runs at a
 //! sixteenth of its speed when the destination sits 1–15 bytes above the source modulo 4 KiB
 //! (64 KiB copies: 3.2 against 53 GB/s on this project's machines, `benches/compare/
-//! skew_copy.c`; glibc bug 30994, fixed in 2.39, while Debian 12 ships 2.36). Buffers that are
-//! both 16-byte aligned never meet it. A caller's tensor need not be: a view at an odd offset
-//! meets it on one ring frame in 256 (frames move the write position by 48 bytes), and on every
-//! arena copy if the offset against the arena slot is unlucky. Those copies go through a plain
-//! vector loop, which runs at about 40 GB/s there.
+//! skew_copy.c`; glibc bug 30994, fixed in 2.39, while Debian 12 ships 2.36). A skew that is a
+//! multiple of 16 never meets it, as with the benchmark's aligned buffers and frames. A caller's
+//! tensor need not be aligned: a view at an odd offset meets it on about one ring frame in 270
+//! (15 skews in 4096, as frames move the write position), and on every arena copy if its offset
+//! against the arena slot is unlucky. Those copies go through a plain vector loop, which runs at
+//! about 40 GB/s there.
 
 /// Destination minus source modulo 4 KiB, in this band: `rep movsb` slows down.
 const SLOW_BAND: std::ops::Range<usize> = 1..16;
