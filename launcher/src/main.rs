@@ -10,7 +10,7 @@ mod train;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Fault-tolerant, elastic allreduce.
 #[derive(Parser, Debug)]
@@ -24,7 +24,9 @@ struct Cli {
 enum Cmd {
     /// Run a small elastic training job on this host, kill a worker, and check the result.
     Demo(demo::DemoArgs),
-    /// Start local workers of an elastic job: `ringrun launch --np 4 -- python train.py`.
+    /// Start local workers of an elastic job: `ringrun launch --np 4 -- python train.py`
+    /// (torchrun's and horovodrun's command lines are accepted too).
+    #[command(visible_aliases = ["torchrun", "horovodrun"], after_help = launch::compat::HELP)]
     Launch(launch::LaunchCmd),
     /// Allreduce benchmark with nccl-tests' all_reduce_perf output.
     Bench(bench::BenchArgs),
@@ -39,14 +41,23 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let mut verbose = false;
+    if let Err(e) = launch_compat(&mut argv, &mut verbose) {
+        eprintln!("ringrun launch: error: {e}");
+        return ExitCode::from(launch::summary::code::USAGE);
+    }
+    let default_level = if verbose { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGRUN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().cmd {
+    let cmd = Cli::parse_from(argv).cmd;
+    let launching = matches!(cmd, Cmd::Launch(_));
+    let result = match cmd {
         Cmd::Demo(args) => demo::main(args),
         Cmd::Launch(args) => launch::main(args),
         Cmd::Bench(args) => bench::main(args),
@@ -56,8 +67,42 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|e| {
         eprintln!("ringrun: {e:#}");
-        ExitCode::FAILURE
+        match launching {
+            true => ExitCode::from(launch::summary::code::LAUNCHER),
+            false => ExitCode::FAILURE,
+        }
     })
+}
+
+/// `torchrun ...` / `horovodrun ...` (this binary under that name) is `ringrun launch ...`;
+/// a launch command line in torchrun's or horovodrun's form is rewritten into ringrun's.
+fn launch_compat(argv: &mut Vec<String>, verbose: &mut bool) -> Result<(), String> {
+    let name = argv
+        .first()
+        .map_or("", |a| a.rsplit('/').next().unwrap_or(a));
+    if matches!(name, "torchrun" | "horovodrun") {
+        argv.insert(1, "launch".into());
+    }
+    if !matches!(
+        argv.get(1).map(String::as_str),
+        Some("launch" | "torchrun" | "horovodrun")
+    ) {
+        return Ok(());
+    }
+    let native = launch::compat::native_options(&launch::LaunchCmd::augment_args(
+        clap::Command::new("launch"),
+    ));
+    let r = launch::compat::gather(|facts| launch::compat::rewrite(&argv[2..], &native, facts))?;
+    for note in &r.notes {
+        eprintln!("ringrun: {note}");
+    }
+    if r.changed {
+        eprintln!("ringrun: read as: ringrun launch {}", r.args.join(" "));
+    }
+    *verbose = r.verbose;
+    argv.truncate(2);
+    argv.extend(r.args);
+    Ok(())
 }
 
 /// Seeds given as `HOST:PORT` strings, resolved (preferring IPv4 or IPv6 as asked).

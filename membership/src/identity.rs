@@ -93,6 +93,9 @@ pub struct Metadata {
     pub host: String,
     /// Device description, for example `cuda:0` or `cpu`.
     pub device: String,
+    /// The global rank a launcher gave this worker's slot (torchrun's `RANK`), if any; the
+    /// runtime orders its views' ranks by it.
+    pub launch_rank: Option<u32>,
 }
 
 /// Identity of one life of one member; foca's `Identity`.
@@ -233,6 +236,7 @@ mod tests {
                 local_rank: 3,
                 host: "gpu-node-017".into(),
                 device: "cuda:3 H100".into(),
+                launch_rank: Some(1023),
             },
         )
     }

@@ -19,6 +19,15 @@
 //! - "Known to have exited" (`left`) is evidence the caller supplies: a graceful leave, or a
 //!   launcher that reaped its worker. A member merely unreachable is not known to have exited.
 //!
+//! Rank order: a view lists its members by the launch rank each advertises
+//! ([`Placement::launch_rank`], the launcher's `RANK`), lowest first; members without one come
+//! after every member with one; ties (two lives of one slot) and members without a launch rank
+//! go by id. So the first epoch of a launched job has the launch ranks as its ranks whatever
+//! order the workers started in; after a loss the survivors keep their order, compacted (launch
+//! ranks 0, 2, 3 become ranks 0, 1, 2); a restarted worker advertises its slot's launch rank
+//! again, so once it is readmitted the ranks are the launch ranks again. The order of ids
+//! (seniority, for the runtime) still picks the coordinator: it is not rank 0.
+//!
 //! Sans-IO: inputs are [`Agreement::set_live`] (the membership view), [`Agreement::handle`]
 //! (a message) and [`Agreement::tick`], each with the current time; outputs are drained with
 //! [`Agreement::poll_send`] and [`Agreement::poll_event`] after every input.
@@ -39,7 +48,8 @@ pub type Time = Duration;
 pub struct Config {
     /// No view with fewer members is proposed.
     pub min_size: usize,
-    /// At most this many members; installed members are kept first, then the lowest new ids.
+    /// At most this many members; installed members are kept first, then the lowest new ids
+    /// (whatever their launch ranks).
     pub max_size: usize,
     /// How long the live set must be stable before a changed view is proposed.
     pub straggler_window: Duration,
@@ -67,6 +77,25 @@ impl Default for Config {
     }
 }
 
+/// What the agreement reads from a member's metadata: where the member asks to be in the rank
+/// order (see the module's "Rank order").
+pub trait Placement {
+    /// The rank the member's launcher gave it, if any.
+    fn launch_rank(&self) -> Option<u32>;
+}
+
+impl Placement for () {
+    fn launch_rank(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// The rank-order key of a member: launch rank (members without one last), then id.
+fn rank_order<I: Ord, M: Placement>((id, meta): &(I, M)) -> (bool, Option<u32>, &I) {
+    let r = meta.launch_rank();
+    (r.is_none(), r, id)
+}
+
 /// An agreed view: the epoch number and the members in rank order.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct View<I, M> {
@@ -82,7 +111,7 @@ impl<I: Ord + Clone, M> View<I, M> {
         self.members.iter().position(|(m, _)| m == id)
     }
 
-    /// The member ids in rank order.
+    /// The member ids, as a set (ordered by id, not by rank).
     pub fn ids(&self) -> BTreeSet<I> {
         self.members.iter().map(|(i, _)| i.clone()).collect()
     }
@@ -185,7 +214,7 @@ pub struct Agreement<I, M> {
 impl<I, M> Agreement<I, M>
 where
     I: Ord + Clone + Debug,
-    M: Clone + Eq + Debug,
+    M: Clone + Eq + Debug + Placement,
 {
     /// A member `me` with metadata `meta`, alone in its view until [`set_live`](Self::set_live).
     pub fn new(me: I, meta: M, config: Config, now: Time) -> Self {
@@ -365,7 +394,7 @@ where
         self.resend_install(now);
     }
 
-    /// The members the next view should have: installed members still live keep their places,
+    /// The members the next view should have, in rank order: installed members still live,
     /// then new members by id, up to `max_size`.
     fn desired(&self) -> Vec<(I, M)> {
         let mut ids: Vec<&I> = Vec::new();
@@ -386,7 +415,7 @@ where
             .into_iter()
             .map(|i| (i.clone(), self.live[i].clone()))
             .collect();
-        members.sort_by(|a, b| a.0.cmp(&b.0));
+        members.sort_by(|a, b| rank_order(a).cmp(&rank_order(b)));
         members
     }
 
@@ -621,7 +650,7 @@ mod tests {
 
     type Outputs<I, M> = (Vec<(I, Msg<I, M>)>, Vec<Event<I, M>>);
 
-    fn drain<I: Ord + Clone + Debug, M: Clone + Eq + Debug>(
+    fn drain<I: Ord + Clone + Debug, M: Clone + Eq + Debug + Placement>(
         a: &mut Agreement<I, M>,
     ) -> Outputs<I, M> {
         (
@@ -837,6 +866,81 @@ mod tests {
         assert!(drain(&mut a).0.is_empty());
         a.tick(ms(1001));
         assert!(matches!(&drain(&mut a).0[..], [(2, Msg::Propose(_))]));
+    }
+
+    /// Metadata that carries only a launch rank.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Slot(Option<u32>);
+
+    impl Placement for Slot {
+        fn launch_rank(&self) -> Option<u32> {
+            self.0
+        }
+    }
+
+    /// Ids (seniority order) with their launch ranks.
+    fn slots(members: &[(u32, Option<u32>)]) -> BTreeMap<u32, Slot> {
+        members.iter().map(|(i, r)| (*i, Slot(*r))).collect()
+    }
+
+    /// Member 1 coordinates: it proposes after the straggler window, everyone acknowledges.
+    fn install(a: &mut Agreement<u32, Slot>, now: u64, members: &[(u32, Option<u32>)]) -> Vec<u32> {
+        a.set_live(ms(now), slots(members), BTreeSet::new());
+        a.tick(ms(now + 50));
+        let epoch = a.installed().map_or(0, |v| v.epoch) + 1;
+        for (m, _) in members.iter().filter(|(m, _)| *m != 1) {
+            a.handle(ms(now + 51), *m, Msg::Ack { epoch });
+        }
+        drain(a);
+        let view = a.installed().expect("installed");
+        assert_eq!(view.epoch, epoch, "a new view was installed");
+        view.members.iter().map(|(i, _)| *i).collect()
+    }
+
+    #[test]
+    fn ranks_follow_launch_ranks_not_seniority() {
+        let mut a = Agreement::new(1u32, Slot(Some(3)), Config::default(), ms(0));
+        let order = install(
+            &mut a,
+            0,
+            &[(1, Some(3)), (2, Some(2)), (3, Some(0)), (4, Some(1))],
+        );
+        assert_eq!(
+            order,
+            [3, 4, 2, 1],
+            "rank r is the member launched as RANK=r"
+        );
+        assert!(a.is_coordinator(), "the oldest member still coordinates");
+    }
+
+    #[test]
+    fn members_without_a_launch_rank_come_last_by_id_and_ties_go_by_id() {
+        let mut a = Agreement::new(1u32, Slot(None), Config::default(), ms(0));
+        let order = install(
+            &mut a,
+            0,
+            &[
+                (1, None),
+                (2, Some(5)),
+                (3, Some(1)),
+                (4, None),
+                (5, Some(1)),
+            ],
+        );
+        assert_eq!(order, [3, 5, 2, 1, 4]);
+    }
+
+    #[test]
+    fn survivors_compact_in_launch_order_and_a_restarted_slot_gets_its_rank_back() {
+        let mut a = Agreement::new(1u32, Slot(Some(2)), Config::default(), ms(0));
+        let all = [(1, Some(2)), (2, Some(0)), (3, Some(1)), (4, Some(3))];
+        assert_eq!(install(&mut a, 0, &all), [2, 3, 1, 4]);
+        // The worker launched as RANK=1 dies: the others keep their order, compacted.
+        let survivors = [(1, Some(2)), (2, Some(0)), (4, Some(3))];
+        assert_eq!(install(&mut a, 100, &survivors), [2, 1, 4]);
+        // Its slot restarts as a new life (a younger id) with the same RANK: back to rank 1.
+        let back = [(1, Some(2)), (2, Some(0)), (4, Some(3)), (9, Some(1))];
+        assert_eq!(install(&mut a, 200, &back), [2, 9, 1, 4]);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct GroupConfig {
     pub host: String,
     /// Rank of this worker on its host.
     pub local_rank: u32,
+    /// The global rank the launcher gave this worker's slot (torchrun's `RANK`), kept across
+    /// restarts. Views list members by it, so the first epoch's ranks equal the launch ranks
+    /// (see `crate::agreement`); `None` sorts after every member that has one.
+    pub launch_rank: Option<u32>,
     /// Workers on this host (more than its GPUs: the device side stages, since NCCL refuses two
     /// ranks on one GPU).
     pub local_world_size: u32,
@@ -77,6 +81,7 @@ impl GroupConfig {
             seeds: Vec::new(),
             host: "localhost".into(),
             local_rank: 0,
+            launch_rank: None,
             local_world_size: 1,
             min_size: 1,
             max_size: usize::MAX,
@@ -106,6 +111,7 @@ impl GroupConfig {
     /// | `RINGRUN_SEEDS` | `HOST:PORT,...` membership seeds | none (new group) |
     /// | `RINGRUN_HOST` | host label | `localhost` |
     /// | `RINGRUN_LOCAL_RANK` | rank on this host | `0` |
+    /// | `RANK` | the launcher's global rank of this slot: the rank asked for in every view | none |
     /// | `RINGRUN_LOCAL_WORLD_SIZE` (or `LOCAL_WORLD_SIZE`) | workers on this host | `1` |
     /// | `RINGRUN_MIN_SIZE`, `RINGRUN_MAX_SIZE` | world size bounds | 1, unbounded |
     /// | `RINGRUN_INITIAL_SIZE` | size the first epoch waits for | `RINGRUN_MIN_SIZE` |
@@ -144,6 +150,7 @@ impl GroupConfig {
         };
         c.host = var("RINGRUN_HOST").unwrap_or(c.host);
         c.local_rank = parse("RINGRUN_LOCAL_RANK")?.unwrap_or(0);
+        c.launch_rank = parse("RANK")?;
         c.local_world_size = match parse("RINGRUN_LOCAL_WORLD_SIZE")? {
             Some(n) => n,
             None => parse("LOCAL_WORLD_SIZE")?.unwrap_or(1),

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     agreement::Msg,
-    member::{Endpoints, MemberKey},
+    member::{Advert, MemberKey},
 };
 
 /// An agreement message between two members.
-pub type ControlMsg = Msg<MemberKey, Endpoints>;
+pub type ControlMsg = Msg<MemberKey, Advert>;
 
 #[derive(Serialize, Deserialize)]
 enum Envelope {
@@ -106,7 +106,7 @@ mod tests {
     use ringrun_membership::JobId;
 
     use super::*;
-    use crate::agreement::View;
+    use crate::{agreement::View, member::Endpoints};
 
     fn codec(secret: &[u8]) -> ControlCodec {
         ControlCodec::new(Authenticator::new(JobId(7), secret).unwrap())
@@ -120,13 +120,17 @@ mod tests {
     }
 
     fn propose() -> ControlMsg {
-        let e = Endpoints {
+        let endpoints = Endpoints {
             control: "127.0.0.1:1".parse().unwrap(),
             tcp: "127.0.0.1:2".parse().unwrap(),
         };
+        let advert = |launch_rank| Advert {
+            endpoints,
+            launch_rank,
+        };
         Msg::Propose(View {
             epoch: 3,
-            members: vec![(key(1), e), (key(2), e)],
+            members: vec![(key(1), advert(Some(0))), (key(2), advert(None))],
         })
     }
 

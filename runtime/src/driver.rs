@@ -25,14 +25,14 @@ use tracing::{debug, info, info_span, warn};
 use crate::{
     agreement::{self, Agreement, Event, View},
     control::{Control, ControlCodec},
-    member::{self, Endpoints, EpochAnnotation, MemberKey},
+    member::{self, Advert, EpochAnnotation, MemberKey},
 };
 
 /// How often the agreement's timers are evaluated.
 const TICK: Duration = Duration::from_millis(10);
 
 /// An agreed view of the group.
-pub type GroupView = View<MemberKey, Endpoints>;
+pub type GroupView = View<MemberKey, Advert>;
 
 /// What the driver has decided, as the group reads it.
 #[derive(Clone, Debug, Default)]
@@ -110,7 +110,7 @@ impl Drop for Driver {
 }
 
 struct Loop {
-    agreement: Agreement<MemberKey, Endpoints>,
+    agreement: Agreement<MemberKey, Advert>,
     codec: ControlCodec,
     socket: UdpSocket,
     control_addrs: BTreeMap<MemberKey, SocketAddr>,
@@ -135,7 +135,7 @@ async fn run(
     let mut l = Loop {
         agreement: Agreement::new(
             setup.me,
-            own_endpoints(&membership)?,
+            own_advert(&membership)?,
             setup.agreement,
             Duration::ZERO,
         ),
@@ -199,8 +199,8 @@ async fn run(
     membership.leave().await.map_err(|e| e.to_string())
 }
 
-fn own_endpoints(m: &Membership) -> Result<Endpoints, String> {
-    Endpoints::from_meta(&m.identity().meta).ok_or_else(|| "no endpoints in own metadata".into())
+fn own_advert(m: &Membership) -> Result<Advert, String> {
+    Advert::from_meta(&m.identity().meta).ok_or_else(|| "no endpoints in own metadata".into())
 }
 
 impl Loop {
@@ -211,14 +211,14 @@ impl Loop {
     fn refresh_live(&mut self) {
         let (mut live, mut left) = (BTreeMap::new(), self.exited.clone());
         for info in &self.members {
-            let Some((key, endpoints)) = member::worker(&info.id) else {
+            let Some((key, advert)) = member::advertised(&info.id) else {
                 continue;
             };
-            self.control_addrs.insert(key, endpoints.control);
+            self.control_addrs.insert(key, advert.endpoints.control);
             match info.state {
                 _ if self.exited.contains(&key) => {}
                 s if s.is_active() => {
-                    live.insert(key, endpoints);
+                    live.insert(key, advert);
                 }
                 MemberState::Left => {
                     left.insert(key);
@@ -279,7 +279,7 @@ impl Loop {
         });
     }
 
-    fn apply(&self, p: &mut Published, ev: Event<MemberKey, Endpoints>) {
+    fn apply(&self, p: &mut Published, ev: Event<MemberKey, Advert>) {
         let now = Instant::now();
         match ev {
             Event::Installed(view) => {

@@ -123,6 +123,7 @@ impl Group {
                     device: device
                         .as_ref()
                         .map_or_else(|| "cpu".into(), |d| d.describe()),
+                    launch_rank: config.launch_rank,
                 },
                 job,
                 secret: config.secret.clone(),
@@ -442,7 +443,7 @@ impl Group {
         let rank = view.rank_of(&self.me).expect("wait_for_view checked");
         let spec = MeshSpec {
             rank,
-            addrs: view.members.iter().map(|(_, e)| e.tcp).collect(),
+            addrs: view.members.iter().map(|(_, a)| a.endpoints.tcp).collect(),
             epoch: view.epoch,
         };
         if let Some(old) = self.comm.take() {
@@ -600,7 +601,7 @@ impl Group {
         let first_here = view
             .members
             .iter()
-            .position(|(_, e)| Some(e.tcp.ip()) == my_ip);
+            .position(|(_, a)| Some(a.endpoints.tcp.ip()) == my_ip);
         if first_here == Some(self.rank()) {
             store
                 .save(c.step, &c.bytes)

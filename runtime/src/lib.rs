@@ -2,7 +2,8 @@
 //!
 //! [`agreement::Agreement`] is the sans-IO epoch-agreement state machine (inputs: the local
 //! membership view, messages, ticks; outputs: messages to send and events such as an installed
-//! view). [`member`] names members ([`member::MemberKey`], oldest first) and their endpoints;
+//! view; views list members by launch rank, see its "Rank order"). [`member`] names members
+//! ([`member::MemberKey`], oldest first) and what they advertise ([`member::Advert`]);
 //! [`control`] seals agreement messages with the job key. [`checkpoint`] is the durable on-disk
 //! fallback for committed state.
 

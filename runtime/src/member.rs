@@ -4,6 +4,10 @@
 //! start, in microseconds) comes first, so the coordinator (the lowest live key) is the oldest
 //! live member, and a joiner or a restarted worker never takes over coordination of a group
 //! that is already training. The node id breaks ties.
+//!
+//! Seniority picks the coordinator, not the ranks: a view lists its members by the launch rank
+//! each one advertises ([`Advert::launch_rank`], see `crate::agreement`), so that the first
+//! epoch's ranks are the launcher's `RANK`s whatever order the workers started in.
 
 use std::net::SocketAddr;
 
@@ -63,6 +67,32 @@ impl Endpoints {
     }
 }
 
+/// What a worker advertises in its membership metadata: where it listens, and the rank its
+/// launcher gave it. This is what a view carries for each member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Advert {
+    /// Where it listens.
+    pub endpoints: Endpoints,
+    /// The launcher's global rank of this worker's slot (`RANK`), if it was given one.
+    pub launch_rank: Option<u32>,
+}
+
+impl Advert {
+    /// A worker's advert; `None` for members that take no part in collectives.
+    pub fn from_meta(meta: &Metadata) -> Option<Advert> {
+        Some(Advert {
+            endpoints: Endpoints::from_meta(meta)?,
+            launch_rank: meta.launch_rank,
+        })
+    }
+}
+
+impl crate::agreement::Placement for Advert {
+    fn launch_rank(&self) -> Option<u32> {
+        self.launch_rank
+    }
+}
+
 /// What a worker publishes to observers (`ringrun status`) with its SWIM view: its installed
 /// epoch and the members in rank order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,11 +132,16 @@ impl EpochAnnotation {
 
 /// The key and endpoints of a membership identity, if it is a worker.
 pub fn worker(id: &MemberId) -> Option<(MemberKey, Endpoints)> {
+    advertised(id).map(|(k, a)| (k, a.endpoints))
+}
+
+/// The key and advert of a membership identity, if it is a worker.
+pub fn advertised(id: &MemberId) -> Option<(MemberKey, Advert)> {
     let key = MemberKey {
         incarnation: id.incarnation.0,
         node: id.node.0,
     };
-    Endpoints::from_meta(&id.meta).map(|e| (key, e))
+    Advert::from_meta(&id.meta).map(|a| (key, a))
 }
 
 #[cfg(test)]
@@ -134,9 +169,13 @@ mod tests {
         };
         let meta = Metadata {
             endpoints: e.to_meta(),
+            launch_rank: Some(3),
             ..Metadata::default()
         };
         assert_eq!(Endpoints::from_meta(&meta), Some(e));
         assert_eq!(Endpoints::from_meta(&Metadata::default()), None);
+        let advert = Advert::from_meta(&meta).unwrap();
+        assert_eq!((advert.endpoints, advert.launch_rank), (e, Some(3)));
+        assert_eq!(Advert::from_meta(&Metadata::default()), None);
     }
 }

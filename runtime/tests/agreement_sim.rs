@@ -5,10 +5,14 @@
 //! coordinator; a partition with loss; a restart under a new id), heals, and requires
 //! convergence. Invariants are checked after every event:
 //! - at most one installed member list per epoch number, on every member;
+//! - every installed list is in rank order: by launch rank (each world's slots get a shuffled
+//!   permutation of launch ranks, so seniority never gives the order by accident; joiners have
+//!   none and come last), then id;
 //! - installed epochs only grow on each member;
 //! - while partitioned, every install holds a majority of the last view before the partition;
 //! - after the faults stop, all live members install one view of exactly the live set within
-//!   a bound.
+//!   a bound; where the live launch ranks are exactly 0..n (no fault, or a restarted slot that
+//!   kept its launch rank), every member's rank is its launch rank.
 //!
 //! A failure prints its seed; `AGREEMENT_SEED=<n> cargo test -p ringrun-runtime --test
 //! agreement_sim` replays it exactly, and `AGREEMENT_SEEDS=<count>` runs more seeds.
@@ -19,10 +23,19 @@ use std::{
     time::Duration,
 };
 
-use ringrun_runtime::agreement::{Agreement, Config, Event, Msg};
+use ringrun_runtime::agreement::{Agreement, Config, Event, Msg, Placement, View};
 
 type Id = u64;
-type Meta = u32;
+
+/// A member's metadata: its launch rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta(Option<u32>);
+
+impl Placement for Meta {
+    fn launch_rank(&self) -> Option<u32> {
+        self.0
+    }
+}
 
 /// splitmix64: small, seedable, good enough for choosing faults.
 struct Rng(u64);
@@ -70,7 +83,9 @@ struct World {
     nodes: BTreeMap<Id, Agreement<Id, Meta>>,
     side: BTreeMap<Id, u8>,
     loss: f64,
-    epochs: BTreeMap<u64, BTreeSet<Id>>,
+    epochs: BTreeMap<u64, Vec<Id>>,
+    /// Each id's launch rank.
+    launch: BTreeMap<Id, Option<u32>>,
     last_epoch: BTreeMap<Id, u64>,
     partition_reference: Option<BTreeSet<Id>>,
     latest_view: BTreeSet<Id>,
@@ -99,13 +114,17 @@ impl World {
             side: BTreeMap::new(),
             loss: 0.0,
             epochs: BTreeMap::new(),
+            launch: BTreeMap::new(),
             last_epoch: BTreeMap::new(),
             partition_reference: None,
             latest_view: BTreeSet::new(),
             trace: VecDeque::new(),
         };
-        for id in 0..n {
-            w.add(id);
+        // Launch ranks: a shuffled permutation, so that id (seniority) order is not rank order.
+        let mut ranks: Vec<u32> = (0..n as u32).collect();
+        ranks.sort_by_key(|_| w.rng.next());
+        for (id, r) in ranks.into_iter().enumerate() {
+            w.add(id as Id, Some(r));
         }
         w
     }
@@ -137,9 +156,11 @@ impl World {
         self.pending.insert(self.seq, ev);
     }
 
-    fn add(&mut self, id: Id) {
+    fn add(&mut self, id: Id, launch_rank: Option<u32>) {
+        self.launch.insert(id, launch_rank);
+        let meta = Meta(launch_rank);
         self.nodes
-            .insert(id, Agreement::new(id, id as u32 * 10, config(), self.now));
+            .insert(id, Agreement::new(id, meta, config(), self.now));
         self.side.insert(id, 0);
         let first_tick = self.rng.ms(0, 10);
         self.push(first_tick, Ev::Tick { node: id });
@@ -167,7 +188,7 @@ impl World {
         self.nodes
             .keys()
             .filter(|i| self.side[*i] == side)
-            .map(|i| (*i, *i as u32 * 10))
+            .map(|i| (*i, Meta(self.launch[i])))
             .collect()
     }
 
@@ -228,21 +249,30 @@ impl World {
             }
             let Some(ev) = a.poll_event() else { return };
             if let Event::Installed(view) = ev {
-                self.check_install(node, view.epoch, view.ids());
+                self.check_install(node, &view);
             }
         }
     }
 
-    fn check_install(&mut self, node: Id, epoch: u64, ids: BTreeSet<Id>) {
-        self.log(format!("{node} installs {epoch} {ids:?}"));
+    fn check_install(&mut self, node: Id, view: &View<Id, Meta>) {
+        let (epoch, ids) = (view.epoch, view.ids());
+        let list: Vec<Id> = view.members.iter().map(|(i, _)| *i).collect();
+        self.log(format!("{node} installs {epoch} {list:?}"));
         if let Some(prev) = self.epochs.get(&epoch)
-            && *prev != ids
+            && *prev != list
         {
             self.fail(format!(
-                "epoch {epoch} installed as {prev:?} and as {ids:?} (on {node})"
+                "epoch {epoch} installed as {prev:?} and as {list:?} (on {node})"
             ));
         }
-        self.epochs.insert(epoch, ids.clone());
+        let mut ordered = list.clone();
+        ordered.sort_by_key(|i| (self.launch[i].is_none(), self.launch[i], *i));
+        if ordered != list {
+            self.fail(format!(
+                "epoch {epoch} lists {list:?}, not in rank order {ordered:?}"
+            ));
+        }
+        self.epochs.insert(epoch, list);
         let last = self.last_epoch.insert(node, epoch).unwrap_or(0);
         if epoch <= last {
             self.fail(format!("{node} installed epoch {epoch} after {last}"));
@@ -275,12 +305,29 @@ impl World {
         }
     }
 
+    /// Where the live launch ranks are exactly 0..n, rank r is the member launched as r.
+    fn check_launch_ranks(&self) {
+        let Some(view) = self.nodes.values().next().and_then(|a| a.installed()) else {
+            return;
+        };
+        let ranks: Vec<Option<u32>> = view.members.iter().map(|(_, m)| m.0).collect();
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        if sorted.iter().enumerate().any(|(i, r)| *r != Some(i as u32)) {
+            return;
+        }
+        if ranks.iter().enumerate().any(|(i, r)| *r != Some(i as u32)) {
+            self.fail(format!("launch ranks 0..n but ranks {ranks:?}"));
+        }
+    }
+
     fn require_convergence(&mut self, within: Duration) {
         let deadline = self.now + within;
         while self.now < deadline {
             let step = self.now + Duration::from_millis(50);
             self.run_until(step);
             if self.converged().is_ok() {
+                self.check_launch_ranks();
                 return;
             }
         }
@@ -331,12 +378,14 @@ fn scenario(seed: u64) {
             w.membership_changed();
         }
         2 => {
-            // A worker restarts: the old incarnation dies, a new one (new id) joins.
+            // A worker restarts: the old incarnation dies, a new one (new id) joins with the
+            // slot's launch rank.
             let victim = rng.below(n);
+            let slot = w.launch[&victim];
             w.crash(victim);
             let t = w.now + rng.ms(0, 1500);
             w.run_until(t);
-            w.add(100 + victim);
+            w.add(100 + victim, slot);
         }
         _ => {
             // Several joiners at once, under loss.
@@ -344,7 +393,7 @@ fn scenario(seed: u64) {
             for j in 0..1 + rng.below(3) {
                 let t = w.now + rng.ms(0, 30);
                 w.run_until(t);
-                w.add(200 + j);
+                w.add(200 + j, None);
             }
         }
     }

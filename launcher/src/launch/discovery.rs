@@ -1,5 +1,5 @@
 //! `--host-discovery-script` with Horovod's semantics: an executable that prints one
-//! `host:slots` line per available host (a bare `host` means one slot). The launcher polls it
+//! `host:slots` line per available host (a bare `host` has `--slots-per-host` slots, 1). The launcher polls it
 //! and grows or shrinks this host's workers to the slots the script gives it; a host missing from
 //! the output has no slots. Shrinking sends SIGTERM, so a worker leaves the group gracefully.
 
@@ -17,16 +17,24 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Discovery {
     script: PathBuf,
     names: Vec<String>,
+    /// Slots of a host listed without a count (horovodrun's --slots-per-host).
+    default_slots: usize,
     interval: Duration,
     next: Instant,
 }
 
 impl Discovery {
     /// `names`: what this host may be called in the script's output.
-    pub(crate) fn new(script: PathBuf, names: Vec<String>, interval: Duration) -> Discovery {
+    pub(crate) fn new(
+        script: PathBuf,
+        names: Vec<String>,
+        default_slots: usize,
+        interval: Duration,
+    ) -> Discovery {
         Discovery {
             script,
             names,
+            default_slots,
             interval,
             next: Instant::now(),
         }
@@ -66,12 +74,16 @@ impl Discovery {
         if !out.status.success() {
             bail!("{} failed: {}", self.script.display(), out.status);
         }
-        parse(&String::from_utf8_lossy(&out.stdout), &self.names)
+        parse(
+            &String::from_utf8_lossy(&out.stdout),
+            &self.names,
+            self.default_slots,
+        )
     }
 }
 
-/// This host's slots in a discovery script's output.
-pub(crate) fn parse(output: &str, names: &[String]) -> Result<usize> {
+/// This host's slots in a discovery script's output (`default_slots` for a bare host).
+pub(crate) fn parse(output: &str, names: &[String], default_slots: usize) -> Result<usize> {
     let mut slots = 0;
     for line in output
         .lines()
@@ -84,7 +96,7 @@ pub(crate) fn parse(output: &str, names: &[String]) -> Result<usize> {
                 n.parse::<usize>()
                     .with_context(|| format!("bad line {line:?}"))?,
             ),
-            None => (line, 1),
+            None => (line, default_slots),
         };
         if names.iter().any(|name| name == host) {
             slots += n;
@@ -100,9 +112,14 @@ mod tests {
     #[test]
     fn finds_this_hosts_slots() {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        assert_eq!(parse("a:4\nlocalhost:3\nb\n", &names).unwrap(), 3);
-        assert_eq!(parse("# none\n127.0.0.1\n", &names).unwrap(), 1);
-        assert_eq!(parse("a:2\n", &names).unwrap(), 0);
-        assert!(parse("localhost:x\n", &names).is_err());
+        assert_eq!(parse("a:4\nlocalhost:3\nb\n", &names, 1).unwrap(), 3);
+        assert_eq!(parse("# none\n127.0.0.1\n", &names, 1).unwrap(), 1);
+        assert_eq!(
+            parse("127.0.0.1\n", &names, 4).unwrap(),
+            4,
+            "--slots-per-host"
+        );
+        assert_eq!(parse("a:2\n", &names, 1).unwrap(), 0);
+        assert!(parse("localhost:x\n", &names, 1).is_err());
     }
 }

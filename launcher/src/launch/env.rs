@@ -3,7 +3,7 @@
 //! Three audiences read it:
 //! - the ringrun runtime (`RINGRUN_*`, read by `GroupConfig::from_env`);
 //! - unmodified torchrun scripts (`RANK`, `LOCAL_RANK`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE`,
-//!   `GROUP_RANK`, `MASTER_ADDR`, `MASTER_PORT`, `TORCHELASTIC_*`);
+//!   `GROUP_RANK`, `GROUP_WORLD_SIZE`, `ROLE_*`, `MASTER_ADDR`, `MASTER_PORT`, `TORCHELASTIC_*`);
 //! - TensorFlow-style scripts (`TF_CONFIG`, a JSON cluster spec), in the way XLearning's
 //!   submitter hands each process its role.
 //!
@@ -38,7 +38,10 @@ pub(crate) struct JobEnv {
     pub(crate) group_rank: usize,
     pub(crate) min_size: usize,
     pub(crate) max_size: Option<usize>,
-    pub(crate) master: SocketAddr,
+    /// `MASTER_ADDR` (a host name or address) and `MASTER_PORT`.
+    pub(crate) master: (String, u16),
+    /// Hosts in the job at launch (`GROUP_WORLD_SIZE`).
+    pub(crate) group_world_size: usize,
     pub(crate) max_restarts: u32,
     pub(crate) checkpoint_dir: Option<String>,
     /// `--transport`, handed on as `RINGRUN_TRANSPORT`.
@@ -48,6 +51,8 @@ pub(crate) struct JobEnv {
     pub(crate) host: String,
     /// Every launch-time worker address, for TF_CONFIG.
     pub(crate) workers: Vec<SocketAddr>,
+    /// More variables (horovodrun's `--start-timeout` as `RINGRUN_INITIAL_WAIT_MS`).
+    pub(crate) extra: Vec<(String, String)>,
 }
 
 /// The variables for `slot`, in a stable order.
@@ -80,8 +85,12 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
         ("WORLD_SIZE", job.world_size.to_string()),
         ("LOCAL_WORLD_SIZE", job.local_world_size.to_string()),
         ("GROUP_RANK", job.group_rank.to_string()),
-        ("MASTER_ADDR", job.master.ip().to_string()),
-        ("MASTER_PORT", job.master.port().to_string()),
+        ("GROUP_WORLD_SIZE", job.group_world_size.to_string()),
+        ("ROLE_NAME", "default".into()),
+        ("ROLE_RANK", slot.rank.to_string()),
+        ("ROLE_WORLD_SIZE", job.world_size.to_string()),
+        ("MASTER_ADDR", job.master.0.clone()),
+        ("MASTER_PORT", job.master.1.to_string()),
         ("TORCHELASTIC_RESTART_COUNT", slot.restarts.to_string()),
         ("TORCHELASTIC_MAX_RESTARTS", job.max_restarts.to_string()),
         ("TORCHELASTIC_RUN_ID", job.run_id.clone()),
@@ -90,6 +99,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
     v.retain(|(_, value)| !value.is_empty());
     v.into_iter()
         .map(|(k, value)| (k.to_string(), value))
+        .chain(job.extra.iter().cloned())
         .collect()
 }
 
@@ -116,7 +126,8 @@ mod tests {
             group_rank: 0,
             min_size: 1,
             max_size: None,
-            master: "127.0.0.1:29500".parse().unwrap(),
+            master: ("127.0.0.1".into(), 29500),
+            group_world_size: 1,
             max_restarts: 3,
             checkpoint_dir: None,
             transport: "auto".into(),
@@ -126,6 +137,7 @@ mod tests {
                 "127.0.0.1:7000".parse().unwrap(),
                 "127.0.0.1:7001".parse().unwrap(),
             ],
+            extra: vec![("RINGRUN_INITIAL_WAIT_MS".into(), "5000".into())],
         }
     }
 
@@ -142,6 +154,9 @@ mod tests {
         assert_eq!(v["RANK"], "1");
         assert_eq!(v["WORLD_SIZE"], "2");
         assert_eq!(v["MASTER_PORT"], "29500");
+        assert_eq!(v["GROUP_WORLD_SIZE"], "1");
+        assert_eq!(v["ROLE_RANK"], "1");
+        assert_eq!(v["RINGRUN_INITIAL_WAIT_MS"], "5000");
         assert_eq!(v["TORCHELASTIC_RESTART_COUNT"], "2");
         assert_eq!(v["RINGRUN_MEMBER_PORT"], "7001");
         assert!(!v.contains_key("RINGRUN_MAX_SIZE"), "unset stays unset");

@@ -2,9 +2,12 @@
 //! horovodrun, hand each its role through the environment ([`env`]), tag their output, restart
 //! the ones that fail ([`supervisor`]), report membership events ([`watch`]).
 
+pub(crate) mod compat;
+pub(crate) mod console;
 pub(crate) mod discovery;
 pub(crate) mod env;
 pub(crate) mod slurm;
+pub(crate) mod summary;
 pub(crate) mod supervisor;
 pub(crate) mod watch;
 
@@ -101,11 +104,42 @@ pub(crate) struct LaunchArgs {
     pub(crate) mode: Mode,
 }
 
+/// torchrun's and horovodrun's options that ringrun honours under their own names (the rest
+/// are rewritten into ringrun's options by [`compat`]).
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "torchrun / horovodrun options")]
+pub(crate) struct CompatArgs {
+    /// MASTER_ADDR handed to the workers (default: the --bind address).
+    #[arg(long)]
+    pub(crate) master_addr: Option<String>,
+    /// MASTER_PORT handed to the workers (default: a free port on --bind).
+    #[arg(long)]
+    pub(crate) master_port: Option<u16>,
+    /// Streams that go to the log files only, not the console (-r): 0 none, 1 stdout,
+    /// 2 stderr, 3 both, or LOCAL_RANK:N,... (without --log-dir, a directory under /tmp).
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) redirects: Option<String>,
+    /// Streams written to the log files and the console (-t; the same SPEC as --redirects).
+    #[arg(long, value_name = "SPEC")]
+    pub(crate) tee: Option<String>,
+    /// Local ranks whose output reaches the console, e.g. `0` or `0,1`.
+    #[arg(long, value_name = "RANKS")]
+    pub(crate) local_ranks_filter: Option<String>,
+    /// Slots of a host the discovery script lists without a count.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) slots_per_host: usize,
+    /// Seconds the first epoch waits for the initial workers (RINGRUN_INITIAL_WAIT_MS).
+    #[arg(long, value_name = "SECONDS")]
+    pub(crate) start_timeout: Option<u64>,
+}
+
 /// Options of `ringrun launch`: the shared ones plus the command.
 #[derive(Args, Debug)]
 pub(crate) struct LaunchCmd {
     #[command(flatten)]
     pub(crate) launch: LaunchArgs,
+    #[command(flatten)]
+    pub(crate) compat: CompatArgs,
     /// The worker command and its arguments.
     #[arg(required = true, last = true)]
     pub(crate) cmd: Vec<String>,
@@ -126,9 +160,25 @@ pub(crate) struct Running {
 }
 
 pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
-    let mut job = start(&args.launch, args.cmd)?;
+    let mut launch = args.launch.clone();
+    let console = console::Console::new(
+        args.compat.redirects.as_deref(),
+        args.compat.tee.as_deref(),
+        args.compat.local_ranks_filter.as_deref(),
+    )?;
+    if console.needs_files() && launch.log_dir.is_none() {
+        let dir =
+            std::env::temp_dir().join(format!("ringrun-{}-{}", launch.run_id, std::process::id()));
+        eprintln!("ringrun: worker logs in {}", dir.display());
+        launch.log_dir = Some(dir);
+    }
+    let program = program_name(&args.cmd);
+    let mut job = start_with(&launch, &args.compat, args.cmd)?;
     let signals = watch::signals()?;
-    let mut report = Report::default();
+    let mut report = Report {
+        console,
+        ..Report::default()
+    };
     loop {
         job.rediscover()?;
         for ev in job.poll(Duration::from_millis(50), &mut report)? {
@@ -149,14 +199,33 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
         }
     }
     report.summary(&job);
-    Ok(match job.sup.succeeded() {
-        true => ExitCode::SUCCESS,
-        false => ExitCode::FAILURE,
-    })
+    if job.sup.succeeded() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in summary::lines(&program, &hostname(), &report.failures, job.started) {
+        eprintln!("{line}");
+    }
+    // The job fails only when a failure finds the restart budget spent.
+    Ok(ExitCode::from(match job.sup.restarts() {
+        0 => summary::code::WORKER_FAILED,
+        _ => summary::code::RESTARTS_SPENT,
+    }))
+}
+
+/// The program's name for the summary: the script where the command runs one with Python.
+fn program_name(cmd: &[String]) -> String {
+    let script = cmd.iter().find(|a| a.ends_with(".py"));
+    let name = script.or(cmd.first()).map_or("", String::as_str);
+    name.rsplit('/').next().unwrap_or(name).to_string()
 }
 
 /// Resolves the options into a job and starts its workers.
 pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
+    start_with(a, &CompatArgs::default(), cmd)
+}
+
+/// [`start`], with the torchrun / horovodrun options ringrun honours.
+pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Result<Running> {
     let a = &with_slurm(a.clone(), |k| std::env::var(k).ok())?;
     let nproc = a.nproc.unwrap_or(1);
     if nproc == 0 {
@@ -178,6 +247,7 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
         discovery::Discovery::new(
             script,
             names,
+            c.slots_per_host.max(1),
             Duration::from_millis(a.discovery_interval_ms),
         )
     });
@@ -231,13 +301,30 @@ pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
             .or(a.nnodes.as_ref().map(|_| min_nodes * nproc))
             .unwrap_or(1),
         max_size: a.max_np.or(max_nodes.map(|m| m * nproc)),
-        master: SocketAddr::new(a.bind, free_tcp_port(a.bind)?),
+        master: (
+            c.master_addr.clone().unwrap_or_else(|| a.bind.to_string()),
+            match c.master_port {
+                Some(p) => p,
+                None => free_tcp_port(a.bind)?,
+            },
+        ),
+        group_world_size: min_nodes.max(1),
         max_restarts: a.max_restarts,
         checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
         transport: a.transport.clone(),
         device: a.device.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
+        extra: c
+            .start_timeout
+            .map(|s| {
+                (
+                    "RINGRUN_INITIAL_WAIT_MS".to_string(),
+                    (s * 1000).to_string(),
+                )
+            })
+            .into_iter()
+            .collect(),
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
     let notify = (
@@ -394,12 +481,20 @@ fn hostname() -> String {
 pub(crate) struct Report {
     exits: BTreeMap<usize, Instant>,
     lines: Vec<String>,
+    /// Which workers' output is printed (torchrun's --redirects, --local-ranks-filter).
+    pub(crate) console: console::Console,
+    /// Failed exits, first first: the summary's root cause.
+    pub(crate) failures: Vec<summary::Failure>,
 }
 
 impl Report {
     pub(crate) fn print(&mut self, job: &Running, ev: &Event) {
         let t = |at: Instant| at.duration_since(job.started).as_secs_f64();
         match ev {
+            Event::Line { slot, stderr, .. }
+                if !self
+                    .console
+                    .shows(job.sup.slots()[*slot].local_rank, *stderr) => {}
             Event::Line {
                 slot,
                 stderr: false,
@@ -420,6 +515,15 @@ impl Report {
             Event::Exited { slot, status, at } => {
                 if !status.success() {
                     self.exits.insert(*slot, *at);
+                    let s = &job.sup.slots()[*slot];
+                    self.failures.push(summary::Failure {
+                        rank: s.rank,
+                        local_rank: s.local_rank,
+                        status: *status,
+                        at: *at,
+                        wall: std::time::SystemTime::now(),
+                        log: job.sup.log_path(*slot),
+                    });
                 }
                 eprintln!(
                     "ringrun: +{:.2}s worker {} exited: {status}",

@@ -126,7 +126,7 @@ impl Supervisor {
                 File::options()
                     .create(true)
                     .append(true)
-                    .open(d.join(format!("worker-{i}.log")))?,
+                    .open(self.log_path(i).unwrap_or_else(|| d.join("worker.log")))?,
             ),
             None => None,
         };
@@ -328,6 +328,13 @@ impl Supervisor {
         (0..self.slots.len())
             .filter(|i| self.children[*i].is_some() && !self.retiring[*i])
             .collect()
+    }
+
+    /// Worker `i`'s log file, if there is a log directory.
+    pub(crate) fn log_path(&self, i: usize) -> Option<PathBuf> {
+        self.log_dir
+            .as_ref()
+            .map(|d| d.join(format!("worker-{i}.log")))
     }
 
     /// The worker slots started so far.
