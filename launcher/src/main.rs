@@ -97,12 +97,22 @@ fn launch_compat(argv: &mut Vec<String>, verbose: &mut bool) -> Result<(), Strin
         eprintln!("ringrun: {note}");
     }
     if r.changed {
-        eprintln!("ringrun: read as: ringrun launch {}", r.args.join(" "));
+        let quoted: Vec<String> = r.args.iter().map(|a| shell_quoted(a)).collect();
+        eprintln!("ringrun: read as: ringrun launch {}", quoted.join(" "));
     }
     *verbose = r.verbose;
     argv.truncate(2);
     argv.extend(r.args);
     Ok(())
+}
+
+/// `a` as a shell would need it written.
+fn shell_quoted(a: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    match !a.is_empty() && a.chars().all(plain) {
+        true => a.to_string(),
+        false => format!("'{}'", a.replace('\'', r"'\''")),
+    }
 }
 
 /// Seeds given as `HOST:PORT` strings, resolved (preferring IPv4 or IPv6 as asked).

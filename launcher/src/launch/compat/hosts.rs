@@ -37,9 +37,15 @@ pub(super) fn derive(w: &Walked, facts: &Facts, out: &mut Rewritten) -> Result<(
     if np > total {
         return Err(format!("-np {np}: the hosts have only {total} slot(s)"));
     }
+    // With --bind, this host is the entry of that address (several "hosts" can share a
+    // machine on loopback); else the first entry naming this machine.
+    let bind = w.native("--bind");
     let k = list
         .iter()
-        .position(|(h, _)| (facts.is_local)(h))
+        .position(|(h, _)| match bind {
+            Some(b) => h == b,
+            None => (facts.is_local)(h),
+        })
         .ok_or_else(|| {
             format!(
                 "none of the hosts ({}) is this host: ringrun starts this host's workers only, \

@@ -136,6 +136,11 @@ const SAME_AS: &[(&str, &str)] = &[
          --node-rank 1 --nnodes 2 -- python train.py",
     ),
     (
+        "-np 4 -H 127.0.0.1:2,127.0.0.2:2 --bind 127.0.0.2 python train.py",
+        "--bind 127.0.0.2 --nproc-per-node 2 --seeds 127.0.0.1:29450,127.0.0.2:29450 \
+         --port 29450 --node-rank 1 --nnodes 2 -- python train.py",
+    ),
+    (
         "-np=4 --hostfile hosts.txt --port 7000 python train.py",
         "--port 7000 --nproc-per-node 2 --seeds node0:7000,node1:7000 --bind 10.0.0.2 \
          --node-rank 1 --nnodes 2 -- python train.py",
