@@ -18,15 +18,19 @@ import functools
 import json
 import sys
 
+from . import _codec
 from .errors import RECOVERABLE
 import ringrun
 
 
 class State:
-    """Named training state: numpy arrays, torch CPU tensors and JSON scalars (int, float,
-    str, bool, None, lists/dicts of those). Every rank must hold identical values at a commit
-    (the runtime checks the bytes). Arrays and tensors are restored in place, so references
-    to them (a model's parameters) stay valid."""
+    """Named training state: torch modules and optimizers (committed as their state_dicts),
+    any object with ``state_dict()`` / ``load_state_dict()`` (an LR scheduler, a sampler),
+    torch tensors, numpy arrays and JSON scalars (int, float, str, bool, None, lists/dicts of
+    those). Every rank must hold identical values at a commit (the runtime checks the bytes).
+    Restoring works in place: tensors and arrays are copied into, modules and optimizers get
+    ``load_state_dict``, so references to them (a model's parameters, a DDP wrapper, an
+    optimizer's param groups) stay valid."""
 
     def __init__(self, **attrs):
         object.__setattr__(self, "_keys", sorted(attrs))
@@ -54,7 +58,10 @@ class State:
         return self._next
 
     def commit(self):
-        """Commits the current values on every rank (must be called by all ranks)."""
+        """Commits the current values on every rank (must be called by all ranks). Raises the
+        membership change if a collective of the step failed (a DDP bucket whose allreduce
+        failed completes unchanged; the step must not be committed)."""
+        _raise_pending_failure()
         ringrun.commit(self._next, self.save())
         object.__setattr__(self, "_next", self._next + 1)
         ringrun.set_step(self._next)
@@ -62,6 +69,7 @@ class State:
     def restore(self):
         """Waits for a working epoch and loads the newest commit (or the initial values)."""
         got = ringrun.restore()
+        _clear_pending_failure()
         if got is None:
             self.load(self._initial)
             object.__setattr__(self, "_next", 0)
@@ -72,45 +80,53 @@ class State:
         ringrun.set_step(self._next)
 
     def save(self):
-        """The state as bytes: a JSON head (scalars, array shapes) then the raw arrays."""
-        scalars, arrays, chunks = {}, [], []
-        np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
-        for k in self._keys:
-            v = getattr(self, k)
-            if torch is not None and isinstance(v, torch.Tensor):
-                v = v.detach().cpu().numpy()
-            if np is not None and isinstance(v, np.ndarray):
-                arrays.append([k, v.dtype.str, list(v.shape)])
-                chunks.append(np.ascontiguousarray(v).tobytes())
-            else:
-                scalars[k] = v
-        head = json.dumps({"scalars": scalars, "arrays": arrays}, sort_keys=True).encode()
+        """The state as bytes: a JSON head (scalars, tensor shapes) then the raw tensors."""
+        chunks = []
+        head = {k: _codec.encode(_stateful(getattr(self, k)), chunks) for k in self._keys}
+        head = json.dumps(head, sort_keys=True).encode()
         return len(head).to_bytes(8, "little") + head + b"".join(chunks)
 
     def load(self, blob):
         n = int.from_bytes(blob[:8], "little")
         head = json.loads(blob[8 : 8 + n])
-        for k, v in head["scalars"].items():
-            object.__setattr__(self, k, v)
-        off = 8 + n
-        if not head["arrays"]:
-            return
-        import numpy as np
-
-        torch = sys.modules.get("torch")
-        for k, dt, shape in head["arrays"]:
-            dtype = np.dtype(dt)
-            count = int(np.prod(shape, dtype=np.int64))
-            arr = np.frombuffer(blob, dtype=dtype, count=count, offset=off).reshape(shape)
-            off += count * dtype.itemsize
+        data = _codec.Reader(memoryview(blob)[8 + n :])
+        for k, enc in head.items():
             cur = getattr(self, k, None)
-            if torch is not None and isinstance(cur, torch.Tensor):
-                with torch.no_grad():
-                    cur.copy_(torch.from_numpy(arr.copy()))
-            elif isinstance(cur, np.ndarray) and cur.shape == arr.shape and cur.flags.writeable:
-                cur[...] = arr
-            else:
-                object.__setattr__(self, k, arr.copy())
+            value = _codec.decode(enc, data)
+            if hasattr(cur, "load_state_dict") and hasattr(cur, "state_dict"):
+                cur.load_state_dict(value)
+            elif not _codec.copy_into(cur, value):
+                object.__setattr__(self, k, value)
+
+
+def _stateful(v):
+    """What is committed for ``v``: its state_dict for a module, optimizer or other stateful
+    object, else ``v`` itself."""
+    if hasattr(v, "state_dict") and hasattr(v, "load_state_dict") and not isinstance(v, type):
+        return v.state_dict()
+    return v
+
+
+def _raise_pending_failure():
+    torch_backend = sys.modules.get("ringrun.torch")
+    if torch_backend is not None and torch_backend.pending_failure() is not None:
+        raise torch_backend.pending_failure()
+
+
+def _clear_pending_failure():
+    torch_backend = sys.modules.get("ringrun.torch")
+    if torch_backend is not None:
+        torch_backend.clear_failure()
+
+
+def _recoverable(e):
+    """Whether ``e`` is a membership change: a ringrun error, or any error raised while a
+    collective of the torch backend has failed since the last restore (DDP re-raises a failed
+    bucket allreduce as a RuntimeError)."""
+    if isinstance(e, RECOVERABLE):
+        return True
+    torch_backend = sys.modules.get("ringrun.torch")
+    return torch_backend is not None and torch_backend.pending_failure() is not None
 
 
 def run(func):
@@ -124,7 +140,9 @@ def run(func):
         while True:
             try:
                 return func(state, *args, **kwargs)
-            except RECOVERABLE as e:
+            except Exception as e:
+                if not _recoverable(e):
+                    raise
                 print(f"ringrun: {type(e).__name__}: {e}; restoring", file=sys.stderr)
                 state.restore()
                 for fn in state._on_reset:

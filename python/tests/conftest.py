@@ -51,7 +51,8 @@ class Worker:
 
 
 class Group:
-    """n worker processes of one job, started with the launcher's RINGRUN_* environment."""
+    """n worker processes of one job, started with the launcher's RINGRUN_* environment;
+    ``extra_env`` is a dict, or a function of the node giving one."""
 
     def __init__(self, argv, n, name, extra_env=None):
         ports = [free_udp_port() for _ in range(n)]
@@ -73,7 +74,7 @@ class Group:
                 PYTHONPATH=os.path.dirname(HERE),
                 PYTHONUNBUFFERED="1",
             )
-            env.update(extra_env or {})
+            env.update((extra_env(node) if callable(extra_env) else extra_env) or {})
             proc = subprocess.Popen(
                 [sys.executable, *argv], env=env, stdout=subprocess.PIPE, text=True
             )

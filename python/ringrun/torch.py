@@ -1,0 +1,507 @@
+"""The ``torch.distributed`` backend ``"ringrun"``.
+
+    import ringrun.torch                      # registers the backend
+    torch.distributed.init_process_group("ringrun")
+    model = torch.nn.parallel.DistributedDataParallel(model)
+
+Under ``ringrun launch`` no rendezvous store is needed: ``init_process_group`` joins the ringrun
+group from the launcher's environment, and ``get_rank()`` / ``get_world_size()`` are the current
+epoch's (they change after a membership change). Collectives run in call order on one
+communication thread per process, off the Python thread (the C calls release the GIL), so DDP
+overlaps its bucket allreduces with the backward pass; ``async_op=True`` returns a Work whose
+``wait()`` raises the ringrun error of a failed collective and whose ``get_future()`` completes
+with the output tensors or that error, as Gloo's do.
+
+Supported on CPU tensors (and CUDA tensors, through the library's device side) of the dtypes
+of the C ABI: ``all_reduce`` (SUM, PRODUCT, MIN, MAX, AVG), ``broadcast``, ``all_gather``,
+``all_gather_into_tensor``, ``reduce_scatter`` / ``reduce_scatter_tensor``, ``reduce``,
+``barrier`` and their coalesced forms. Point-to-point and all-to-all calls raise
+``NotImplementedError`` naming the call. Non-contiguous tensors go through a contiguous copy.
+
+Elastic training: ``ringrun.elastic.State`` holds modules and optimizers; after a membership
+change, DDP keeps working without being re-wrapped (see ``elastic_comm_hook``).
+"""
+
+import importlib
+import os
+import queue
+import threading
+
+import torch
+import torch.distributed as dist
+
+import ringrun
+
+from . import _buffers
+from ._lib import check, lib
+from .errors import RECOVERABLE, InvalidArgument
+
+BACKEND = "ringrun"
+
+# torch.distributed.rendezvous is also the name of a function there.
+_rendezvous = importlib.import_module("torch.distributed.rendezvous")
+
+_OPS = {
+    dist.ReduceOp.SUM: "sum",
+    dist.ReduceOp.PRODUCT: "prod",
+    dist.ReduceOp.MIN: "min",
+    dist.ReduceOp.MAX: "max",
+    dist.ReduceOp.AVG: "avg",
+}
+
+_UNSUPPORTED = (
+    "send", "recv", "recv_anysource", "alltoall", "alltoall_base", "all_to_all_single",
+    "gather", "gather_single", "gather_into_tensor", "scatter", "monitored_barrier",
+)
+
+
+def _op(opts):
+    for red, name in _OPS.items():
+        if opts.reduceOp == red:
+            return _buffers.op_code(name)
+    raise InvalidArgument(
+        f"ringrun backend: reduce op {getattr(opts.reduceOp, 'op', opts.reduceOp)} is not supported "
+        "(use SUM, PRODUCT, MIN, MAX or AVG)"
+    )
+
+
+class _Dense:
+    """A tensor as the C call sees it: a contiguous buffer (the tensor itself, or a copy that
+    is written back after the call), checked and described before anything is sent."""
+
+    def __init__(self, tensor, writable=True):
+        self.tensor = tensor
+        self.buf = tensor if tensor.is_contiguous() else tensor.contiguous()
+        self.ptr, self.count, self.dtype, _ = _buffers.describe(self.buf, writable)
+
+    def write_back(self):
+        if self.buf is not self.tensor:
+            self.tensor.copy_(self.buf)
+
+
+class Work(dist._Work):
+    """One queued collective. ``wait()`` blocks until it ran and raises its error;
+    ``get_future()`` completes with ``result`` or with the error."""
+
+    def __init__(self, result):
+        super().__init__()
+        self._result = result
+        self._future = torch.futures.Future()
+        self._done = threading.Event()
+        self._error = None
+
+    def _finish(self, error):
+        self._error = error
+        self._done.set()
+        if error is None:
+            self._future.set_result(self._result)
+        else:
+            self._future.set_exception(error)
+
+    def wait(self, timeout=None):
+        secs = None
+        if timeout is not None and hasattr(timeout, "total_seconds"):
+            secs = timeout.total_seconds() or None
+        if not self._done.wait(secs):
+            raise ringrun.Timeout(f"ringrun backend: work not finished within {secs} s")
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def is_completed(self):
+        return self._done.is_set()
+
+    def is_success(self):
+        return self._done.is_set() and self._error is None
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        self.wait()
+        return self._result
+
+    def get_future(self):
+        return self._future
+
+
+class _Runner:
+    """The communication thread: runs queued collectives one at a time, in call order (every
+    rank issues the same sequence, so the order is the same everywhere)."""
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="ringrun-comm", daemon=True)
+        self._thread.start()
+
+    def submit(self, run, result):
+        work = Work(result)
+        self._queue.put((run, work))
+        return work
+
+    def _loop(self):
+        while True:
+            run, work = self._queue.get()
+            try:
+                run()
+            except BaseException as e:  # handed to the caller through the Work
+                _note_failure(e)
+                work._finish(e)
+            else:
+                work._finish(None)
+
+
+_last_failure = None
+
+
+def _note_failure(error):
+    global _last_failure
+    if isinstance(error, RECOVERABLE):
+        _last_failure = error
+
+
+def pending_failure():
+    """The recoverable error of a collective that failed since the last restore, or None:
+    ``ringrun.elastic`` treats an exception raised after it (DDP wraps the error of a bucket
+    allreduce in a RuntimeError) as that membership change."""
+    return _last_failure
+
+
+def clear_failure():
+    global _last_failure
+    _last_failure = None
+
+
+def _stream_of(tensor):
+    return _buffers.cuda_stream(tensor)
+
+
+def _call(tensor, fn, *args):
+    """One C call, ordered after torch's current stream for a CUDA tensor."""
+    stream = _stream_of(tensor)
+    if stream is not None:
+        check(lib().ringrun_set_stream(stream))
+    check(fn(*args))
+
+
+class ProcessGroupRingrun(dist.ProcessGroup):
+    """The world of the current ringrun epoch as a torch process group."""
+
+    def __init__(self):
+        super().__init__(ringrun.rank(), ringrun.size())
+        self._runner = _Runner()
+
+    # Identity: the current epoch's, read from the library on every call.
+    def getRank(self):
+        return ringrun.rank()
+
+    def getSize(self):
+        return ringrun.size()
+
+    def getBackendName(self):
+        return BACKEND
+
+    def __repr__(self):
+        return f"ProcessGroupRingrun(rank={ringrun.rank()}, size={ringrun.size()})"
+
+    # Collectives.
+    def allreduce(self, tensors, opts=None):
+        code = _op(opts or dist.AllreduceOptions())
+        dense = [_Dense(t) for t in tensors]
+
+        def run():
+            for d in dense:
+                _call(d.buf, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
+                d.write_back()
+
+        return self._runner.submit(run, tensors)
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        code = _op(opts or dist.AllreduceCoalescedOptions())
+        dense = [_Dense(t) for t in tensors]
+        if len({d.dtype for d in dense}) > 1:
+            raise InvalidArgument("ringrun backend: allreduce_coalesced needs one dtype")
+
+        def run():
+            import ctypes
+
+            n = len(dense)
+            ptrs = (ctypes.c_void_p * n)(*[d.ptr for d in dense])
+            counts = (ctypes.c_size_t * n)(*[d.count for d in dense])
+            if n:
+                _call(dense[0].buf, lib().ringrun_allreduce_many, ptrs, counts, n,
+                      dense[0].dtype, code)
+            for d in dense:
+                d.write_back()
+
+        return self._runner.submit(run, tensors)
+
+    def broadcast(self, tensors, opts=None):
+        root = (opts or dist.BroadcastOptions()).rootRank
+        dense = [_Dense(t) for t in tensors]
+
+        def run():
+            for d in dense:
+                _call(d.buf, lib().ringrun_broadcast, d.ptr, d.count, d.dtype, int(root))
+                d.write_back()
+
+        return self._runner.submit(run, tensors)
+
+    def reduce(self, tensors, opts=None):
+        """Every rank computes the reduction; only ``opts.rootRank``'s tensor takes it."""
+        opts = opts or dist.ReduceOptions()
+        code, root = _op(opts), opts.rootRank
+        pairs = [(t, _Dense(t.detach().clone(memory_format=torch.contiguous_format)))
+                 for t in tensors]
+
+        def run():
+            for t, d in pairs:
+                _call(d.buf, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
+                if ringrun.rank() == root:
+                    t.copy_(d.buf)
+
+        return self._runner.submit(run, tensors)
+
+    def _gather_into(self, out, inp):
+        """Queues one allgather of ``inp`` into the flat tensor ``out`` (size × inp)."""
+        src = _Dense(inp, writable=False)
+        dst = _Dense(out)
+        if dst.dtype != src.dtype or dst.count != src.count * self.getSize():
+            raise InvalidArgument(
+                f"ringrun backend: all_gather output has {out.numel()} elements of {out.dtype}, "
+                f"needs {src.count * self.getSize()} of {inp.dtype}"
+            )
+
+        def run():
+            _call(src.buf, lib().ringrun_allgather, src.ptr, dst.ptr, src.count, src.dtype)
+            dst.write_back()
+
+        return run
+
+    def allgather(self, output_tensors, input_tensors, opts=None):
+        steps = []
+        for outs, inp in zip(output_tensors, input_tensors):
+            if len(outs) != self.getSize():
+                raise InvalidArgument(
+                    f"ringrun backend: all_gather got {len(outs)} output tensors for a world "
+                    f"of {self.getSize()}"
+                )
+            flat = torch.empty((len(outs) * inp.numel(),), dtype=inp.dtype, device=inp.device)
+            gather = self._gather_into(flat, inp)
+
+            def run(gather=gather, flat=flat, outs=outs):
+                gather()
+                for i, o in enumerate(outs):
+                    n = o.numel()
+                    o.copy_(flat[i * n : (i + 1) * n].view(o.shape))
+
+            steps.append(run)
+        return self._runner.submit(lambda: [s() for s in steps], output_tensors)
+
+    def _allgather_base(self, output, input, opts=None):
+        return self._runner.submit(self._gather_into(output, input), [output])
+
+    all_gather_single = _allgather_base
+
+    def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
+        steps = [self._gather_into(o, i) for o, i in zip(outputs, inputs)]
+        return self._runner.submit(lambda: [s() for s in steps], outputs)
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+
+    def _scatter_into(self, out, inp, opts):
+        """Queues one reduce-scatter of the flat ``inp`` (size × out) into ``out``."""
+        code = _op(opts or dist.ReduceScatterOptions())
+        src = _Dense(inp, writable=False)
+        dst = _Dense(out)
+        if dst.dtype != src.dtype or src.count != dst.count * self.getSize():
+            raise InvalidArgument(
+                f"ringrun backend: reduce_scatter input has {inp.numel()} elements of "
+                f"{inp.dtype}, needs {dst.count * self.getSize()} of {out.dtype}"
+            )
+
+        def run():
+            _call(src.buf, lib().ringrun_reduce_scatter, src.ptr, dst.ptr, dst.count,
+                  dst.dtype, code)
+            dst.write_back()
+
+        return run
+
+    def reduce_scatter(self, output_tensors, input_tensors, opts=None):
+        steps = []
+        for out, ins in zip(output_tensors, input_tensors):
+            if len(ins) != self.getSize():
+                raise InvalidArgument(
+                    f"ringrun backend: reduce_scatter got {len(ins)} input tensors for a "
+                    f"world of {self.getSize()}"
+                )
+            flat = torch.cat([i.reshape(-1) for i in ins])
+            steps.append(self._scatter_into(out, flat, opts))
+        return self._runner.submit(lambda: [s() for s in steps], output_tensors)
+
+    def _reduce_scatter_base(self, output, input, opts=None):
+        return self._runner.submit(self._scatter_into(output, input, opts), [output])
+
+    reduce_scatter_single = _reduce_scatter_base
+
+    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
+        steps = [self._scatter_into(o, i, opts) for o, i in zip(outputs, inputs)]
+        return self._runner.submit(lambda: [s() for s in steps], outputs)
+
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+
+    def barrier(self, opts=None):
+        return self._runner.submit(lambda: check(lib().ringrun_barrier()), [])
+
+
+def _unsupported(name):
+    def call(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"ringrun backend: {name} is not supported (ringrun has all_reduce, broadcast, "
+            "all_gather, reduce_scatter, reduce and barrier)"
+        )
+
+    call.__name__ = name
+    return call
+
+
+for _name in _UNSUPPORTED:
+    setattr(ProcessGroupRingrun, _name, _unsupported(_name))
+
+
+def elastic_comm_hook(state, bucket):
+    """A DDP communication hook that averages each bucket over the *current* epoch's members
+    (``model.register_comm_hook(None, ringrun.torch.elastic_comm_hook)``). DDP's own averaging
+    divides by a world size it may have cached; this hook follows membership changes. A bucket
+    whose allreduce fails completes unchanged and records the failure: the step is then thrown
+    away by the next commit or collective, which raises the membership change (torchft's
+    contract), so DDP's bookkeeping never sees a broken future."""
+    pg = dist.distributed_c10d._get_default_group()
+    buf = bucket.buffer()
+    fut = torch.futures.Future()
+    work = pg.allreduce([buf], _avg_opts())
+
+    def done(f):
+        try:
+            f.value()
+        except Exception as e:  # noqa: BLE001 - recorded, surfaced at the next commit
+            _note_failure(e if isinstance(e, RECOVERABLE) else ringrun.MembershipChanged(str(e)))
+        fut.set_result(buf)
+
+    work.get_future().add_done_callback(done)
+    return fut
+
+
+class DistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    """torch's DDP, set up for training through membership changes (what torchft's DDP wrapper
+    does for its manager):
+
+    - ``init_sync=False``: a worker that joins a running job gets its replica from
+      ``ringrun.elastic.State.restore()``, not from an init-time broadcast the others are not
+      making;
+    - ``find_unused_parameters=True``: DDP then never rebuilds its buckets after the first
+      step, so a restarted worker (in its first step) and the survivors (long past theirs)
+      lay out the same buckets;
+    - ``elastic_comm_hook``: gradients are averaged over the current epoch's members.
+
+    Other arguments are DDP's; pass the two flags explicitly to override them."""
+
+    def __init__(self, module, *args, **kwargs):
+        kwargs.setdefault("init_sync", False)
+        kwargs.setdefault("find_unused_parameters", True)
+        super().__init__(module, *args, **kwargs)
+        self.register_comm_hook(None, elastic_comm_hook)
+
+
+def _avg_opts():
+    opts = dist.AllreduceOptions()
+    opts.reduceOp = dist.ReduceOp.AVG
+    return opts
+
+
+def _create(store, rank, size, timeout):
+    ringrun.init()
+    return ProcessGroupRingrun()
+
+
+class _LazyStore(dist.Store):
+    """The env:// rendezvous store under ``ringrun launch``: made only if something uses it
+    (a Gloo subgroup, say). The ringrun backend never does, so a worker restarted alone never
+    waits on a store hosted by a rank that may be gone."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make, self._real, self._lock = make, None, threading.Lock()
+        self._timeout = None
+
+    def _store(self):
+        with self._lock:
+            if self._real is None:
+                self._real = self._make()
+                if self._timeout is not None:
+                    self._real.set_timeout(self._timeout)
+            return self._real
+
+    def set(self, key, value):
+        self._store().set(key, value)
+
+    def get(self, key):
+        return self._store().get(key)
+
+    def add(self, key, value):
+        return self._store().add(key, value)
+
+    def compare_set(self, key, expected, desired):
+        return self._store().compare_set(key, expected, desired)
+
+    def wait(self, keys, timeout=None):
+        return self._store().wait(keys) if timeout is None else self._store().wait(keys, timeout)
+
+    def check(self, keys):
+        return self._store().check(keys)
+
+    def delete_key(self, key):
+        return self._store().delete_key(key)
+
+    def num_keys(self):
+        return self._store().num_keys()
+
+    def set_timeout(self, timeout):
+        # init_process_group sets the timeout on every store: remembered, not a use.
+        with self._lock:
+            self._timeout = timeout
+            if self._real is not None:
+                self._real.set_timeout(timeout)
+
+
+_env_handler = _rendezvous._rendezvous_handlers["env"]
+
+
+def _ringrun_env_handler(url, timeout=_rendezvous.default_pg_timeout, **kwargs):
+    if not os.environ.get("RINGRUN_RUN_ID") or os.environ.get("RINGRUN_TORCH_STORE") == "env":
+        yield from _env_handler(url, timeout, **kwargs)
+        return
+    rank, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+    def make():
+        inner = _env_handler(url, timeout, **kwargs)
+        store, _, _ = next(inner)
+        return store
+
+    yield (_LazyStore(make), rank, size)
+    raise RuntimeError("Unable to perform re-rendezvous using env:// method")
+
+
+def _register():
+    if BACKEND.upper() in dist.Backend._plugins:
+        return
+    dist.Backend.register_backend(BACKEND, _create, devices=["cpu", "cuda"])
+    _rendezvous._rendezvous_handlers["env"] = _ringrun_env_handler
+
+
+_register()
+
+__all__ = [
+    "BACKEND", "DistributedDataParallel", "ProcessGroupRingrun", "Work", "elastic_comm_hook",
+    "pending_failure",
+]

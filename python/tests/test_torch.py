@@ -1,0 +1,129 @@
+"""The torch.distributed backend "ringrun": every collective x dtype x op against Gloo's result
+for the same inputs (world sizes 1-4), Work and Future behaviour, and bad input.
+
+torch is required: CI installs it, and without it these tests fail rather than skip unless
+RINGRUN_TORCH_OPTIONAL=1 is set."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import HERE, free_udp_port
+
+try:
+    import torch  # noqa: F401
+except ImportError:
+    if os.environ.get("RINGRUN_TORCH_OPTIONAL") != "1":
+        raise
+    pytest.skip("torch is not installed (RINGRUN_TORCH_OPTIONAL=1)", allow_module_level=True)
+
+WORKER = os.path.join(HERE, "torch_worker.py")
+
+
+def torch_env(n):
+    master, gloo = free_udp_port(), free_udp_port()
+
+    def env(node):
+        return dict(RANK=str(node), WORLD_SIZE=str(n), LOCAL_RANK=str(node),
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master), GLOO_PORT=str(gloo))
+
+    return env
+
+
+def run(group, scenario, n, within=240):
+    g = group([WORKER, scenario], n, f"torch-{scenario}", torch_env(n))
+    outs = g.finish(within=within)
+    for node, lines in enumerate(outs):
+        assert any(line.startswith("checked ") for line in lines), f"node {node}: {lines[-5:]}"
+    return outs
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_every_collective_dtype_and_op_matches_gloo(group, n):
+    outs = run(group, "grid", n)
+    counts = {line.split()[1] for lines in outs for line in lines if line.startswith("checked ")}
+    # Per rank: 8 dtypes x (5 ops x 3 reductions + n broadcast roots + 2 gathers), the strided
+    # view, n reduce roots.
+    assert counts == {str(8 * (15 + n + 2) + 1 + n)}, counts
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_async_work_and_futures(group, n):
+    outs = run(group, "async", n)
+    if n > 1:
+        assert any("python thread ran" in line for line in outs[0]), outs[0]
+
+
+def test_bad_input_raises_on_every_rank_and_the_group_recovers(group):
+    outs = run(group, "bad", 3)
+    for lines in outs:
+        text = "\n".join(lines)
+        for what in ("send: NotImplementedError", "all_to_all_single: NotImplementedError",
+                     "bool dtype:", "BAND:", "shape:", "dtype:"):
+            assert what in text, (what, text)
+
+
+DDP_TRAIN = os.path.join(os.path.dirname(HERE), "examples", "ddp_train.py")
+
+
+def launch_ddp(steps, kill_at=None, np_=4, deadline_s=240):
+    """``ringrun launch --np 4 --min-np 4`` of the DDP example; with ``kill_at``, worker 1 is
+    SIGKILLed once it printed that step. Returns each launch rank's lines."""
+    import subprocess
+    import threading
+    import time
+
+    from test_launch import ringrun_binary, worker_pid
+
+    exe = ringrun_binary()
+    assert exe is not None, "the ringrun binary is not built (cargo build -p ringrun-launcher)"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), PYTHONUNBUFFERED="1")
+    cmd = [exe, "launch", "--np", str(np_), "--min-np", str(np_), "--max-restarts", "2", "--",
+           sys.executable, DDP_TRAIN, "--steps", str(steps), "--step-ms", "20"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    lines = []
+
+    def read():
+        for line in proc.stdout:
+            print(line, end="", file=sys.stderr)
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + deadline_s
+    try:
+        if kill_at is not None:
+            while not any(line.startswith(f"[1] step {kill_at} ") for line in list(lines)):
+                assert proc.poll() is None, "the job ended before the kill"
+                assert time.monotonic() < deadline, f"worker 1 never reached step {kill_at}"
+                time.sleep(0.01)
+            os.kill(worker_pid(proc.pid, 1), 9)
+        proc.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=5)
+    assert proc.returncode == 0, f"ringrun launch exited with {proc.returncode}"
+    return {r: [l[len(f"[{r}] "):] for l in lines if l.startswith(f"[{r}] ")] for r in range(np_)}
+
+
+def finals(by_rank):
+    return {r: [l for l in lines if l.startswith("final ")][-1] for r, lines in by_rank.items()}
+
+
+def test_ddp_example_under_launch_survives_a_sigkill_bit_for_bit():
+    import json
+
+    clean = finals(launch_ddp(40))
+    assert len(set(clean.values())) == 1, clean
+    by_rank = launch_ddp(40, kill_at=15)
+    got = finals(by_rank)
+    assert set(got.values()) == set(clean.values()), (got, clean)
+    report = [json.loads(l[len("faults "):]) for lines in by_rank.values() for l in lines
+              if l.startswith("faults ")]
+    assert len(report) == 1 and len(report[0]) >= 1, report
+    fault = report[0][0]
+    assert fault["size_before"] == 4 and fault["size_after"] == 4, fault
+    assert fault["steps_rolled_back"] >= 0 and fault["resume_ms"] > 0, fault

@@ -1,0 +1,224 @@
+"""A torch test worker: joins through ``init_process_group("ringrun")`` and runs one scenario.
+
+``grid``: every collective x dtype x op through torch.distributed on the ringrun backend, each
+checked against Gloo's result for the same inputs (a Gloo group of the same ranks, made here).
+``async``: Work and Future behaviour, and the collective running off the Python thread.
+``bad``: mismatched shapes and dtypes across ranks, unsupported ops, dtypes and calls.
+Prints ``checked N`` and exits 0, or names the first difference and exits 1.
+"""
+
+import datetime
+import os
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+import ringrun
+import ringrun.torch  # noqa: F401  (registers the backend)
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+          torch.int8, torch.uint8, torch.int32, torch.int64]
+OPS = {"SUM": dist.ReduceOp.SUM, "PRODUCT": dist.ReduceOp.PRODUCT, "MIN": dist.ReduceOp.MIN,
+       "MAX": dist.ReduceOp.MAX, "AVG": dist.ReduceOp.AVG}
+COUNT = 37  # odd, so no algorithm splits it evenly
+
+
+def inputs(dtype, op, rank, count=COUNT):
+    """Small integers: exact in every dtype, products of 4 ranks fit int8."""
+    g = torch.Generator().manual_seed(1000 * rank + DTYPES.index(dtype) * 10 + len(op))
+    if op == "PRODUCT":
+        choices = torch.tensor([1, 2] if dtype == torch.uint8 else [-2, -1, 1, 2])
+        vals = choices[torch.randint(len(choices), (count,), generator=g)]
+    else:
+        low = 0 if dtype == torch.uint8 else -20
+        vals = torch.randint(low, 21, (count,), generator=g)
+    return vals.to(dtype)
+
+
+class Gloo:
+    """The reference: a Gloo process group of the same ranks, called directly."""
+
+    def __init__(self, rank, size):
+        port = int(os.environ["GLOO_PORT"])
+        store = dist.TCPStore("127.0.0.1", port, size, rank == 0,
+                              timeout=datetime.timedelta(seconds=60))
+        self.pg = dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=60))
+        self.size = size
+
+    def all_reduce(self, t, op):
+        if op == "AVG":  # Gloo has no AVG: sum, then divide as torch would
+            self.all_reduce(t, "SUM")
+            if t.is_floating_point():
+                t.div_(self.size)
+            else:
+                t.copy_(torch.div(t, self.size, rounding_mode="trunc"))
+            return
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = OPS[op]
+        self.pg.allreduce([t], opts).wait()
+
+    def broadcast(self, t, root):
+        opts = dist.BroadcastOptions()
+        opts.rootRank = root
+        self.pg.broadcast([t], opts).wait()
+
+    def all_gather(self, t):
+        outs = [torch.empty_like(t) for _ in range(self.size)]
+        self.pg.allgather([outs], [t]).wait()
+        return torch.cat(outs)
+
+    def reduce_scatter(self, flat, op):
+        """Gloo's reduce_scatter is not in every build: allreduce, then take this rank's part."""
+        full = flat.clone()
+        self.all_reduce(full, op)
+        n = flat.numel() // self.size
+        return full[self.pg.rank() * n : (self.pg.rank() + 1) * n]
+
+
+class Checks:
+    def __init__(self):
+        self.n = 0
+
+    def equal(self, got, want, what):
+        self.n += 1
+        if got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
+            print(f"MISMATCH {what}: got {got.tolist()} want {want.tolist()}", flush=True)
+            sys.exit(1)
+
+
+def grid(rank, size):
+    gloo, c = Gloo(rank, size), Checks()
+    for dtype in DTYPES:
+        for op in OPS:
+            mine, ref = inputs(dtype, op, rank), inputs(dtype, op, rank)
+            dist.all_reduce(mine, op=OPS[op])
+            gloo.all_reduce(ref, op)
+            c.equal(mine, ref, f"all_reduce {dtype} {op}")
+
+            flat = inputs(dtype, op, rank, COUNT * size)
+            out = torch.empty(COUNT, dtype=dtype)
+            dist.reduce_scatter_tensor(out, flat, op=OPS[op])
+            c.equal(out, gloo.reduce_scatter(flat, op), f"reduce_scatter_tensor {dtype} {op}")
+
+            parts = list(inputs(dtype, op, rank, COUNT * size).chunk(size))
+            out = torch.empty(COUNT, dtype=dtype)
+            dist.reduce_scatter(out, parts, op=OPS[op])
+            c.equal(out, gloo.reduce_scatter(torch.cat(parts), op), f"reduce_scatter {dtype} {op}")
+
+        for root in range(size):
+            mine, ref = inputs(dtype, "b", rank), inputs(dtype, "b", rank)
+            dist.broadcast(mine, src=root)
+            gloo.broadcast(ref, root)
+            c.equal(mine, ref, f"broadcast {dtype} root {root}")
+
+        t = inputs(dtype, "g", rank)
+        want = gloo.all_gather(t)
+        outs = [torch.empty_like(t) for _ in range(size)]
+        dist.all_gather(outs, t)
+        c.equal(torch.cat(outs), want, f"all_gather {dtype}")
+        out = torch.empty(COUNT * size, dtype=dtype)
+        dist.all_gather_into_tensor(out, t)
+        c.equal(out, want, f"all_gather_into_tensor {dtype}")
+
+    # Non-contiguous tensors go through a contiguous copy and are written back.
+    base, ref = inputs(torch.float32, "SUM", rank, 2 * COUNT), inputs(torch.float32, "SUM", rank, 2 * COUNT)
+    dist.all_reduce(base[::2])
+    part = ref[::2].clone()
+    gloo.all_reduce(part, "SUM")
+    ref[::2] = part
+    c.equal(base, ref, "all_reduce of a strided view")
+
+    # reduce: only the root's tensor changes.
+    for root in range(size):
+        t = inputs(torch.int32, "r", rank)
+        before, full = t.clone(), t.clone()
+        gloo.all_reduce(full, "SUM")
+        dist.reduce(t, dst=root)
+        c.equal(t, full if rank == root else before, f"reduce root {root}")
+
+    dist.barrier()
+    print(f"checked {c.n} rank {rank} size {size}", flush=True)
+
+
+def async_ops(rank, size):
+    c = Checks()
+    t = torch.full((1 << 20,), float(rank + 1))
+    work = dist.all_reduce(t, async_op=True)
+    assert work.wait() is True
+    c.equal(t, torch.full((1 << 20,), float(size * (size + 1) // 2)), "async all_reduce")
+
+    t = torch.full((8,), float(rank + 1))
+    fut = dist.all_reduce(t, async_op=True).get_future()
+    res = fut.wait()
+    c.equal(res[0], torch.full((8,), float(size * (size + 1) // 2)), "future value")
+
+    # Off the Python thread: rank 0 issues the call at once, the others a second later; while
+    # rank 0's collective waits, its Python thread keeps running.
+    t = torch.ones(4)
+    if rank != 0:
+        time.sleep(1.0)
+    work = dist.all_reduce(t, async_op=True)
+    if rank == 0 and size > 1:
+        spins, end = 0, time.monotonic() + 0.5
+        while time.monotonic() < end:
+            spins += 1
+        assert not work.is_completed(), "the collective finished before its peers called it"
+        assert spins > 10_000, f"the Python thread ran only {spins} loops while the call waited"
+        print(f"python thread ran {spins} loops during the collective", flush=True)
+    work.wait()
+    c.equal(t, torch.full((4,), float(size)), "off-thread all_reduce")
+    assert dist.get_rank() == ringrun.rank() and dist.get_world_size() == ringrun.size()
+    assert dist.get_backend() == "ringrun", dist.get_backend()
+    print(f"checked {c.n} rank {rank} size {size}", flush=True)
+
+
+def expect(exc, fn, what):
+    try:
+        fn()
+    except exc as e:
+        print(f"{what}: {type(e).__name__}: {e}", flush=True)
+        return e
+    print(f"NO ERROR for {what}", flush=True)
+    sys.exit(1)
+
+
+def bad(rank, size):
+    # Raised before anything is sent: nothing to undo.
+    expect(NotImplementedError, lambda: dist.send(torch.ones(2), dst=(rank + 1) % size), "send")
+    expect(NotImplementedError, lambda: dist.all_to_all_single(torch.ones(size), torch.ones(size)),
+           "all_to_all_single")
+    expect(ValueError, lambda: dist.all_reduce(torch.ones(2, dtype=torch.bool)), "bool dtype")
+    expect(ValueError, lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32),
+                                               op=dist.ReduceOp.BAND), "BAND")
+    # Shapes and dtypes that differ across ranks: an error naming the mismatch on every rank.
+    state = ringrun.elastic.State(step=0)
+    state.restore()
+    e = expect(ringrun.RingrunError, lambda: dist.all_reduce(torch.ones(4 + rank)), "shape")
+    assert "mismatch" in str(e).lower() or isinstance(e, ringrun.Mismatch), e
+    state.restore()
+    dtype = torch.float32 if rank == 0 else torch.float64
+    e = expect(ringrun.RingrunError, lambda: dist.all_reduce(torch.ones(4, dtype=dtype)), "dtype")
+    state.restore()
+    # The group works again.
+    t = torch.ones(3)
+    dist.all_reduce(t)
+    assert torch.equal(t, torch.full((3,), float(dist.get_world_size()))), t
+    print(f"checked bad rank {rank} size {size}", flush=True)
+
+
+def main():
+    import ringrun.elastic  # noqa: F401
+
+    dist.init_process_group("ringrun")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    assert rank == int(os.environ["RANK"]), (rank, os.environ["RANK"])
+    {"grid": grid, "async": async_ops, "bad": bad}[sys.argv[1]](rank, size)
+    dist.destroy_process_group()
+    ringrun.finalize()
+
+
+if __name__ == "__main__":
+    main()
