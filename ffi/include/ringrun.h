@@ -286,6 +286,24 @@ int ringrun_broadcast(void *buf, size_t count, ringrun_dtype_t dtype, int root);
 int ringrun_allgather(const void *sendbuf, void *recvbuf, size_t count, ringrun_dtype_t dtype);
 
 /*
+ Reduce-scatter, as NCCL's `ncclReduceScatter`: `sendbuf` holds `recvcount * size` elements
+ (size from `ringrun_size` in this epoch), `size` blocks of `recvcount`; rank `r`'s `recvbuf`
+ receives the reduction with `op` of block `r` over every rank's `sendbuf` (`RINGRUN_AVG`
+ divides once by the size). The buffers must not overlap. Every rank must pass the same
+ `recvcount`, dtype and op (else `RINGRUN_MISMATCH` on every rank). Both may be CUDA device
+ pointers (as for `ringrun_allreduce`).
+
+ # Safety
+ `sendbuf` is readable for `recvcount * size` elements, `recvbuf` writable for `recvcount`
+ (host, or device memory of this process's GPU), both untouched by others during the call.
+ */
+int ringrun_reduce_scatter(const void *sendbuf,
+                           void *recvbuf,
+                           size_t recvcount,
+                           ringrun_dtype_t dtype,
+                           ringrun_op_t op);
+
+/*
  Blocks until every rank of the epoch has called it.
  */
 int ringrun_barrier(void);
@@ -340,7 +358,7 @@ int ringrun_finalize(void);
 
 /*
  Writes 1 to `*initialized` when `ringrun_init` succeeded and `ringrun_finalize` was not
- called since, else 0.
+ called since, else 0. Never waits for a call running on another thread.
 
  # Safety
  `initialized` is NULL (an error) or valid for a write.
@@ -348,7 +366,10 @@ int ringrun_finalize(void);
 int ringrun_initialized(int *initialized);
 
 /*
- This process's rank in the current epoch (ranks change after a membership change).
+ This process's rank in the current epoch. The first epoch's ranks are the launcher's
+ `RANK`s; after a membership change ranks may move (survivors keep their order, compacted;
+ see README, "Ranks"). Like `ringrun_size` and `ringrun_epoch`, it never waits for a
+ collective running on another thread: it reports the epoch this process is in.
 
  # Safety
  `rank` is NULL (an error) or valid for a write.

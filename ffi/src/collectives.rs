@@ -1,10 +1,11 @@
-//! The collectives: allreduce (one buffer or many), broadcast, allgather, barrier.
+//! The collectives: allreduce (one buffer or many), broadcast, allgather, reduce-scatter,
+//! barrier.
 //!
 //! Each entry point checks every pointer before it builds a slice (see [`Raw`]), then calls
 //! the group with the matching Rust element type.
 //!
-//! Device memory: in a device group (`RINGRUN_TRANSPORT=nccl`), allreduce, broadcast and
-//! allgather accept CUDA device pointers (`cudaMalloc`); CUDA says which memory a pointer is,
+//! Device memory: in a device group (`RINGRUN_TRANSPORT=nccl`), allreduce, broadcast,
+//! allgather and reduce-scatter accept CUDA device pointers (`cudaMalloc`); CUDA says which memory a pointer is,
 //! and device buffers run on the group's NCCL communicator (see `device.rs` and
 //! `ringrun_set_stream`). The buffers of one call must all be on the device or all on the host.
 //! In a CPU group every pointer is host memory and CUDA is never loaded.
@@ -236,6 +237,55 @@ pub unsafe extern "C" fn ringrun_allgather(
                 // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.
                 let (s, r) = unsafe { (send.slice::<E>(), recv.slice_mut::<E>()) };
                 Ok(g.group.allgather(s, r)?)
+            })
+        })
+    })
+}
+
+/// Reduce-scatter, as NCCL's `ncclReduceScatter`: `sendbuf` holds `recvcount * size` elements
+/// (size from `ringrun_size` in this epoch), `size` blocks of `recvcount`; rank `r`'s `recvbuf`
+/// receives the reduction with `op` of block `r` over every rank's `sendbuf` (`RINGRUN_AVG`
+/// divides once by the size). The buffers must not overlap. Every rank must pass the same
+/// `recvcount`, dtype and op (else `RINGRUN_MISMATCH` on every rank). Both may be CUDA device
+/// pointers (as for `ringrun_allreduce`).
+///
+/// # Safety
+/// `sendbuf` is readable for `recvcount * size` elements, `recvbuf` writable for `recvcount`
+/// (host, or device memory of this process's GPU), both untouched by others during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_reduce_scatter(
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    recvcount: usize,
+    dtype: ringrun_dtype_t,
+    op: ringrun_op_t,
+) -> c_int {
+    guard(|| {
+        let (dt, op) = (self::dtype(dtype)?, self::op(op)?);
+        let recv = Raw::new(recvbuf, recvcount, dt, "recvbuf")?;
+        with_global(|g| {
+            let total = recvcount
+                .checked_mul(g.group.size())
+                .ok_or_else(|| invalid("recvcount * size overflows"))?;
+            let send = Raw::new(sendbuf, total, dt, "sendbuf")?;
+            if send.overlaps(&recv) {
+                return Err(invalid("sendbuf and recvbuf overlap"));
+            }
+            if device::on_device(g, &[send.ptr, recv.ptr])? {
+                let call = Call::ReduceScatter {
+                    send: send.ptr as usize,
+                    recv: recv.ptr as usize,
+                    send_bytes: send.bytes,
+                    recv_bytes: recv.bytes,
+                    dtype: dt,
+                    op,
+                };
+                return device::run(g, call);
+            }
+            with_element!(dt, E => {
+                // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.
+                let (s, r) = unsafe { (send.slice::<E>(), recv.slice_mut::<E>()) };
+                Ok(g.group.reduce_scatter(s, r, op)?)
             })
         })
     })

@@ -46,6 +46,15 @@ pub(crate) enum Call {
         recv_bytes: usize,
         dtype: DType,
     },
+    /// `send` holds `size` blocks of `recv_bytes`.
+    ReduceScatter {
+        send: usize,
+        recv: usize,
+        send_bytes: usize,
+        recv_bytes: usize,
+        dtype: DType,
+        op: ReduceOp,
+    },
 }
 
 /// How device pointers are recognised and run.
@@ -208,6 +217,30 @@ fn run_cuda(group: &mut Group, foreign: usize, call: Call) -> Result<(), Fail> {
             release(r);
             res
         }
+        Call::ReduceScatter {
+            send,
+            recv,
+            send_bytes,
+            recv_bytes,
+            dtype,
+            op,
+        } => {
+            // SAFETY: as above.
+            let (s, mut r) = unsafe {
+                (
+                    borrow(&stream, send, send_bytes),
+                    borrow(&stream, recv, recv_bytes),
+                )
+            };
+            let bufs = DeviceBufs::OutOfPlace {
+                send: &*s,
+                recv: &mut *r,
+            };
+            let res = group.reduce_scatter_device(dtype, bufs, op, None);
+            release(s);
+            release(r);
+            res
+        }
     };
     Ok(r?)
 }
@@ -254,9 +287,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        collectives::{ringrun_allgather, ringrun_allreduce, ringrun_broadcast},
+        collectives::{
+            ringrun_allgather, ringrun_allreduce, ringrun_broadcast, ringrun_reduce_scatter,
+        },
         status::ringrun_status_t::*,
-        types::{RINGRUN_FLOAT32, RINGRUN_SUM},
+        types::{RINGRUN_AVG, RINGRUN_FLOAT32, RINGRUN_SUM},
     };
 
     /// Host ranges the fake classifier calls device memory.
@@ -340,6 +375,23 @@ mod tests {
                     recv: &mut r,
                 };
                 group.allgather_device(dtype, bufs, None)?;
+                bytes(recv, recv_bytes).copy_from_slice(&s.0);
+            }
+            Call::ReduceScatter {
+                send,
+                recv,
+                send_bytes,
+                recv_bytes,
+                dtype,
+                op,
+            } => {
+                let s = FakeBuf(bytes(send, send_bytes).to_vec());
+                let mut r = FakeBuf(vec![0; recv_bytes]);
+                let bufs = DeviceBufs::OutOfPlace {
+                    send: &s,
+                    recv: &mut r,
+                };
+                group.reduce_scatter_device(dtype, bufs, op, None)?;
                 bytes(recv, recv_bytes).copy_from_slice(&s.0);
             }
         }
@@ -449,15 +501,34 @@ mod tests {
             RINGRUN_OK
         );
         assert_eq!(
+            status(unsafe { ringrun_reduce_scatter(ds, dr, 8, RINGRUN_FLOAT32, RINGRUN_AVG) }),
+            RINGRUN_OK
+        );
+        assert_eq!(
+            RUNS.lock().unwrap().last().map(|r| r.0),
+            Some(Call::ReduceScatter {
+                send: ds as usize,
+                recv: dr as usize,
+                send_bytes: 32,
+                recv_bytes: 32,
+                dtype: DType::F32,
+                op: ReduceOp::Avg
+            })
+        );
+        assert_eq!(
             log.lock().unwrap().enqueued,
-            ["allreduce", "broadcast", "allgather"]
+            ["allreduce", "broadcast", "allgather", "reduce_scatter"]
         );
         // Mixed host and device buffers are refused before anything runs.
         assert_eq!(
             status(unsafe { ringrun_allreduce(hp, dr, 8, RINGRUN_FLOAT32, RINGRUN_SUM) }),
             RINGRUN_INVALID_ARGUMENT
         );
-        assert_eq!(log.lock().unwrap().enqueued.len(), 3);
+        assert_eq!(
+            status(unsafe { ringrun_reduce_scatter(ds, hp, 8, RINGRUN_FLOAT32, RINGRUN_SUM) }),
+            RINGRUN_INVALID_ARGUMENT
+        );
+        assert_eq!(log.lock().unwrap().enqueued.len(), 4);
         assert_eq!(crate::group::ringrun_finalize(), 0);
 
         // A CPU group in auto mode: host pointers stay on the host path and add nothing; the

@@ -1,8 +1,12 @@
 //! The process-wide group behind the ABI: joining, leaving, rank, size, epoch.
 //!
 //! One group per process, behind a mutex: calls from several threads are safe and serialise
-//! (a collective holds the lock until it returns). A thread that must not block behind a
-//! long collective should not share the group.
+//! (a collective holds the lock until it returns), so collectives run in the order their
+//! threads take the lock. `ringrun_rank`, `ringrun_size`, `ringrun_epoch` and
+//! `ringrun_initialized` never take that lock: they read a snapshot that every call refreshes
+//! before it releases the group, so they answer at once, with the epoch the process is in,
+//! while a collective (or a restore) runs on another thread. Nothing else is tied to a thread
+//! except `ringrun_last_error`, which is per thread.
 
 use std::{
     ffi::{CStr, c_char, c_int},
@@ -36,22 +40,58 @@ pub struct Global {
 
 static GLOBAL: Mutex<Option<Global>> = Mutex::new(None);
 
+/// What `ringrun_rank`, `ringrun_size` and `ringrun_epoch` report: the group's values as the
+/// last call left them (`None`: not initialised). Its lock is held only to copy it, never
+/// across a call, so reading it never waits for a collective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snapshot {
+    rank: c_int,
+    size: c_int,
+    epoch: u64,
+}
+
+static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
+
+/// Records the group's current rank, size and epoch (`None` after finalize). Called with the
+/// group's lock held, so snapshots are published in the order the calls ran.
+fn publish(group: Option<&Group>) {
+    let snap = group.map(|g| Snapshot {
+        rank: g.rank() as c_int,
+        size: g.size() as c_int,
+        epoch: g.epoch(),
+    });
+    *SNAPSHOT.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+}
+
+/// The snapshot, or `RINGRUN_NOT_INITIALIZED`.
+fn snapshot() -> Result<Snapshot, Fail> {
+    SNAPSHOT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or_else(not_initialized)
+}
+
+fn not_initialized() -> Fail {
+    Fail(
+        RINGRUN_NOT_INITIALIZED,
+        "ringrun is not initialised: call ringrun_init first".into(),
+    )
+}
+
 fn lock() -> MutexGuard<'static, Option<Global>> {
     // A panic inside a call poisons the mutex; the group itself is still consistent (the
     // runtime re-forms after any failed call), so the lock is taken over rather than lost.
     GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `f` on the initialised global state.
+/// Runs `f` on the initialised global state, then refreshes the rank/size/epoch snapshot
+/// (the call may have entered a new epoch), whether `f` failed or not.
 pub fn with_global<R>(f: impl FnOnce(&mut Global) -> Result<R, Fail>) -> Result<R, Fail> {
     let mut g = lock();
-    let global = g.as_mut().ok_or_else(|| {
-        Fail(
-            RINGRUN_NOT_INITIALIZED,
-            "ringrun is not initialised: call ringrun_init first".into(),
-        )
-    })?;
-    f(global)
+    let global = g.as_mut().ok_or_else(not_initialized)?;
+    let r = f(global);
+    publish(Some(&global.group));
+    r
 }
 
 /// A write to the socket of a peer that just died raises SIGPIPE, whose default action kills
@@ -84,6 +124,7 @@ pub(crate) fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
     let route = group.device().map(|_| DeviceRoute::cuda());
     let cpu_only = std::env::var("RINGRUN_DEVICE").is_ok_and(|d| d == "cpu");
     let auto = (route.is_none() && !cpu_only).then(|| (DeviceRoute::cuda(), DeviceSpec::Cuda));
+    publish(Some(&group));
     *g = Some(Global {
         group,
         restored: None,
@@ -227,7 +268,9 @@ pub unsafe extern "C" fn ringrun_init_config(config: *const ringrun_config_t) ->
 #[unsafe(no_mangle)]
 pub extern "C" fn ringrun_finalize() -> c_int {
     guard(|| {
-        if let Some(mut g) = lock().take() {
+        let mut global = lock();
+        if let Some(mut g) = global.take() {
+            publish(None);
             let _ = g.group.barrier();
             g.group.leave();
         }
@@ -236,14 +279,14 @@ pub extern "C" fn ringrun_finalize() -> c_int {
 }
 
 /// Writes 1 to `*initialized` when `ringrun_init` succeeded and `ringrun_finalize` was not
-/// called since, else 0.
+/// called since, else 0. Never waits for a call running on another thread.
 ///
 /// # Safety
 /// `initialized` is NULL (an error) or valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_initialized(initialized: *mut c_int) -> c_int {
     guard(|| {
-        let v = c_int::from(lock().is_some());
+        let v = c_int::from(snapshot().is_ok());
         // SAFETY: checked for NULL in `write_out`; valid per the caller's contract.
         unsafe { write_out(initialized, v, "initialized") }
     })
@@ -265,14 +308,17 @@ pub unsafe fn write_out<T>(p: *mut T, v: T, what: &str) -> Result<(), Fail> {
     Ok(())
 }
 
-/// This process's rank in the current epoch (ranks change after a membership change).
+/// This process's rank in the current epoch. The first epoch's ranks are the launcher's
+/// `RANK`s; after a membership change ranks may move (survivors keep their order, compacted;
+/// see README, "Ranks"). Like `ringrun_size` and `ringrun_epoch`, it never waits for a
+/// collective running on another thread: it reports the epoch this process is in.
 ///
 /// # Safety
 /// `rank` is NULL (an error) or valid for a write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_rank(rank: *mut c_int) -> c_int {
     guard(|| {
-        let r = with_global(|g| Ok(g.group.rank() as c_int))?;
+        let r = snapshot()?.rank;
         // SAFETY: see `write_out`.
         unsafe { write_out(rank, r, "rank") }
     })
@@ -285,7 +331,7 @@ pub unsafe extern "C" fn ringrun_rank(rank: *mut c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_size(size: *mut c_int) -> c_int {
     guard(|| {
-        let s = with_global(|g| Ok(g.group.size() as c_int))?;
+        let s = snapshot()?.size;
         // SAFETY: see `write_out`.
         unsafe { write_out(size, s, "size") }
     })
@@ -298,7 +344,7 @@ pub unsafe extern "C" fn ringrun_size(size: *mut c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ringrun_epoch(epoch: *mut u64) -> c_int {
     guard(|| {
-        let e = with_global(|g| Ok(g.group.epoch()))?;
+        let e = snapshot()?.epoch;
         // SAFETY: see `write_out`.
         unsafe { write_out(epoch, e, "epoch") }
     })

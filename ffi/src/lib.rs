@@ -10,7 +10,8 @@
 //! - Every pointer is checked (NULL, alignment for the dtype, overlap) before it becomes a
 //!   slice; a bad one is `RINGRUN_INVALID_ARGUMENT`, never undefined behaviour.
 //! - Thread safety: one group per process behind a mutex. Any thread may call; calls
-//!   serialise. Collectives are blocking.
+//!   serialise. Collectives are blocking. `ringrun_rank`, `ringrun_size`, `ringrun_epoch` and
+//!   `ringrun_initialized` never wait behind a call on another thread.
 
 // The C ABI is the one place besides device code where `unsafe` is allowed (ARCHITECTURE.md).
 #![allow(unsafe_code)]

@@ -73,6 +73,10 @@ fn abi() {
             ringrun_allreduce(null(), null_mut(), 4, RINGRUN_FLOAT32, RINGRUN_SUM),
             INVALID
         );
+        assert_eq!(
+            ringrun_reduce_scatter(null(), null_mut(), 4, RINGRUN_FLOAT32, RINGRUN_SUM),
+            INVALID
+        );
         assert_eq!(ringrun_init_config(null()), INVALID);
         let mut bad = config(c"short");
         assert_eq!(ringrun_init_config(&bad), INVALID);
@@ -147,6 +151,20 @@ fn abi() {
         assert_eq!(ringrun_allgather(fp, fp, 3, RINGRUN_FLOAT32), INVALID);
         assert_eq!(ringrun_allgather(fp, ptr(&mut out), 3, RINGRUN_FLOAT32), OK);
         assert_eq!(out, f);
+        out = [0.0; 3];
+        for op in RINGRUN_SUM..=RINGRUN_AVG {
+            let status = ringrun_reduce_scatter(fp, ptr(&mut out), 3, RINGRUN_FLOAT32, op);
+            assert_eq!(status, OK, "{}", last_error());
+            assert_eq!(out, f, "a group of one keeps its one block");
+        }
+        assert_eq!(
+            ringrun_reduce_scatter(fp, fp, 3, RINGRUN_FLOAT32, RINGRUN_SUM),
+            INVALID
+        );
+        assert_eq!(
+            ringrun_reduce_scatter(fp, ptr(&mut out), 3, RINGRUN_FLOAT32, 9),
+            INVALID
+        );
         assert_eq!(ringrun_rank(null_mut()), INVALID);
         assert_eq!(ringrun_commit(1, null(), 8), INVALID);
 

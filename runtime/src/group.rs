@@ -14,7 +14,7 @@ use std::{
 };
 
 use ringrun_collectives::{
-    Cancel, CollectiveError, Communicator, Ctl, Element, ReduceOp, TensorMut,
+    Cancel, CollectiveError, Communicator, Ctl, DType, Element, ReduceOp, TensorMut,
     transport::{
         shm::ShmConfig,
         tcp::{JobSecret, MeshSpec},
@@ -241,8 +241,36 @@ impl Group {
         self.end(epoch, r)
     }
 
-    /// Broadcast of `buf` from `root`.
+    /// Broadcast of `buf` from `root`. Every rank must pass the same length, element type and
+    /// root, else every rank gets [`GroupError::Mismatch`] and nothing is sent: the root of a
+    /// broadcast only sends, so it would not notice a peer that expected another shape. The
+    /// ranks first swap one record each (one small allgather) to find out.
     pub fn broadcast<E: Element>(&mut self, buf: &mut [E], root: usize) -> Result<()> {
+        let mine = [buf.len() as u64, E::DTYPE as u64, root as u64, 0];
+        let mut all = vec![[0u64; 4]; self.size().max(1)];
+        self.allgather_words(&mine, &mut all)?;
+        if let Some((rank, theirs)) = all.iter().enumerate().find(|(_, r)| **r != mine) {
+            let name = |code: u64| {
+                u8::try_from(code)
+                    .ok()
+                    .and_then(DType::from_code)
+                    .map_or("?", |d| d.nccl_name())
+            };
+            return Err(GroupError::Mismatch(format!(
+                "broadcast: rank {rank} passed {} {} elements from root {}, rank {} {} {} from root {root}",
+                theirs[0],
+                name(theirs[1]),
+                theirs[2],
+                self.rank(),
+                buf.len(),
+                E::DTYPE.nccl_name(),
+            )));
+        }
+        self.broadcast_unchecked(buf, root)
+    }
+
+    /// Broadcast where every rank knows the shape is the same (the state distribution).
+    fn broadcast_unchecked<E: Element>(&mut self, buf: &mut [E], root: usize) -> Result<()> {
         let _span = info_span!("broadcast", epoch = self.epoch(), count = buf.len()).entered();
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
@@ -256,6 +284,22 @@ impl Group {
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.allgather(send, recv, &ctl));
+        self.end(epoch, r)
+    }
+
+    /// Reduce-scatter (NCCL's): `send` holds `size` blocks of `recv.len()` elements; this rank's
+    /// `recv` receives the reduction of block `rank` over every rank's `send`.
+    pub fn reduce_scatter<E: Element>(
+        &mut self,
+        send: &[E],
+        recv: &mut [E],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let _span =
+            info_span!("reduce_scatter", epoch = self.epoch(), count = recv.len()).entered();
+        let (ctl, epoch) = self.begin()?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.reduce_scatter(send, recv, op, &ctl));
         self.end(epoch, r)
     }
 
@@ -527,10 +571,10 @@ impl Group {
                     _ => Vec::new(),
                 };
                 let mut len = [mine.len() as i64];
-                self.broadcast(&mut len, root)?;
+                self.broadcast_unchecked(&mut len, root)?;
                 let mut bytes = mine;
                 bytes.resize(len[0] as usize, 0);
-                self.broadcast(&mut bytes, root)?;
+                self.broadcast_unchecked(&mut bytes, root)?;
                 info!(
                     step,
                     root,

@@ -77,6 +77,15 @@ fn form_reduce_leave_and_join_with_state() {
             g.allreduce_many(&mut [&mut d[..], &mut e[..]], ReduceOp::Max)
                 .unwrap();
             assert!(d.iter().all(|x| *x == 1) && e.iter().all(|x| *x == 2));
+            // Reduce-scatter: rank r receives the sum of every rank's block r.
+            let (r, n) = (g.rank(), g.size());
+            let send: Vec<i64> = (0..n * 4)
+                .map(|j| (r as i64 + 1) * (10 * (j / 4) + j % 4) as i64)
+                .collect();
+            let mut mine = vec![0i64; 4];
+            g.reduce_scatter(&send, &mut mine, ReduceOp::Sum).unwrap();
+            let want: Vec<i64> = (0..4).map(|i| 6 * (10 * r + i) as i64).collect();
+            assert_eq!(mine, want, "member {node}");
             g.commit(1, b"state after step 1".to_vec()).unwrap();
             all_formed.wait();
             if node == 2 {
