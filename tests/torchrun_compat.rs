@@ -488,3 +488,18 @@ fn two_hosts_started_with_torchrun_multi_node_lines_form_one_job() {
         "every worker ends with the same model: {all}"
     );
 }
+
+#[test]
+fn the_help_shows_the_compatibility_forms_in_their_own_section() {
+    for entry in ["launch", "torchrun", "horovodrun"] {
+        let out = Command::new(EXE).args([entry, "--help"]).output().unwrap();
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{help}");
+        let own = help.find("--nproc-per-node").expect(&help);
+        let section = help.find("torchrun / horovodrun options:").expect(&help);
+        assert!(own < section, "ringrun's own options come first: {help}");
+        for form in ["--rdzv-endpoint", "-np N", "--no-python", "Exit codes"] {
+            assert!(help[section..].contains(form), "{form}: {help}");
+        }
+    }
+}

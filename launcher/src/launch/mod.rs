@@ -212,10 +212,15 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
     }))
 }
 
-/// The program's name for the summary: the script where the command runs one with Python.
+/// The program's name for the summary: the script or module where the command runs one with
+/// Python.
 fn program_name(cmd: &[String]) -> String {
+    let module = cmd
+        .iter()
+        .position(|a| a == "-m")
+        .and_then(|i| cmd.get(i + 1));
     let script = cmd.iter().find(|a| a.ends_with(".py"));
-    let name = script.or(cmd.first()).map_or("", String::as_str);
+    let name = module.or(script).or(cmd.first()).map_or("", String::as_str);
     name.rsplit('/').next().unwrap_or(name).to_string()
 }
 
