@@ -55,6 +55,11 @@ def test_async_work_and_futures(group, n):
         assert any("python thread ran" in line for line in outs[0]), outs[0]
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_unmodified_ddp_trains_as_on_gloo(group, n):
+    run(group, "ddp", n)
+
+
 def test_bad_input_raises_on_every_rank_and_the_group_recovers(group):
     outs = run(group, "bad", 3)
     for lines in outs:

@@ -4,6 +4,7 @@
 checked against Gloo's result for the same inputs (a Gloo group of the same ranks, made here).
 ``async``: Work and Future behaviour, and the collective running off the Python thread.
 ``bad``: mismatched shapes and dtypes across ranks, unsupported ops, dtypes and calls.
+``ddp``: torch's DDP on the ringrun backend beside DDP on Gloo, ending with equal weights.
 Prints ``checked N`` and exits 0, or names the first difference and exits 1.
 """
 
@@ -47,6 +48,11 @@ class Gloo:
                               timeout=datetime.timedelta(seconds=60))
         self.pg = dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=60))
         self.size = size
+        # The same backend as a ProcessGroup, for DDP.
+        self.group = dist.ProcessGroup(store, rank, size)
+        gloo_type = dist.ProcessGroup.BackendType.GLOO
+        self.group._register_backend(torch.device("cpu"), gloo_type, self.pg)
+        self.group._set_default_backend(gloo_type)
 
     def all_reduce(self, t, op):
         if op == "AVG":  # Gloo has no AVG: sum, then divide as torch would
@@ -175,6 +181,54 @@ def async_ops(rank, size):
     print(f"checked {c.n} rank {rank} size {size}", flush=True)
 
 
+def ddp(rank, size):
+    """torch's DDP unmodified on the ringrun backend, beside the same DDP on Gloo: several
+    buckets, no_sync accumulation, an unused parameter (find_unused_parameters), and async
+    allreduces overlapping backward. The two models must end equal (to float rounding: the two
+    backends may add in different orders)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    gloo = Gloo(rank, size)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(32, 64), torch.nn.Linear(64, 8)
+            self.unused = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    models = []
+    for pg in (None, gloo.group):
+        torch.manual_seed(1)
+        net = Net().double()
+        # 1 KiB buckets: many of them, each its own allreduce.
+        m = DDP(net, process_group=pg, bucket_cap_mb=1 / 1024, find_unused_parameters=True)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(rank)
+        for step in range(6):
+            x, y = torch.randn(4, 32, generator=g).double(), torch.randn(4, 8, generator=g).double()
+            opt.zero_grad()
+            with m.no_sync():  # accumulate locally, no communication
+                torch.nn.functional.mse_loss(m(x), y).backward()
+            torch.nn.functional.mse_loss(m(x * 0.5), y).backward()
+            opt.step()
+        models.append(net)
+    c = Checks()
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        c.n += 1
+        if not torch.allclose(p, q, rtol=1e-9, atol=1e-12):
+            print(f"MISMATCH ddp parameter {name}: {(p - q).abs().max().item()}", flush=True)
+            sys.exit(1)
+    assert torch.equal(models[0].unused.weight, models[1].unused.weight)
+    # Every rank saw different data: the replicas agree only if the gradients were averaged.
+    flat = torch.cat([p.detach().reshape(-1) for p in models[0].parameters()])
+    for other in gloo.all_gather(flat).chunk(size):
+        c.equal(other, flat, "ddp replicas across ranks")
+    print(f"checked {c.n} rank {rank} size {size}", flush=True)
+
+
 def expect(exc, fn, what):
     try:
         fn()
@@ -215,7 +269,7 @@ def main():
     dist.init_process_group("ringrun")
     rank, size = dist.get_rank(), dist.get_world_size()
     assert rank == int(os.environ["RANK"]), (rank, os.environ["RANK"])
-    {"grid": grid, "async": async_ops, "bad": bad}[sys.argv[1]](rank, size)
+    {"grid": grid, "async": async_ops, "bad": bad, "ddp": ddp}[sys.argv[1]](rank, size)
     dist.destroy_process_group()
     ringrun.finalize()
 
