@@ -33,7 +33,8 @@ const WORKER: &str = r#"
 import json, os, sys
 keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
         "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
-        "TORCHELASTIC_MAX_RESTARTS", "RINGRUN_MIN_SIZE", "RINGRUN_MAX_SIZE", "VIA"]
+        "TORCHELASTIC_MAX_RESTARTS", "RINGRUN_MIN_SIZE", "RINGRUN_MAX_SIZE", "VIA",
+        "OMP_NUM_THREADS"]
 print("WORKER " + json.dumps({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}}))
 sys.stdout.flush()
 if "--fail-rank" in sys.argv and os.environ["RANK"] == sys.argv[sys.argv.index("--fail-rank") + 1]:
@@ -75,6 +76,7 @@ fn run(
         .args(args)
         .current_dir(dir)
         .env_remove("PYTHON")
+        .env_remove("OMP_NUM_THREADS")
         .env_remove("PYTHON_EXEC")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -147,6 +149,7 @@ const CASES: &[Case] = &[
         expect: &[
             ("MASTER_ADDR", "127.0.0.1"),
             ("TORCHELASTIC_MAX_RESTARTS", "3"),
+            ("OMP_NUM_THREADS", "1"),
         ],
     },
     Case {

@@ -320,16 +320,7 @@ pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Re
         device: a.device.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
-        extra: c
-            .start_timeout
-            .map(|s| {
-                (
-                    "RINGRUN_INITIAL_WAIT_MS".to_string(),
-                    (s * 1000).to_string(),
-                )
-            })
-            .into_iter()
-            .collect(),
+        extra: extra_env(c, nproc, std::env::var_os("OMP_NUM_THREADS").is_some()),
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
     let notify = (
@@ -429,6 +420,23 @@ impl Running {
         }
         Ok(())
     }
+}
+
+/// Variables beyond the contract: horovodrun's `--start-timeout`, and `OMP_NUM_THREADS=1`
+/// where several workers share the host and it is not set, as torchrun does (each worker's
+/// OpenMP pool would otherwise take every core).
+fn extra_env(c: &CompatArgs, nproc: usize, omp_set: bool) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if let Some(s) = c.start_timeout {
+        v.push(("RINGRUN_INITIAL_WAIT_MS".into(), (s * 1000).to_string()));
+    }
+    if nproc > 1 && !omp_set {
+        eprintln!(
+            "ringrun: OMP_NUM_THREADS=1 for each worker, as torchrun sets it (export it to choose)"
+        );
+        v.push(("OMP_NUM_THREADS".into(), "1".into()));
+    }
+    v
 }
 
 /// Inside a Slurm allocation with no --seeds: the node list (on --port, default 29450) is the
