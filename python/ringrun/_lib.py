@@ -1,7 +1,9 @@
 """Loading libringrun and declaring the C signatures (ffi/include/ringrun.h)."""
 
 import ctypes
+import importlib.metadata
 import os
+import shutil
 import sys
 
 from .errors import BY_STATUS, RingrunError
@@ -11,17 +13,44 @@ ABI_VERSION = 1
 _c_int, _size_t, _u64, _vp = ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_void_p
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_LIB_NAME = "libringrun.dylib" if sys.platform == "darwin" else "libringrun.so"
+
+
 def _find():
+    """RINGRUN_LIB if set, else the library `pip install ./python` put beside this file."""
     env = os.environ.get("RINGRUN_LIB")
     if env:
         return env
-    name = "libringrun.dylib" if sys.platform == "darwin" else "libringrun.so"
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    here = os.path.join(_HERE, _LIB_NAME)
     if os.path.exists(here):
         return here
     raise OSError(
-        f"{name} not found: set RINGRUN_LIB to its path "
-        "(e.g. target/release/libringrun.so) or copy it into the ringrun package"
+        f"{_LIB_NAME} not found beside {_HERE}: install the package with "
+        "`pip install ./python` (builds it with cargo) or a ringrun wheel, or set RINGRUN_LIB "
+        "to its path (e.g. target/release/libringrun.so)"
+    )
+
+
+def binary():
+    """Path of the `ringrun` command installed with this package (its scripts directory:
+    a venv's bin/), else the one on PATH. Raises FileNotFoundError if there is none."""
+    exe = "ringrun.exe" if sys.platform == "win32" else "ringrun"
+    try:
+        files = importlib.metadata.distribution("ringrun").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []  # running from a checkout (PYTHONPATH=python)
+    for f in files:
+        if f.name == exe and f.parent.name in ("bin", "Scripts"):
+            path = os.path.normpath(str(f.locate()))
+            if os.access(path, os.X_OK):
+                return path
+    found = shutil.which(exe)
+    if found:
+        return found
+    raise FileNotFoundError(
+        "no ringrun command: install the package with `pip install ./python` or build it "
+        "with `cargo build --release -p ringrun-launcher`"
     )
 
 
