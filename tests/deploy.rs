@@ -1,10 +1,18 @@
 //! The Kubernetes manifests under deploy/k8s parse, are wired together (headless Service ↔ pod
 //! labels, seeds ↔ pod DNS names and ports, secret volume ↔ --secret-file), and only use
-//! options `ringrun launch` has.
+//! options `ringrun launch` has; and they agree with the Dockerfile that builds their image
+//! (its name, what its final stage holds at the paths they run, what crosses between its
+//! stages) and the Dockerfile with README's install commands. No image can be built where the
+//! tests run, so the Dockerfile is read as text.
 
 use std::process::Command;
 
 use yaml_rust2::{Yaml, YamlLoader};
+
+#[path = "deploy/files.rs"]
+mod files;
+
+use files::{Stage, absolute, dockerfile_stages, dockerignore, exists, ignored, read, toml_str};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 
@@ -137,4 +145,250 @@ fn the_indexed_job_is_wired_to_its_headless_service() {
     check("indexed-job.yaml", "Job", name, completions, pod, |i| {
         format!("{name}-{i}.{svc}")
     });
+}
+
+/// The manifests' worker containers, by file.
+fn containers() -> Vec<(&'static str, Yaml)> {
+    [
+        ("statefulset.yaml", "StatefulSet"),
+        ("indexed-job.yaml", "Job"),
+    ]
+    .into_iter()
+    .map(|(file, kind)| {
+        let docs = load(file);
+        let pod = of_kind(&docs, kind)["spec"]["template"]["spec"].clone();
+        (file, pod["containers"][0].clone())
+    })
+    .collect()
+}
+
+/// The image tag the Dockerfile documents (`docker build -t TAG .`), its build and runtime
+/// stages.
+fn image() -> (String, Stage, Stage) {
+    let text = read("Dockerfile");
+    let tag = text
+        .lines()
+        .find_map(|l| l.split_once("docker build -t ").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("Dockerfile: a `docker build -t TAG .` line")
+        .to_string();
+    let mut stages = dockerfile_stages(&text).into_iter();
+    let (build, runtime) = (stages.next().unwrap(), stages.next().unwrap());
+    assert!(
+        stages.next().is_none(),
+        "Dockerfile: a build and a runtime stage"
+    );
+    assert_eq!(build.name.as_deref(), Some("build"), "Dockerfile");
+    (tag, build, runtime)
+}
+
+fn has_command(stage: &Stage, prefix: &[String]) -> bool {
+    stage.commands().iter().any(|c| c.starts_with(prefix))
+}
+
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn the_manifests_run_the_image_the_dockerfile_builds() {
+    let (tag, _, _) = image();
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        tag,
+        format!("ringrun:{version}"),
+        "Dockerfile: tagged with the crates' version"
+    );
+    let pyproject = read("python/pyproject.toml");
+    assert_eq!(
+        toml_str(&pyproject, "[project]", "version").as_deref(),
+        Some(version)
+    );
+    assert!(
+        read("README.md").contains(&format!("docker build -t {tag} .")),
+        "README builds the image under the same name"
+    );
+    for (file, container) in containers() {
+        assert_eq!(container["image"].as_str(), Some(tag.as_str()), "{file}");
+    }
+}
+
+#[test]
+fn the_build_stage_has_the_pinned_toolchain_and_the_runtime_the_same_debian() {
+    let (_, build, runtime) = image();
+    let channel = toml_str(&read("rust-toolchain.toml"), "[toolchain]", "channel").unwrap();
+    let suite = build
+        .from
+        .strip_prefix(&format!("rust:{channel}-"))
+        .unwrap_or_else(|| panic!("build stage FROM {}: not rust:{channel}-*", build.from));
+    let python = runtime
+        .from
+        .strip_prefix("python:")
+        .expect("runtime FROM python:*");
+    assert!(
+        python.ends_with(&format!("-slim-{suite}")),
+        "runtime FROM {}: a slim image of {suite}, whose glibc the binaries were linked with",
+        runtime.from
+    );
+}
+
+#[test]
+fn the_dockerfile_installs_with_the_readme_commands() {
+    let (_, build, runtime) = image();
+    let readme = files::readme_pip_commands();
+    let find = |what: &str| {
+        readme
+            .iter()
+            .find(|c| c[..2].join(" ") == what)
+            .unwrap_or_else(|| panic!("README: no `{what}`"))
+    };
+    assert!(
+        readme.contains(&words("pip install ./python")),
+        "README: {readme:?}"
+    );
+    let wheel = find("pip wheel");
+    let install = readme
+        .iter()
+        .find(|c| c[1] == "install" && c.last().unwrap().ends_with(".whl"))
+        .expect("README: pip install of the wheel");
+    assert!(
+        has_command(&build, wheel),
+        "build stage: no `{}`",
+        wheel.join(" ")
+    );
+    assert!(
+        has_command(&runtime, install),
+        "runtime: no `{}`",
+        install.join(" ")
+    );
+    // The wheel folder the runtime installs from is the one the build wrote, copied across.
+    let out = &wheel[wheel
+        .iter()
+        .position(|w| w == "-w")
+        .expect("pip wheel -w DIR")
+        + 1];
+    let built = absolute(&build.workdir(), out);
+    let wanted = absolute(&runtime.workdir(), install.last().unwrap());
+    let wanted_dir = wanted.rsplit_once('/').unwrap().0;
+    assert!(
+        runtime.copies().iter().any(|(from, src, dst)| {
+            from.as_deref() == Some("build")
+                && src.trim_end_matches('/') == built
+                && absolute(&runtime.workdir(), dst).trim_end_matches('/') == wanted_dir
+        }),
+        "runtime: no COPY --from=build {built}/ to {wanted_dir}/"
+    );
+}
+
+#[test]
+fn what_the_runtime_copies_is_what_the_build_produces() {
+    let (_, build, runtime) = image();
+    let src = build.workdir();
+    assert!(
+        build.all("COPY").any(|c| c == ". ."),
+        "build stage: COPY . . into {src}"
+    );
+    let target = build
+        .all("ENV")
+        .find_map(|e| e.strip_prefix("CARGO_TARGET_DIR="))
+        .map_or(format!("{src}/target"), str::to_string);
+    let ffi = read("ffi/Cargo.toml");
+    assert!(
+        toml_str(&ffi, "[lib]", "crate-type")
+            .unwrap()
+            .contains("cdylib")
+    );
+    let lib = toml_str(&ffi, "[lib]", "name").unwrap();
+    let bin = toml_str(&read("launcher/Cargo.toml"), "[[bin]]", "name").unwrap();
+    let out = build.commands().into_iter().find_map(|c| {
+        let w = c.iter().position(|w| w == "-w")?;
+        (c[..2] == ["pip", "wheel"]).then(|| absolute(&src, &c[w + 1]))
+    });
+    let produced = [
+        out.expect("build stage: pip wheel -w DIR"),
+        format!("{target}/release/lib{lib}.so"),
+        format!("{target}/release/{bin}"),
+    ];
+    let ignore = dockerignore();
+    let in_context = |rel: &str| exists(rel) && !ignored(&ignore, rel);
+    for (from, path, _) in runtime.copies() {
+        let path = path.trim_end_matches('/').to_string();
+        match from.as_deref() {
+            Some("build") => assert!(
+                produced.contains(&path)
+                    || path
+                        .strip_prefix(&format!("{src}/"))
+                        .is_some_and(in_context),
+                "COPY --from=build {path}: not built there nor a file of the build context"
+            ),
+            None => assert!(in_context(&path), "COPY {path}: not in the build context"),
+            Some(other) => panic!("COPY --from={other}: no such stage"),
+        }
+    }
+    // The build's inputs reach the context; the multi-GiB outputs do not.
+    let members = read("Cargo.toml");
+    let members = members
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = "))
+        .expect("workspace members");
+    let inputs = [
+        "Cargo.toml",
+        "Cargo.lock",
+        "rust-toolchain.toml",
+        "python/setup.py",
+    ];
+    for rel in inputs.into_iter().chain(
+        members
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|m| m.trim().trim_matches('"')),
+    ) {
+        assert!(in_context(rel), ".dockerignore leaves out {rel}");
+    }
+    for rel in ["target/release/ringrun", ".git/HEAD", "python/build/lib"] {
+        assert!(ignored(&ignore, rel), ".dockerignore lets {rel} in");
+    }
+}
+
+#[test]
+fn the_runtime_checks_it_can_run_what_the_manifests_run() {
+    let (_, _, runtime) = image();
+    for (file, container) in containers() {
+        let command: Vec<&str> = container["command"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(command, ["/bin/sh", "-c"], "{file}");
+        let script = words(container["args"][0].as_str().unwrap());
+        assert_eq!(script[..3], ["exec", "ringrun", "launch"], "{file}");
+        // The image runs `ringrun launch` from PATH when it is built.
+        assert!(
+            has_command(&runtime, &words("ringrun launch --help")),
+            "Dockerfile"
+        );
+        let dashes = script.iter().position(|w| w == "--").unwrap();
+        let (program, args) = (&script[dashes + 1], &script[dashes + 2..]);
+        assert!(
+            runtime
+                .commands()
+                .iter()
+                .any(|c| c.first() == Some(program)),
+            "{file} runs {program}: the Dockerfile's final stage never does"
+        );
+        for path in args.iter().filter(|a| a.starts_with('/')) {
+            assert!(
+                has_command(&runtime, &words(&format!("test -f {path}"))),
+                "{file} runs {path}: the image does not check it has it"
+            );
+            assert!(
+                runtime
+                    .copies()
+                    .iter()
+                    .any(|(_, _, dst)| absolute(&runtime.workdir(), dst) == *path),
+                "{file} runs {path}: nothing is copied there"
+            );
+        }
+    }
 }
