@@ -72,7 +72,7 @@ def test_bad_input_raises_on_every_rank_and_the_group_recovers(group):
 DDP_TRAIN = os.path.join(os.path.dirname(HERE), "examples", "ddp_train.py")
 
 
-def launch_ddp(steps, kill_at=None, np_=4, deadline_s=240):
+def launch_ddp(steps, kill_at=None, np_=4, min_np=4, deadline_s=240):
     """``ringrun launch --np 4 --min-np 4`` of the DDP example; with ``kill_at``, worker 1 is
     SIGKILLed once it printed that step. Returns each launch rank's lines."""
     import subprocess
@@ -84,7 +84,7 @@ def launch_ddp(steps, kill_at=None, np_=4, deadline_s=240):
     exe = ringrun_binary()
     assert exe is not None, "the ringrun binary is not built (cargo build -p ringrun-launcher)"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), PYTHONUNBUFFERED="1")
-    cmd = [exe, "launch", "--np", str(np_), "--min-np", str(np_), "--max-restarts", "2", "--",
+    cmd = [exe, "launch", "--np", str(np_), "--min-np", str(min_np), "--max-restarts", "2", "--",
            sys.executable, DDP_TRAIN, "--steps", str(steps), "--step-ms", "20"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -132,3 +132,13 @@ def test_ddp_example_under_launch_survives_a_sigkill_bit_for_bit():
     fault = report[0][0]
     assert fault["size_before"] == 4 and fault["size_after"] == 4, fault
     assert fault["steps_rolled_back"] >= 0 and fault["resume_ms"] > 0, fault
+
+
+def test_ddp_example_shrinks_and_grows_back_without_rewrapping():
+    """--min-np 3: the survivors train on as 3 (rank and size from the new epoch, gradients
+    averaged over 3) until the restarted worker rejoins; every replica ends equal."""
+    by_rank = launch_ddp(400, kill_at=10, min_np=3)  # long enough for the restart to rejoin
+    got = finals(by_rank)
+    assert len(set(got.values())) == 1, got
+    sizes = {int(l.split()[3]) for lines in by_rank.values() for l in lines if l.startswith("step ")}
+    assert sizes == {3, 4}, sizes
