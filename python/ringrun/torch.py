@@ -6,10 +6,11 @@
 
 Under ``ringrun launch`` no rendezvous store is needed: ``init_process_group`` joins the ringrun
 group from the launcher's environment, and ``get_rank()`` / ``get_world_size()`` are the current
-epoch's (they change after a membership change). Collectives run in call order on one
-communication thread per process, off the Python thread (the C calls release the GIL), so DDP
-overlaps its bucket allreduces with the backward pass; ``async_op=True`` returns a Work whose
-``wait()`` raises the ringrun error of a failed collective and whose ``get_future()`` completes
+epoch's (they change after a membership change). Collectives run in call order: asynchronous
+ones (``async_op=True``, and DDP's bucket allreduces) on one communication thread per process,
+off the Python thread (the C calls release the GIL), so DDP overlaps them with the backward
+pass; a blocking call made while nothing is queued runs on the caller's thread. A Work's
+``wait()`` raises the ringrun error of a failed collective and its ``get_future()`` completes
 with the output tensors or that error, as Gloo's do.
 
 Supported on CPU tensors (and CUDA tensors, through the library's device side) of the dtypes
@@ -49,6 +50,8 @@ _OPS = {
     dist.ReduceOp.AVG: "avg",
 }
 
+_OP_CODES = {red: _buffers.op_code(name) for red, name in _OPS.items()}
+
 _UNSUPPORTED = (
     "send", "recv", "recv_anysource", "alltoall", "alltoall_base", "all_to_all_single",
     "gather", "gather_single", "gather_into_tensor", "scatter", "monitored_barrier",
@@ -56,13 +59,13 @@ _UNSUPPORTED = (
 
 
 def _op(opts):
-    for red, name in _OPS.items():
-        if opts.reduceOp == red:
-            return _buffers.op_code(name)
-    raise InvalidArgument(
-        f"ringrun backend: reduce op {getattr(opts.reduceOp, 'op', opts.reduceOp)} is not supported "
-        "(use SUM, PRODUCT, MIN, MAX or AVG)"
-    )
+    code = _OP_CODES.get(opts.reduceOp.op)
+    if code is None:
+        raise InvalidArgument(
+            f"ringrun backend: reduce op {opts.reduceOp.op} is not supported "
+            "(use SUM, PRODUCT, MIN, MAX or AVG)"
+        )
+    return code
 
 
 class _Dense:
@@ -73,6 +76,7 @@ class _Dense:
         self.tensor = tensor
         self.buf = tensor if tensor.is_contiguous() else tensor.contiguous()
         self.ptr, self.count, self.dtype, _ = _buffers.describe(self.buf, writable)
+        self.stream = _buffers.cuda_stream(tensor) if tensor.is_cuda else None
 
     def write_back(self):
         if self.buf is not self.tensor:
@@ -80,18 +84,22 @@ class _Dense:
 
 
 class Work(dist._Work):
-    """One queued collective. ``wait()`` blocks until it ran and raises its error;
-    ``get_future()`` completes with ``result`` or with the error."""
+    """One collective. ``wait()`` blocks until it ran and raises its error; ``get_future()``
+    completes with ``result`` or with the error. A queued Work has its event and future from
+    the start (the communication thread finishes it); one that ran on the caller's thread is
+    finished before anyone sees it, so it makes them only when asked."""
 
-    def __init__(self, result):
+    def __init__(self, result, queued):
         super().__init__()
         self._result = result
-        self._future = torch.futures.Future()
-        self._done = threading.Event()
         self._error = None
+        self._future = torch.futures.Future() if queued else None
+        self._done = threading.Event() if queued else None
 
     def _finish(self, error):
         self._error = error
+        if self._done is None:
+            return
         self._done.set()
         if error is None:
             self._future.set_result(self._result)
@@ -102,17 +110,17 @@ class Work(dist._Work):
         secs = None
         if timeout is not None and hasattr(timeout, "total_seconds"):
             secs = timeout.total_seconds() or None
-        if not self._done.wait(secs):
+        if self._done is not None and not self._done.wait(secs):
             raise ringrun.Timeout(f"ringrun backend: work not finished within {secs} s")
         if self._error is not None:
             raise self._error
         return True
 
     def is_completed(self):
-        return self._done.is_set()
+        return self._done is None or self._done.is_set()
 
     def is_success(self):
-        return self._done.is_set() and self._error is None
+        return self.is_completed() and self._error is None
 
     def exception(self):
         return self._error
@@ -122,33 +130,56 @@ class Work(dist._Work):
         return self._result
 
     def get_future(self):
+        if self._future is None:
+            self._future = torch.futures.Future()
+            if self._error is None:
+                self._future.set_result(self._result)
+            else:
+                self._future.set_exception(self._error)
         return self._future
 
 
 class _Runner:
-    """The communication thread: runs queued collectives one at a time, in call order (every
-    rank issues the same sequence, so the order is the same everywhere)."""
+    """Runs collectives one at a time, in call order (every rank issues the same sequence, so
+    the order is the same everywhere): queued ones on the communication thread, and a blocking
+    call (``async_op=False``) made while nothing is queued on the caller's thread, which saves
+    two thread hand-offs per call. ``_turn`` is held while any collective runs."""
 
     def __init__(self):
         self._queue = queue.SimpleQueue()
+        self._mutex = threading.Lock()
+        self._turn = threading.Lock()
+        self._pending = 0
         self._thread = threading.Thread(target=self._loop, name="ringrun-comm", daemon=True)
         self._thread.start()
 
-    def submit(self, run, result):
-        work = Work(result)
-        self._queue.put((run, work))
+    def submit(self, run, result, opts=None):
+        with self._mutex:
+            inline = self._pending == 0 and getattr(opts, "asyncOp", True) is False
+            self._pending += 1
+            work = Work(result, queued=not inline)
+            if not inline:
+                self._queue.put((run, work))
+        if inline:
+            self._run(run, work)
         return work
 
-    def _loop(self):
-        while True:
-            run, work = self._queue.get()
+    def _run(self, run, work):
+        with self._turn:
             try:
                 run()
             except BaseException as e:  # handed to the caller through the Work
                 _note_failure(e)
-                work._finish(e)
+                error = e
             else:
-                work._finish(None)
+                error = None
+        with self._mutex:
+            self._pending -= 1
+        work._finish(error)
+
+    def _loop(self):
+        while True:
+            self._run(*self._queue.get())
 
 
 _last_failure = None
@@ -172,15 +203,10 @@ def clear_failure():
     _last_failure = None
 
 
-def _stream_of(tensor):
-    return _buffers.cuda_stream(tensor)
-
-
-def _call(tensor, fn, *args):
+def _call(dense, fn, *args):
     """One C call, ordered after torch's current stream for a CUDA tensor."""
-    stream = _stream_of(tensor)
-    if stream is not None:
-        check(lib().ringrun_set_stream(stream))
+    if dense.stream is not None:
+        check(lib().ringrun_set_stream(dense.stream))
     check(fn(*args))
 
 
@@ -211,10 +237,10 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
         def run():
             for d in dense:
-                _call(d.buf, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
+                _call(d, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
                 d.write_back()
 
-        return self._runner.submit(run, tensors)
+        return self._runner.submit(run, tensors, opts)
 
     def allreduce_coalesced(self, tensors, opts=None):
         code = _op(opts or dist.AllreduceCoalescedOptions())
@@ -229,7 +255,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
             ptrs = (ctypes.c_void_p * n)(*[d.ptr for d in dense])
             counts = (ctypes.c_size_t * n)(*[d.count for d in dense])
             if n:
-                _call(dense[0].buf, lib().ringrun_allreduce_many, ptrs, counts, n,
+                _call(dense[0], lib().ringrun_allreduce_many, ptrs, counts, n,
                       dense[0].dtype, code)
             for d in dense:
                 d.write_back()
@@ -242,10 +268,10 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
         def run():
             for d in dense:
-                _call(d.buf, lib().ringrun_broadcast, d.ptr, d.count, d.dtype, int(root))
+                _call(d, lib().ringrun_broadcast, d.ptr, d.count, d.dtype, int(root))
                 d.write_back()
 
-        return self._runner.submit(run, tensors)
+        return self._runner.submit(run, tensors, opts)
 
     def reduce(self, tensors, opts=None):
         """Every rank computes the reduction; only ``opts.rootRank``'s tensor takes it."""
@@ -256,11 +282,11 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
         def run():
             for t, d in pairs:
-                _call(d.buf, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
+                _call(d, lib().ringrun_allreduce, d.ptr, d.ptr, d.count, d.dtype, code)
                 if ringrun.rank() == root:
                     t.copy_(d.buf)
 
-        return self._runner.submit(run, tensors)
+        return self._runner.submit(run, tensors, opts)
 
     def _gather_into(self, out, inp):
         """Queues one allgather of ``inp`` into the flat tensor ``out`` (size × inp)."""
@@ -273,7 +299,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
             )
 
         def run():
-            _call(src.buf, lib().ringrun_allgather, src.ptr, dst.ptr, src.count, src.dtype)
+            _call(src, lib().ringrun_allgather, src.ptr, dst.ptr, src.count, src.dtype)
             dst.write_back()
 
         return run
@@ -296,10 +322,10 @@ class ProcessGroupRingrun(dist.ProcessGroup):
                     o.copy_(flat[i * n : (i + 1) * n].view(o.shape))
 
             steps.append(run)
-        return self._runner.submit(lambda: [s() for s in steps], output_tensors)
+        return self._runner.submit(lambda: [s() for s in steps], output_tensors, opts)
 
     def _allgather_base(self, output, input, opts=None):
-        return self._runner.submit(self._gather_into(output, input), [output])
+        return self._runner.submit(self._gather_into(output, input), [output], opts)
 
     all_gather_single = _allgather_base
 
@@ -321,7 +347,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
             )
 
         def run():
-            _call(src.buf, lib().ringrun_reduce_scatter, src.ptr, dst.ptr, dst.count,
+            _call(src, lib().ringrun_reduce_scatter, src.ptr, dst.ptr, dst.count,
                   dst.dtype, code)
             dst.write_back()
 
@@ -337,10 +363,10 @@ class ProcessGroupRingrun(dist.ProcessGroup):
                 )
             flat = torch.cat([i.reshape(-1) for i in ins])
             steps.append(self._scatter_into(out, flat, opts))
-        return self._runner.submit(lambda: [s() for s in steps], output_tensors)
+        return self._runner.submit(lambda: [s() for s in steps], output_tensors, opts)
 
     def _reduce_scatter_base(self, output, input, opts=None):
-        return self._runner.submit(self._scatter_into(output, input, opts), [output])
+        return self._runner.submit(self._scatter_into(output, input, opts), [output], opts)
 
     reduce_scatter_single = _reduce_scatter_base
 
@@ -351,7 +377,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
 
     def barrier(self, opts=None):
-        return self._runner.submit(lambda: check(lib().ringrun_barrier()), [])
+        return self._runner.submit(lambda: check(lib().ringrun_barrier()), [], opts)
 
 
 def _unsupported(name):
