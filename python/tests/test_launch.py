@@ -43,13 +43,15 @@ def final(lines):
     return np.array([float(v) for v in last.split()[1:]])
 
 
-def launch_and_kill(script_args, kill_after, deadline_s=120):
+def launch_and_kill(script_args, kill_after=None, deadline_s=120, np_=3, launch_args=()):
+    """``ringrun launch --np np_ ... -- python SCRIPT``; once worker 1 printed a line starting
+    with ``kill_after`` (unless None), SIGKILLs it. Returns each launch rank's output lines."""
     exe = ringrun_binary()
-    if exe is None:
-        pytest.skip("the ringrun binary is not built (cargo build -p ringrun-launcher)")
+    assert exe is not None, "the ringrun binary is not built (cargo build -p ringrun-launcher)"
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [exe, "launch", "--np", "3", "--max-restarts", "2", "--", sys.executable, *script_args],
+        [exe, "launch", "--np", str(np_), "--max-restarts", "2", *launch_args, "--",
+         sys.executable, *script_args],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     lines = []
@@ -63,19 +65,21 @@ def launch_and_kill(script_args, kill_after, deadline_s=120):
     reader.start()
     deadline = time.monotonic() + deadline_s
     try:
-        while not any(line.startswith(f"[1] {kill_after}") for line in list(lines)):
+        while kill_after is not None and not any(
+            line.startswith(f"[1] {kill_after}") for line in list(lines)
+        ):
             assert proc.poll() is None, "the job ended before the kill"
             assert time.monotonic() < deadline, f"worker 1 never printed {kill_after!r}"
             time.sleep(0.01)
-        os.kill(worker_pid(proc.pid, 1), 9)
+        if kill_after is not None:
+            os.kill(worker_pid(proc.pid, 1), 9)
         proc.wait(timeout=max(1, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             proc.kill()
     reader.join(timeout=5)
     assert proc.returncode == 0, f"ringrun launch exited with {proc.returncode}"
-    by_rank = {r: [l[len(f"[{r}] "):] for l in lines if l.startswith(f"[{r}] ")] for r in range(3)}
-    return by_rank
+    return {r: [l[len(f"[{r}] "):] for l in lines if l.startswith(f"[{r}] ")] for r in range(np_)}
 
 
 def test_numpy_example_under_launch_survives_a_sigkill():

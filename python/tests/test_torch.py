@@ -75,43 +75,13 @@ DDP_TRAIN = os.path.join(os.path.dirname(HERE), "examples", "ddp_train.py")
 def launch_ddp(steps, kill_at=None, np_=4, min_np=4, deadline_s=240):
     """``ringrun launch --np 4 --min-np 4`` of the DDP example; with ``kill_at``, worker 1 is
     SIGKILLed once it printed that step. Returns each launch rank's lines."""
-    import subprocess
-    import threading
-    import time
+    from test_launch import launch_and_kill
 
-    from test_launch import ringrun_binary, worker_pid
-
-    exe = ringrun_binary()
-    assert exe is not None, "the ringrun binary is not built (cargo build -p ringrun-launcher)"
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), PYTHONUNBUFFERED="1")
-    cmd = [exe, "launch", "--np", str(np_), "--min-np", str(min_np), "--max-restarts", "2", "--",
-           sys.executable, DDP_TRAIN, "--steps", str(steps), "--step-ms", "20"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
-    lines = []
-
-    def read():
-        for line in proc.stdout:
-            print(line, end="", file=sys.stderr)
-            lines.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + deadline_s
-    try:
-        if kill_at is not None:
-            while not any(line.startswith(f"[1] step {kill_at} ") for line in list(lines)):
-                assert proc.poll() is None, "the job ended before the kill"
-                assert time.monotonic() < deadline, f"worker 1 never reached step {kill_at}"
-                time.sleep(0.01)
-            os.kill(worker_pid(proc.pid, 1), 9)
-        proc.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.join(timeout=5)
-    assert proc.returncode == 0, f"ringrun launch exited with {proc.returncode}"
-    return {r: [l[len(f"[{r}] "):] for l in lines if l.startswith(f"[{r}] ")] for r in range(np_)}
+    return launch_and_kill(
+        [DDP_TRAIN, "--steps", str(steps), "--step-ms", "20"],
+        None if kill_at is None else f"step {kill_at} ",
+        deadline_s, np_=np_, launch_args=("--min-np", str(min_np)),
+    )
 
 
 def finals(by_rank):
