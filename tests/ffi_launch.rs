@@ -7,14 +7,16 @@
 //! when only this package was built the test skips with a message, except under CI, where a
 //! missing library is a failure.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
+
+use common::launched::{read_lines, worker_pid};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 const STEPS: u64 = 150;
@@ -60,30 +62,6 @@ fn compile() -> Option<PathBuf> {
     Some(out)
 }
 
-/// The pid of the launcher's worker with `RINGRUN_NODE_ID=node`, from /proc.
-fn worker_pid(launcher: u32, node: usize) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"));
-    let want = format!("RINGRUN_NODE_ID={node}");
-    children.ok()?.split_whitespace().find_map(|pid| {
-        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        env.split(|b| *b == 0)
-            .any(|kv| kv == want.as_bytes())
-            .then(|| pid.parse().ok())?
-    })
-}
-
-fn read_lines(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
 #[test]
 fn the_c_example_under_launch_survives_a_sigkill_and_the_restart_rejoins() {
     let Some(exe) = compile() else { return };
@@ -121,7 +99,7 @@ fn the_c_example_under_launch_survives_a_sigkill_and_the_restart_rejoins() {
         assert!(Instant::now() < deadline, "worker 2 never reached step 40");
         thread::sleep(Duration::from_millis(5));
     }
-    let victim = worker_pid(job.id(), 2).expect("worker 2's pid");
+    let victim = worker_pid(job.id(), "RINGRUN_NODE_ID=2").expect("worker 2's pid");
     assert!(
         Command::new("kill")
             .args(["-KILL", &victim.to_string()])

@@ -2,5 +2,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod job;
+pub mod launched;
 pub mod netns;
 pub mod ports;

@@ -1,0 +1,36 @@
+//! Watching a `ringrun launch` job from a test: its workers' pids and its output lines.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Child,
+    sync::{Arc, Mutex},
+    thread,
+};
+
+/// The output lines a job printed so far (filled by a reader thread).
+pub type Lines = Arc<Mutex<Vec<String>>>;
+
+/// The pid of the launcher's child whose environment holds `key_value` (e.g. `RANK=1`), from
+/// /proc.
+pub fn worker_pid(launcher: u32, key_value: &str) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"));
+    children.ok()?.split_whitespace().find_map(|pid| {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        env.split(|b| *b == 0)
+            .any(|kv| kv == key_value.as_bytes())
+            .then(|| pid.parse().ok())?
+    })
+}
+
+/// Collects `child`'s stdout line by line (echoed to stderr) on a thread.
+pub fn read_lines(child: &mut Child) -> Lines {
+    let lines = Lines::default();
+    let (out, sink) = (child.stdout.take().expect("stdout piped"), lines.clone());
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
