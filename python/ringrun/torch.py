@@ -51,6 +51,9 @@ _OPS = {
 }
 
 _OP_CODES = {red: _buffers.op_code(name) for red, name in _OPS.items()}
+_DTYPE_CODES = {
+    getattr(torch, name): code for name, code in _buffers.DTYPES.items() if hasattr(torch, name)
+}
 
 _UNSUPPORTED = (
     "send", "recv", "recv_anysource", "alltoall", "alltoall_base", "all_to_all_single",
@@ -75,7 +78,11 @@ class _Dense:
     def __init__(self, tensor, writable=True):
         self.tensor = tensor
         self.buf = tensor if tensor.is_contiguous() else tensor.contiguous()
-        self.ptr, self.count, self.dtype, _ = _buffers.describe(self.buf, writable)
+        code = _DTYPE_CODES.get(tensor.dtype)
+        if code is not None and tensor.is_cpu:  # the common case, without describe()'s checks
+            self.ptr, self.count, self.dtype = self.buf.data_ptr(), self.buf.numel(), code
+        else:
+            self.ptr, self.count, self.dtype, _ = _buffers.describe(self.buf, writable)
         self.stream = _buffers.cuda_stream(tensor) if tensor.is_cuda else None
 
     def write_back(self):
