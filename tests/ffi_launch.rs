@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::launched::{read_lines, worker_pid};
+use common::launched::{read_lines, wait_for_exit, worker_pid};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 const STEPS: u64 = 150;
@@ -108,17 +108,7 @@ fn the_c_example_under_launch_survives_a_sigkill_and_the_restart_rejoins() {
             .success()
     );
 
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = job.kill();
-            panic!("the job did not finish in time");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    thread::sleep(Duration::from_millis(100)); // let the reader drain
+    let status = wait_for_exit(&mut job, deadline);
     let _ = std::fs::remove_file(&exe);
     assert!(status.success(), "ringrun launch exited with {status}");
     let lines = lines.lock().unwrap();

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::launched::{read_lines, worker_pid};
+use common::launched::{read_lines, wait_for_exit, worker_pid};
 use ringrun_runtime::{Group, GroupConfig, GroupError};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
@@ -151,17 +151,7 @@ fn launch_ranks_are_the_launchers_and_come_back_after_a_restart() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = loop {
-        if let Some(s) = job.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = job.kill();
-            panic!("the job did not finish in time");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    thread::sleep(Duration::from_millis(100)); // let the reader drain
+    let status = wait_for_exit(&mut job, deadline);
     let lines = lines.lock().unwrap();
     let of = |rank: usize| -> Vec<&str> {
         let prefix = format!("[{rank}] ");

@@ -34,3 +34,20 @@ pub fn read_lines(child: &mut Child) -> Lines {
     });
     lines
 }
+
+/// Waits for the job to exit by `deadline` (killing it and panicking after), then lets the
+/// reader thread drain the last lines.
+pub fn wait_for_exit(job: &mut Child, deadline: std::time::Instant) -> std::process::ExitStatus {
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = job.kill();
+            panic!("the job did not finish in time");
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    };
+    thread::sleep(std::time::Duration::from_millis(100));
+    status
+}
