@@ -4,6 +4,9 @@ sum, 2 local ranks):
     python python/bench.py --np 2            # starts the workers itself
     ringrun bench --np 2 -b 8 -e 16M -f 2097152
 
+`--sweep LO:HI:FACTOR` under `ringrun launch` (default flags) times `ringrun.allreduce` at
+`ringrun bench`'s sizes instead: `benches/python_path/run.sh` runs the two side by side.
+
 For 8 B and 16 MiB it times three loops on every rank: the raw ctypes call with a cached
 pointer (the ABI floor), `ringrun.allreduce(numpy_array)` (the Python wrapper), and prints the
 difference (the wrapper's overhead) and the bus bandwidth (busbw = bytes/t * 2(n-1)/n).
@@ -30,6 +33,29 @@ def timed(fn, iters, warmup):
     for _ in range(iters):
         fn()
     return (time.perf_counter() - t0) / iters
+
+
+def sweep(iters, lo, hi, factor):
+    """One line per size, `ringrun bench`'s sizes and columns: bytes, time (us), busbw."""
+    import numpy as np
+
+    import ringrun
+
+    ringrun.init()
+    n, rank = ringrun.size(), ringrun.rank()
+    if rank == 0:
+        print(f"# python path: {n} ranks, float32 sum, in place, ringrun.allreduce(numpy)")
+        print(f"{'bytes':>12} {'time_us':>10} {'busbw_GB/s':>10}")
+    nbytes = lo
+    while nbytes <= hi:
+        a = np.ones(max(1, nbytes // 4), np.float32)
+        it = max(5, min(iters, int(iters * 65536 / max(nbytes, 65536))))
+        t = timed(lambda: ringrun.allreduce(a, op="sum"), it, it // 10 + 2)
+        if rank == 0:
+            bus = a.nbytes / t * 2 * (n - 1) / n / 1e9
+            print(f"{a.nbytes:>12} {t * 1e6:>10.2f} {bus:>10.3f}", flush=True)
+        nbytes *= factor
+    ringrun.finalize()
 
 
 def worker(iters):
@@ -63,7 +89,15 @@ def main():
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument(
+        "--sweep",
+        metavar="LO:HI:FACTOR",
+        help="under `ringrun launch`: time sizes LO..HI bytes (times FACTOR) like ringrun bench",
+    )
     args = ap.parse_args()
+    if args.sweep:
+        lo, hi, factor = (int(x) for x in args.sweep.split(":"))
+        return sweep(args.iters, lo, hi, factor)
     if args.worker:
         return worker(args.iters)
     ports = []

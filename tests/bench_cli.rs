@@ -1,5 +1,7 @@
 //! Multi-process tests of `ringrun bench`: real processes on loopback, real sockets.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
@@ -350,22 +352,15 @@ fn sigkill_of_a_rank_gives_survivors_a_typed_error_promptly() {
         }
         let _ = ranks[2].wait();
         // Segments lose their names once set up, so even the killed rank's memory is freed.
-        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
+        assert_eq!(
+            common::shm::segments_of(&pids),
+            Vec::<String>::new(),
+            "{transport}"
+        );
     }
 }
 
 /// Shared-memory segment files in /dev/shm created by any of `pids` (names carry the pid).
-fn shm_files_of(pids: &[u32]) -> Vec<String> {
-    let prefixes: Vec<String> = pids.iter().map(|p| format!("ringrun-{p}-")).collect();
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_rank_without_the_secret_cannot_join() {
     for transport in ["tcp", "quic", "shm"] {
@@ -399,7 +394,11 @@ fn a_rank_without_the_secret_cannot_join() {
                 "{transport} rank {r}: {stderr}"
             );
         }
-        assert_eq!(shm_files_of(&pids), Vec::<String>::new(), "{transport}");
+        assert_eq!(
+            common::shm::segments_of(&pids),
+            Vec::<String>::new(),
+            "{transport}"
+        );
     }
 }
 

@@ -17,6 +17,17 @@ fn sigkill_one_of_four_then_restart_it() {
     let expected = reference(steps);
     let mut job = Job::start("kill1", 4, steps);
     job.wait_line(2, "step 30 ", Duration::from_secs(30));
+    // One host and the default transport: the epoch runs over shared memory.
+    let lines = job.lines(2);
+    let (_, last) = lines
+        .iter()
+        .rev()
+        .find(|(_, l)| l.starts_with("step "))
+        .expect("a step");
+    assert!(
+        last.contains(" size 4 ") && last.ends_with(" links shm"),
+        "{last}"
+    );
     let killed = job.kill(2);
     let resumed = loop {
         if let Some(d) = first_step_after(&job, &[0, 1, 3], killed, 3) {
@@ -50,6 +61,20 @@ fn sigkill_one_of_four_then_restart_it() {
         );
     }
     assert_no_commit_lost(&job, &[0, 1, 2, 3]);
+    let shm_steps = job
+        .lines(0)
+        .iter()
+        .filter(|(_, l)| l.contains(" links shm"))
+        .count();
+    assert!(
+        shm_steps as u64 >= steps / 2,
+        "{shm_steps} of {steps} steps over shm"
+    );
+    let leaked = common::shm::segments_of_dead_processes();
+    assert!(
+        leaked.is_empty(),
+        "segments of the killed worker left: {leaked:?}"
+    );
 }
 
 #[test]

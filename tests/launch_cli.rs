@@ -2,6 +2,8 @@
 //! the restart budget, restart mode with a disk checkpoint, signal forwarding, and the demo's
 //! JSON. Every test is bounded in time.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
@@ -161,25 +163,16 @@ fn the_demo_survives_a_kill_over_quic() {
 }
 
 #[test]
+fn the_demo_survives_a_kill_over_the_default_links() {
+    demo_survives_a_kill("auto");
+    let ours = common::shm::segments_of_dead_processes();
+    assert!(ours.is_empty(), "segments of dead processes left: {ours:?}");
+}
+
+#[test]
 fn the_demo_survives_a_kill_over_shared_memory() {
     demo_survives_a_kill("shm");
-    let leaked: Vec<_> = std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    // Names carry the pid; the demo's workers are gone, so none of theirs may remain. Other
-    // tests running beside this one may hold segments of their own, briefly, during set-up.
-    let ours: Vec<_> = leaked
-        .iter()
-        .filter(|n| n.to_string_lossy().starts_with("ringrun-"))
-        .filter(|n| {
-            let pid = n
-                .to_string_lossy()
-                .split('-')
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok());
-            pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        })
-        .collect();
+    let ours = common::shm::segments_of_dead_processes();
     assert!(ours.is_empty(), "segments of dead processes left: {ours:?}");
 }
 
@@ -419,12 +412,22 @@ fn transport_nccl_without_cuda_fails_at_join_naming_libcuda() {
 }
 
 #[test]
-fn an_unknown_transport_is_rejected() {
+fn an_unknown_transport_is_rejected_listing_the_valid_ones() {
     let out = launch(&["--transport", "pigeon"], "true", Duration::from_secs(10));
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--transport pigeon"),
-        "{}",
-        text(&out.stderr)
-    );
+    let bench = Command::new(EXE)
+        .args(["bench", "--np", "2", "--transport", "pigeon"])
+        .output()
+        .unwrap();
+    for (what, out) in [("launch", out), ("bench", bench)] {
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{what}");
+        assert!(
+            stderr.contains("--transport") && stderr.contains("\"pigeon\""),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("auto, tcp, quic, shm, nccl"),
+            "{what}: {stderr}"
+        );
+    }
 }

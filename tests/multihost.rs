@@ -157,4 +157,19 @@ fn two_hosts_from_slurm_survive_a_killed_worker() {
             .iter()
             .any(|(h, e, l)| *h == 1 && *e && l.contains("restarting worker"))
     );
+    // Two hosts of two (and, after the kill, of two and one): shared memory in each host, TCP
+    // across, the hierarchical allreduce, in every epoch.
+    let step_lines: Vec<&String> = lines
+        .iter()
+        .filter(|(_, e, l)| !e && l.contains("] step "))
+        .map(|(_, _, l)| l)
+        .collect();
+    assert!(
+        step_lines.len() as u64 >= 3 * steps,
+        "{} step lines",
+        step_lines.len()
+    );
+    for l in step_lines {
+        assert!(l.ends_with(" links hierarchical"), "{l}");
+    }
 }

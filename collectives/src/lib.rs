@@ -30,6 +30,7 @@ mod error;
 pub mod frame;
 pub mod fusion;
 mod hier;
+pub mod links;
 mod par;
 // The only module of this crate with `unsafe`: raw NCCL and CUDA calls, each with a SAFETY note.
 #[cfg(feature = "nccl")]
@@ -49,3 +50,4 @@ pub use frame::Algo;
 pub use fusion::TensorMut;
 pub use half::{bf16, f16};
 pub use hier::Hierarchical;
+pub use links::{LayoutComm, Links};

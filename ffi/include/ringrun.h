@@ -29,7 +29,7 @@
  Version of the C ABI this header describes; bumped on any incompatible change. Compare
  with `ringrun_abi_version()` at run time to catch a header/library mix-up.
  */
-#define RINGRUN_ABI_VERSION 1
+#define RINGRUN_ABI_VERSION 2
 
 /*
  The step `ringrun_restore` reports when no state was ever committed (a fresh start).
@@ -152,6 +152,11 @@ typedef struct ringrun_config_t {
    Directory for durable checkpoints. NULL: none.
    */
   const char *checkpoint_dir;
+  /*
+   The epochs' links: `"auto"` (shared memory within a host, TCP across), `"tcp"`,
+   `"quic"`, `"shm"` (one host), or `"nccl"` (a device group). NULL: `"auto"`.
+   */
+  const char *transport;
 } ringrun_config_t;
 
 /*

@@ -16,7 +16,11 @@ use std::{
 };
 
 use ringrun_membership::MIN_SECRET_LEN;
-use ringrun_runtime::{Group, GroupConfig, config::parse_seeds, device::DeviceSpec};
+use ringrun_runtime::{
+    Group, GroupConfig,
+    config::{device_from, parse_seeds},
+    device::DeviceSpec,
+};
 
 use crate::{
     device::DeviceRoute,
@@ -182,6 +186,9 @@ pub struct ringrun_config_t {
     pub restore_timeout_ms: u64,
     /// Directory for durable checkpoints. NULL: none.
     pub checkpoint_dir: *const c_char,
+    /// The epochs' links: `"auto"` (shared memory within a host, TCP across), `"tcp"`,
+    /// `"quic"`, `"shm"` (one host), or `"nccl"` (a device group). NULL: `"auto"`.
+    pub transport: *const c_char,
 }
 
 /// Reads an optional C string argument.
@@ -202,13 +209,14 @@ unsafe fn opt_str(p: *const c_char, what: &str) -> Result<Option<String>, Fail> 
 fn config_from(c: &ringrun_config_t) -> Result<GroupConfig, Fail> {
     // SAFETY: the strings are NULL or NUL-terminated per the documented contract of
     // `ringrun_config_t`.
-    let (secret, run_id, bind, seeds, dir) = unsafe {
+    let (secret, run_id, bind, seeds, dir, transport) = unsafe {
         (
             opt_str(c.secret, "secret")?,
             opt_str(c.run_id, "run_id")?,
             opt_str(c.bind, "bind")?,
             opt_str(c.seeds, "seeds")?,
             opt_str(c.checkpoint_dir, "checkpoint_dir")?,
+            opt_str(c.transport, "transport")?,
         )
     };
     let secret = secret.ok_or_else(|| invalid("config.secret is NULL"))?;
@@ -243,6 +251,12 @@ fn config_from(c: &ringrun_config_t) -> Result<GroupConfig, Fail> {
         g.restore_timeout = Duration::from_millis(c.restore_timeout_ms);
     }
     g.checkpoint_dir = dir.map(PathBuf::from);
+    if let Some(t) = transport {
+        g.transport = t
+            .parse()
+            .map_err(|e| invalid(format!("config.transport: {e}")))?;
+        g.device = device_from(g.transport, None)?;
+    }
     Ok(g)
 }
 

@@ -32,7 +32,7 @@ pub use types::*;
 
 /// Version of the C ABI this header describes; bumped on any incompatible change. Compare
 /// with `ringrun_abi_version()` at run time to catch a header/library mix-up.
-pub const RINGRUN_ABI_VERSION: u32 = 1;
+pub const RINGRUN_ABI_VERSION: u32 = 2;
 
 /// Returns the version of the C ABI this library implements.
 #[unsafe(no_mangle)]

@@ -81,9 +81,15 @@ thread_local! {
 }
 
 fn set_last_error(msg: &str) {
-    // Interior NULs would truncate the message in C; replace them rather than lose it.
-    let c = CString::new(msg.replace('\0', "?")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    LAST_ERROR.with(|e| {
+        let mut last = e.borrow_mut();
+        // Success after success (the common case) leaves the empty string as it is.
+        if msg.is_empty() && last.is_empty() {
+            return;
+        }
+        // Interior NULs would truncate the message in C; replace them rather than lose it.
+        *last = CString::new(msg.replace('\0', "?")).unwrap_or_default();
+    });
 }
 
 /// Runs one entry point's body: catches panics, records the message, returns the status.

@@ -38,6 +38,7 @@ fn config(secret: &CStr) -> ringrun_config_t {
         op_timeout_ms: 5000,
         restore_timeout_ms: 10000,
         checkpoint_dir: null(),
+        transport: null(),
     }
 }
 
@@ -81,6 +82,14 @@ fn abi() {
         let mut bad = config(c"short");
         assert_eq!(ringrun_init_config(&bad), INVALID);
         assert!(last_error().contains("16 bytes"), "{}", last_error());
+        let mut pigeon = config(c"ffi-abi-test-secret-0123456789");
+        pigeon.transport = c"pigeon".as_ptr();
+        assert_eq!(ringrun_init_config(&pigeon), INVALID);
+        let e = last_error();
+        assert!(
+            e.contains("pigeon") && e.contains("auto, tcp, quic, shm, nccl"),
+            "{e}"
+        );
         bad.secret = null();
         assert_eq!(ringrun_init_config(&bad), INVALID);
 

@@ -27,9 +27,14 @@ _FORMATS = {"f": "float32", "d": "float64", "e": "float16", "b": "int8", "B": "u
 _SIGNED = {"h", "i", "l", "q", "n"}
 
 _np_codes = {}  # numpy dtype -> code, filled lazily so numpy stays optional
+_c_char = ctypes.c_char
+_addressof = ctypes.addressof
 
 
 def op_code(op):
+    code = OPS.get(op) if isinstance(op, str) else None
+    if code is not None:
+        return code
     if isinstance(op, str):
         code = OPS.get(op.lower())
         if code is not None:
@@ -57,9 +62,15 @@ def _numpy(arr, writable, dtype):
             raise InvalidArgument(
                 f"unsupported array dtype {arr.dtype}: use one of {', '.join(DTYPES)}"
             )
-    if not arr.flags.c_contiguous:
+    flags = arr.flags
+    if not flags.c_contiguous:
         raise InvalidArgument("array is not C-contiguous (use numpy.ascontiguousarray)")
-    if writable and not arr.flags.writeable:
+    if flags.writeable and arr.nbytes:
+        # A buffer export costs a quarter of __array_interface__ (a dict built per call), and
+        # while it is held numpy cannot resize the array under the call.
+        view = _c_char.from_buffer(arr)
+        return _addressof(view), arr.size, code, view
+    if writable and not flags.writeable:
         raise InvalidArgument("array is read-only")
     return arr.__array_interface__["data"][0], arr.size, code, arr
 

@@ -8,7 +8,7 @@ import sys
 
 from .errors import BY_STATUS, RingrunError
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _c_int, _size_t, _u64, _vp = ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_void_p
 

@@ -10,7 +10,9 @@ use std::{
 use ringrun_collectives::CommConfig;
 use ringrun_membership::{MIN_SECRET_LEN, MembershipConfig};
 
-use crate::{device::DeviceSpec, error::GroupError, mesh::MeshKind};
+use ringrun_collectives::transport::TransportKind;
+
+use crate::{device::DeviceSpec, error::GroupError};
 
 /// Everything a member needs to join a group.
 #[derive(Clone, Debug)]
@@ -63,7 +65,7 @@ pub struct GroupConfig {
     /// Collective tuning.
     pub comm: CommConfig,
     /// What the epochs' collectives run over.
-    pub transport: MeshKind,
+    pub transport: TransportKind,
     /// Device collectives ([`crate::Group::allreduce_device`] and friends): `None` for a
     /// CPU-only group; otherwise the backend that builds one device communicator per epoch.
     pub device: Option<DeviceSpec>,
@@ -94,7 +96,7 @@ impl GroupConfig {
             checkpoint_dir: None,
             checkpoint_every: 10,
             comm: CommConfig::default(),
-            transport: MeshKind::default(),
+            transport: TransportKind::default(),
             device: None,
         }
     }
@@ -120,7 +122,7 @@ impl GroupConfig {
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
     /// | `RINGRUN_CHECKPOINT_EVERY` | commits between checkpoints | 10 |
-    /// | `RINGRUN_TRANSPORT` | `auto`/`tcp`, `quic`, `shm` (one host) ([`MeshKind`]), or `nccl`: a device group (host mesh over TCP) | `auto` (TCP) |
+    /// | `RINGRUN_TRANSPORT` | [`TransportKind`]: `auto` (shared memory in a host, TCP across), `tcp`, `quic`, `shm` (one host), or `nccl`: a device group (host links as `auto`) | `auto` |
     /// | `RINGRUN_DEVICE` | `cuda`: a device group, over NCCL where it runs, else staged through host memory over `RINGRUN_TRANSPORT`; `cpu` | `cpu` |
     /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
@@ -167,35 +169,23 @@ impl GroupConfig {
         c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);
         c.checkpoint_every = parse("RINGRUN_CHECKPOINT_EVERY")?.unwrap_or(10).max(1);
         c.transport = parse("RINGRUN_TRANSPORT")?.unwrap_or_default();
-        c.device = device_from(
-            var("RINGRUN_TRANSPORT").as_deref(),
-            var("RINGRUN_DEVICE").as_deref(),
-        )?;
+        c.device = device_from(c.transport, var("RINGRUN_DEVICE").as_deref())?;
         c.comm.fusion_bytes = parse("RINGRUN_FUSION_BYTES")?.unwrap_or(c.comm.fusion_bytes);
         Ok(c)
     }
 }
 
-/// The device backend `RINGRUN_TRANSPORT` and `RINGRUN_DEVICE` ask for (pure, for tests).
+/// The device backend the transport and `RINGRUN_DEVICE` ask for (pure, for tests).
 pub fn device_from(
-    transport: Option<&str>,
+    transport: TransportKind,
     device: Option<&str>,
 ) -> Result<Option<DeviceSpec>, GroupError> {
-    let nccl = match transport {
-        None | Some("auto") | Some("tcp") | Some("quic") | Some("shm") => false,
-        Some("nccl") => true,
-        Some(t) => {
-            return Err(bad(format!(
-                "RINGRUN_TRANSPORT={t}: expected auto, tcp, quic, shm or nccl"
-            )));
-        }
-    };
     let cuda = match device {
         None | Some("cpu") => false,
         Some("cuda") => true,
         Some(d) => return Err(bad(format!("RINGRUN_DEVICE={d}: expected cuda or cpu"))),
     };
-    Ok(match (nccl, cuda) {
+    Ok(match (transport == TransportKind::Nccl, cuda) {
         (true, _) => Some(DeviceSpec::Nccl),
         (false, true) => Some(DeviceSpec::Cuda),
         (false, false) => None,
@@ -223,9 +213,17 @@ fn parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, GroupError>
 where
     T::Err: std::fmt::Display,
 {
-    var(name)
-        .map(|v| v.parse().map_err(|e| bad(format!("{name}={v}: {e}"))))
-        .transpose()
+    var(name).map(|v| parse_value(name, &v)).transpose()
+}
+
+/// `value` of the variable `name`, or an error naming both.
+fn parse_value<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, GroupError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| bad(format!("{name}={value}: {e}")))
 }
 
 fn bad(what: String) -> GroupError {
@@ -238,20 +236,28 @@ mod tests {
 
     #[test]
     fn the_transport_and_device_variables_pick_the_device_backend() {
+        let t = |name: &str| name.parse::<TransportKind>().unwrap();
         let pick = |t, d| device_from(t, d).map(|s| s.is_some());
         let kind = |t, d| format!("{:?}", device_from(t, d).unwrap());
-        assert_eq!(kind(Some("nccl"), Some("cuda")), "Some(Nccl)");
-        assert_eq!(kind(Some("shm"), Some("cuda")), "Some(Cuda)");
-        assert!(!pick(None, None).unwrap());
-        assert!(!pick(Some("auto"), Some("cpu")).unwrap());
-        assert!(!pick(Some("tcp"), None).unwrap());
-        assert!(pick(Some("nccl"), None).unwrap());
-        assert!(pick(None, Some("cuda")).unwrap());
-        assert!(!pick(Some("quic"), None).unwrap());
-        assert!(matches!(
-            pick(Some("pigeon"), None),
-            Err(GroupError::InvalidArgument(m)) if m.contains("RINGRUN_TRANSPORT=pigeon")
-        ));
-        assert!(pick(None, Some("rocm")).is_err());
+        assert_eq!(kind(t("nccl"), Some("cuda")), "Some(Nccl)");
+        assert_eq!(kind(t("shm"), Some("cuda")), "Some(Cuda)");
+        assert!(!pick(TransportKind::default(), None).unwrap());
+        assert!(!pick(t("auto"), Some("cpu")).unwrap());
+        assert!(!pick(t("tcp"), None).unwrap());
+        assert!(pick(t("nccl"), None).unwrap());
+        assert!(pick(t("auto"), Some("cuda")).unwrap());
+        assert!(!pick(t("quic"), None).unwrap());
+        assert!(pick(t("auto"), Some("rocm")).is_err());
+    }
+
+    #[test]
+    fn an_unknown_transport_names_the_variable_and_the_valid_ones() {
+        let e = parse_value::<TransportKind>("RINGRUN_TRANSPORT", "pigeon").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("RINGRUN_TRANSPORT") && text.contains("pigeon"),
+            "{text}"
+        );
+        assert!(text.contains("auto, tcp, quic, shm, nccl"), "{text}");
     }
 }

@@ -14,11 +14,9 @@ use std::{
 };
 
 use ringrun_collectives::{
-    Cancel, CollectiveError, Communicator, Ctl, DType, Element, ReduceOp, TensorMut,
-    transport::{
-        shm::ShmConfig,
-        tcp::{JobSecret, MeshSpec},
-    },
+    Cancel, CollectiveError, Communicator, Ctl, DType, Element, LayoutComm, Links, ReduceOp,
+    TensorMut,
+    transport::tcp::{JobSecret, MeshSpec},
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
 use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
@@ -34,7 +32,7 @@ use crate::{
     error::GroupError,
     failpoint,
     member::{Endpoints, MemberKey},
-    mesh::{self, EpochTransport},
+    mesh::{self, MeshConfig},
     report::{FaultEvent, Open},
     state::{self, Committed, Decision},
 };
@@ -56,7 +54,7 @@ pub struct Group {
     driver: Driver,
     published: watch::Receiver<Published>,
     cancel: CancelSlot,
-    comm: Option<Communicator<EpochTransport>>,
+    comm: Option<LayoutComm>,
     view: Option<Arc<GroupView>>,
     /// The epoch given up on, why, and when.
     broken: Option<(u64, String)>,
@@ -192,6 +190,20 @@ impl Group {
         self.me
     }
 
+    /// What the current epoch's links are (`tcp`, `quic`, `shm`, or `hierarchical`: shared
+    /// memory in each host, TCP across); `None` outside an epoch.
+    pub fn links(&self) -> Option<&'static str> {
+        self.comm.as_ref().map(|c| c.name())
+    }
+
+    /// The allreduce algorithm the current epoch runs for `bytes` bytes of `dtype` (the
+    /// selection `ringrun bench` uses); `None` outside an epoch.
+    pub fn allreduce_algo(&self, dtype: DType, bytes: usize) -> Option<&'static str> {
+        self.comm
+            .as_ref()
+            .map(|c| c.allreduce_algo_name(dtype, bytes))
+    }
+
     /// Recoveries so far, oldest first.
     pub fn faults(&self) -> &[FaultEvent] {
         &self.faults
@@ -274,7 +286,7 @@ impl Group {
         let _span = info_span!("broadcast", epoch = self.epoch(), count = buf.len()).entered();
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
-        let r = self.rt.block_on(comm.broadcast(buf, root, &ctl));
+        let r = self.rt.block_on(comm.flat().broadcast(buf, root, &ctl));
         self.end(epoch, r)
     }
 
@@ -283,7 +295,7 @@ impl Group {
         let _span = info_span!("allgather", epoch = self.epoch(), count = send.len()).entered();
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
-        let r = self.rt.block_on(comm.allgather(send, recv, &ctl));
+        let r = self.rt.block_on(comm.flat().allgather(send, recv, &ctl));
         self.end(epoch, r)
     }
 
@@ -299,7 +311,9 @@ impl Group {
             info_span!("reduce_scatter", epoch = self.epoch(), count = recv.len()).entered();
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
-        let r = self.rt.block_on(comm.reduce_scatter(send, recv, op, &ctl));
+        let r = self
+            .rt
+            .block_on(comm.flat().reduce_scatter(send, recv, op, &ctl));
         self.end(epoch, r)
     }
 
@@ -308,7 +322,7 @@ impl Group {
         let _span = info_span!("barrier", epoch = self.epoch()).entered();
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
-        let r = self.rt.block_on(comm.barrier(&ctl));
+        let r = self.rt.block_on(comm.flat().barrier(&ctl));
         self.end(epoch, r)
     }
 
@@ -391,10 +405,14 @@ impl Group {
         }
         let cancel = Cancel::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, cancel.clone()));
-        // Checked after registering, so an abort published in between is not missed.
-        let p = self.published.borrow().clone();
-        if let Some(why) = self.stale(epoch, &p) {
-            let at = p.aborted.map_or_else(Instant::now, |(_, t)| t);
+        // Checked after registering, so an abort published in between is not missed. Read in
+        // place (no clone of the publication: this runs before every collective).
+        let stale = {
+            let p = self.published.borrow();
+            self.stale(epoch, &p)
+                .map(|why| (why, p.aborted.map_or_else(Instant::now, |(_, t)| t)))
+        };
+        if let Some((why, at)) = stale {
             self.give_up(epoch, why.clone(), at);
             return Err(changed(epoch, why));
         }
@@ -493,30 +511,27 @@ impl Group {
         if let Some(old) = self.comm.take() {
             mesh::discard(old);
         }
-        let shm_config = ShmConfig {
-            spin: self.config.comm.spin,
-            ..ShmConfig::default()
+        let config = MeshConfig {
+            kind: self.config.transport,
+            secret: &self.secret,
+            host: &self.config.host,
+            comm: &self.config.comm,
         };
         let connect = mesh::connect(
-            self.config.transport,
             &self.listener,
             &spec,
-            &self.secret,
-            &shm_config,
+            &config,
             Instant::now() + MESH_TIMEOUT,
         );
-        let transport = match self.rt.block_on(connect) {
-            Ok(t) => t,
+        let comm = match self.rt.block_on(connect) {
+            Ok(c) => c,
             Err(e) => {
                 self.driver.send(Command::Reform(view.epoch));
                 return Err(changed(view.epoch, format!("mesh set-up: {e}")));
             }
         };
-        self.comm = Some(Communicator::new(
-            transport,
-            view.epoch,
-            self.config.comm.clone(),
-        ));
+        info!(epoch = view.epoch, links = %comm.describe(), "epoch links formed");
+        self.comm = Some(comm);
         self.broken = None;
         self.reform_pending = None;
         self.view = Some(view.clone());
@@ -705,7 +720,9 @@ impl Group {
         }
         let (ctl, epoch) = self.begin()?;
         let comm = self.comm.as_mut().expect("begin checked");
-        let r = self.rt.block_on(comm.broadcast(&mut msg[..], 0, &ctl));
+        let r = self
+            .rt
+            .block_on(comm.flat().broadcast(&mut msg[..], 0, &ctl));
         self.end(epoch, r)?;
         if msg[0] != 1 {
             let why = String::from_utf8_lossy(&msg[1..]);
@@ -726,7 +743,7 @@ impl Group {
         name: &'static str,
         op: impl FnOnce(
             &mut dyn DeviceEpochs,
-            &mut Communicator<EpochTransport>,
+            &mut Communicator<Links>,
             &Runtime,
             &Ctl,
         ) -> std::result::Result<R, CollectiveError>,
@@ -739,7 +756,7 @@ impl Group {
         let _span = info_span!("device", op = name, epoch = self.epoch()).entered();
         let (ctl, epoch) = self.begin()?;
         let dev = self.device.as_deref_mut().expect("checked above");
-        let host = self.comm.as_mut().expect("begin checked");
+        let host = self.comm.as_mut().expect("begin checked").flat();
         let r = op(dev, host, &self.rt, &ctl);
         self.end(epoch, r)
     }

@@ -394,7 +394,11 @@ fn a_cpu_group_refuses_device_calls() {
 fn a_device_group_without_cuda_fails_at_join_naming_the_library() {
     let mut c = GroupConfig::local(41, SECRET);
     c.initial_wait = Duration::from_millis(100);
-    c.device = ringrun_runtime::config::device_from(Some("nccl"), None).unwrap();
+    c.device = ringrun_runtime::config::device_from(
+        ringrun_collectives::transport::TransportKind::Nccl,
+        None,
+    )
+    .unwrap();
     assert!(c.device.is_some());
     let start = Instant::now();
     match Group::join(c) {

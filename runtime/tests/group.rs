@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ringrun_collectives::{ReduceOp, TensorMut};
+use ringrun_collectives::{DType, ReduceOp, TensorMut};
 use ringrun_runtime::{Group, GroupConfig, GroupError};
 
 const SECRET: &str = "group-test-secret-0123456789";
@@ -164,6 +164,107 @@ fn mismatched_sizes_fail_on_every_rank_and_the_group_recovers() {
                 step(&mut g, &mut v).unwrap();
                 assert!(v.iter().all(|x| *x == 2.0));
                 done.wait();
+                g.leave();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Sizes that reach every algorithm of the selection on 2 and 4 ranks.
+const SIZES: [usize; 5] = [8, 1024, 64 << 10, 512 << 10, 4 << 20];
+
+/// Allreduces a pattern at each of `SIZES` and checks the exact sums; returns the algorithms
+/// the epoch's selection picked, in order of first use.
+fn reduce_each_size(g: &mut Group) -> Vec<&'static str> {
+    let (n, r) = (g.size(), g.rank());
+    let total = (n * (n + 1) / 2) as f32;
+    let mut seen = Vec::new();
+    for bytes in SIZES {
+        let mut v: Vec<f32> = (0..bytes / 4).map(|i| ((r + 1) * (i % 7)) as f32).collect();
+        let algo = g.allreduce_algo(DType::F32, bytes).expect("in an epoch");
+        g.allreduce(&mut v, ReduceOp::Sum).unwrap();
+        let right = v
+            .iter()
+            .enumerate()
+            .all(|(i, x)| *x == total * (i % 7) as f32);
+        assert!(right, "{algo} on {n} ranks at {bytes} B");
+        if !seen.contains(&algo) {
+            seen.push(algo);
+        }
+    }
+    seen
+}
+
+/// Under the default transport (`auto`), members on one host talk over shared memory, and the
+/// runtime's allreduce picks `ringrun bench`'s algorithms: recursive doubling and the ring on
+/// two ranks, the arena and halving-doubling on four.
+#[test]
+fn auto_uses_shared_memory_on_one_host_and_the_benchs_algorithms() {
+    for (n, want) in [(2, ["rd", "ring"]), (4, ["arena", "hd"])] {
+        let port = free_udp_port();
+        let seed = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+        let done = Arc::new(Barrier::new(n));
+        let threads: Vec<_> = (0..n as u64)
+            .map(|node| {
+                let (seed, done) = (seed.clone(), done.clone());
+                thread::spawn(move || {
+                    let p = if node == 0 { port } else { 0 };
+                    let mut g = Group::join(config(node, &seed, p, n)).expect("join");
+                    g.restore().unwrap();
+                    assert_eq!(g.links(), Some("shm"), "member {node}");
+                    let seen = reduce_each_size(&mut g);
+                    done.wait();
+                    g.leave();
+                    seen
+                })
+            })
+            .collect();
+        for t in threads {
+            let seen = t.join().unwrap();
+            assert!(want.iter().all(|a| seen.contains(a)), "{n} ranks: {seen:?}");
+        }
+    }
+}
+
+/// Each epoch lays its links out afresh from its members' hosts: two pretend hosts of two
+/// members run the hierarchical allreduce; after one member leaves, hosts of two and one still
+/// do (the leaders' form); after another, one member per host is plain TCP. Every sum is exact,
+/// so each layout's result equals a flat run's.
+#[test]
+fn every_epoch_lays_out_its_links_from_its_members_hosts() {
+    let port = free_udp_port();
+    let seed = vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))];
+    let four = Arc::new(Barrier::new(4));
+    let three = Arc::new(Barrier::new(3));
+    let threads: Vec<_> = (0..4u64)
+        .map(|node| {
+            let (seed, four, three) = (seed.clone(), four.clone(), three.clone());
+            thread::spawn(move || {
+                let p = if node == 0 { port } else { 0 };
+                let mut c = config(node, &seed, p, 4);
+                c.host = ["a", "a", "b", "b"][node as usize].into();
+                let mut g = Group::join(c).expect("join");
+                g.restore().unwrap();
+                assert_eq!(g.links(), Some("hierarchical"), "member {node}");
+                assert_eq!(reduce_each_size(&mut g), ["hierarchical"]);
+                four.wait();
+                if node == 3 {
+                    return g.leave();
+                }
+                let mut v = vec![1.0f32; 100];
+                step(&mut g, &mut v).unwrap();
+                assert_eq!((g.size(), g.links()), (3, Some("hierarchical")));
+                assert_eq!(reduce_each_size(&mut g), ["hierarchical"]);
+                three.wait();
+                if node == 1 {
+                    return g.leave();
+                }
+                step(&mut g, &mut v).unwrap();
+                assert_eq!((g.size(), g.links()), (2, Some("tcp")));
+                assert!(reduce_each_size(&mut g).contains(&"ring"));
                 g.leave();
             })
         })

@@ -5,3 +5,4 @@ pub mod job;
 pub mod launched;
 pub mod netns;
 pub mod ports;
+pub mod shm;

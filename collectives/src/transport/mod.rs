@@ -13,6 +13,7 @@
 //! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
 
 pub mod auth;
+mod kind;
 pub mod mem;
 pub mod quic;
 pub mod shm;
@@ -21,6 +22,8 @@ pub mod subset;
 pub mod tcp;
 
 use std::time::Duration;
+
+pub use kind::{TransportKind, UnknownTransport};
 
 use crate::{
     error::{CollectiveError, Result},

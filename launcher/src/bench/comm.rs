@@ -1,11 +1,10 @@
-//! What the bench needs of a communicator, for a flat [`Communicator`] and a [`Hierarchical`]
-//! one alike, so that the timed loops do not care which the transport choice produced.
+//! What the bench's timed loops need of a communicator: [`LayoutComm`], flat or hierarchical
+//! as the transport choice and the layout made it.
 
 use std::time::Duration;
 
 use ringrun_collectives::{
-    Bufs, CollectiveError, Communicator, Ctl, DType, Element, Hierarchical, ReduceOp, TensorMut,
-    transport::Transport,
+    Bufs, CollectiveError, Ctl, DType, Element, LayoutComm, ReduceOp, TensorMut,
 };
 
 type R = Result<(), CollectiveError>;
@@ -30,56 +29,29 @@ pub(super) trait BenchComm {
     }
 }
 
-impl<T: Transport> BenchComm for Communicator<T> {
+impl BenchComm for LayoutComm {
     fn rank(&self) -> usize {
-        Communicator::rank(self)
+        LayoutComm::rank(self)
     }
     fn size(&self) -> usize {
-        Communicator::size(self)
+        LayoutComm::size(self)
     }
     fn algo_name(&self, dtype: DType, bytes: usize) -> &'static str {
-        self.allreduce_algo(dtype, bytes).name()
+        self.allreduce_algo_name(dtype, bytes)
     }
     async fn allreduce_bytes(&mut self, d: DType, b: Bufs<'_>, op: ReduceOp, ctl: &Ctl) -> R {
-        Communicator::allreduce_bytes(self, d, b, op, ctl).await
+        LayoutComm::allreduce_bytes(self, d, b, op, ctl).await
     }
     async fn allreduce_grouped(&mut self, t: &mut [TensorMut<'_>], op: ReduceOp, ctl: &Ctl) -> R {
-        Communicator::allreduce_grouped(self, t, op, ctl).await
+        LayoutComm::allreduce_grouped(self, t, op, ctl).await
     }
     async fn allgather_bytes(&mut self, d: DType, b: Bufs<'_>, ctl: &Ctl) -> R {
-        Communicator::allgather_bytes(self, d, b, ctl).await
+        self.flat().allgather_bytes(d, b, ctl).await
     }
     async fn barrier(&mut self, ctl: &Ctl) -> R {
-        Communicator::barrier(self, ctl).await
+        self.flat().barrier(ctl).await
     }
     async fn close(self, within: Duration) {
-        Communicator::close(self, within).await;
-    }
-}
-
-impl<T: Transport> BenchComm for Hierarchical<T> {
-    fn rank(&self) -> usize {
-        Hierarchical::rank(self)
-    }
-    fn size(&self) -> usize {
-        Hierarchical::size(self)
-    }
-    fn algo_name(&self, _: DType, _: usize) -> &'static str {
-        "hierarchical"
-    }
-    async fn allreduce_bytes(&mut self, d: DType, b: Bufs<'_>, op: ReduceOp, ctl: &Ctl) -> R {
-        Hierarchical::allreduce_bytes(self, d, b, op, ctl).await
-    }
-    async fn allreduce_grouped(&mut self, t: &mut [TensorMut<'_>], op: ReduceOp, ctl: &Ctl) -> R {
-        Hierarchical::allreduce_grouped(self, t, op, ctl).await
-    }
-    async fn allgather_bytes(&mut self, d: DType, b: Bufs<'_>, ctl: &Ctl) -> R {
-        self.world().allgather_bytes(d, b, ctl).await
-    }
-    async fn barrier(&mut self, ctl: &Ctl) -> R {
-        self.world().barrier(ctl).await
-    }
-    async fn close(self, within: Duration) {
-        Hierarchical::close(self, within).await;
+        LayoutComm::close(self, within).await;
     }
 }

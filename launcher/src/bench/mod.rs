@@ -24,7 +24,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use ringrun_collectives::{AlgoChoice, CommConfig, DType, ReduceOp, transport::auth::JobSecret};
+use ringrun_collectives::{
+    AlgoChoice, CommConfig, DType, ReduceOp,
+    transport::{TransportKind, auth::JobSecret},
+};
 
 /// Options of `ringrun bench`, named as in nccl-tests where nccl-tests has them.
 #[derive(Args, Debug, Clone)]
@@ -64,7 +67,7 @@ pub(crate) struct BenchArgs {
     /// with --device cuda, NCCL when each rank has its own GPU, else staged over shm). `nccl`
     /// implies --device cuda; tcp, quic or shm with --device cuda stage GPU buffers through
     /// pinned host memory.
-    #[arg(long, value_enum)]
+    #[arg(long)]
     transport: Option<TransportKind>,
     /// Where the buffers live: host memory, or this rank's GPU (`rank % devices`).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
@@ -146,18 +149,6 @@ pub(crate) struct BenchArgs {
     /// Internal: the parent's rendezvous address.
     #[arg(long, hide = true, group = "peers_or_rendezvous")]
     rendezvous: Option<SocketAddr>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum TransportKind {
-    Tcp,
-    Quic,
-    /// Shared memory (ranks on this host), set up over an authenticated TCP mesh.
-    Shm,
-    /// Shared memory within a host, TCP across hosts.
-    Auto,
-    /// NCCL on GPU buffers (`--device cuda`).
-    Nccl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -12,6 +12,8 @@
 
 use std::net::SocketAddr;
 
+use ringrun_collectives::transport::TransportKind;
+
 /// What one worker slot needs to know about the job and itself.
 #[derive(Clone, Debug)]
 pub(crate) struct Slot {
@@ -45,7 +47,7 @@ pub(crate) struct JobEnv {
     pub(crate) max_restarts: u32,
     pub(crate) checkpoint_dir: Option<String>,
     /// `--transport`, handed on as `RINGRUN_TRANSPORT`.
-    pub(crate) transport: String,
+    pub(crate) transport: TransportKind,
     /// `--device`, handed on as `RINGRUN_DEVICE`.
     pub(crate) device: String,
     pub(crate) host: String,
@@ -78,7 +80,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
             "RINGRUN_CHECKPOINT_DIR",
             job.checkpoint_dir.clone().unwrap_or_default(),
         ),
-        ("RINGRUN_TRANSPORT", job.transport.clone()),
+        ("RINGRUN_TRANSPORT", job.transport.to_string()),
         ("RINGRUN_DEVICE", job.device.clone()),
         ("RANK", slot.rank.to_string()),
         ("LOCAL_RANK", slot.local_rank.to_string()),
@@ -130,7 +132,7 @@ mod tests {
             group_world_size: 1,
             max_restarts: 3,
             checkpoint_dir: None,
-            transport: "auto".into(),
+            transport: TransportKind::Auto,
             device: "cpu".into(),
             host: "h".into(),
             workers: vec![
@@ -167,7 +169,7 @@ mod tests {
         assert_eq!(v["RINGRUN_DEVICE"], "cpu");
         assert_eq!(v["RINGRUN_LOCAL_WORLD_SIZE"], "2");
         let nccl = JobEnv {
-            transport: "nccl".into(),
+            transport: TransportKind::Nccl,
             ..job()
         };
         let v: std::collections::BTreeMap<_, _> = vars(&nccl, &slot).into_iter().collect();

@@ -23,6 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use ringrun_collectives::transport::TransportKind;
 use ringrun_membership::{Authenticator, JobId};
 use ringrun_runtime::{control::ControlCodec, member::MemberKey};
 use rustix::process::Signal;
@@ -66,13 +67,14 @@ pub(crate) struct LaunchArgs {
     /// Directory for durable checkpoints.
     #[arg(long)]
     pub(crate) checkpoint_dir: Option<PathBuf>,
-    /// Collective transport of the workers' epochs: `auto` (= `tcp`), `tcp`, `quic` (encrypts
-    /// every byte), `shm` (shared memory: every worker of the job on this host), or `nccl`,
-    /// which gives every worker a device group on NCCL alone (`RINGRUN_TRANSPORT=nccl`: one NCCL
-    /// communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL, or with more
-    /// workers than GPUs, the workers fail at join, naming the reason).
+    /// The workers' links (`RINGRUN_TRANSPORT`): `auto` (shared memory between the workers
+    /// on one host, TCP between hosts, hierarchical allreduce when a job spans hosts with
+    /// several workers each), `tcp`, `quic` (encrypts every byte), `shm` (every worker of the
+    /// job on this host), or `nccl`, which gives every worker a device group on NCCL alone (one
+    /// NCCL communicator per epoch on GPU `LOCAL_RANK % devices`; without CUDA and NCCL, or
+    /// with more workers than GPUs, the workers fail at join, naming the reason).
     #[arg(long, default_value = "auto")]
-    pub(crate) transport: String,
+    pub(crate) transport: TransportKind,
     /// Where the workers' device collectives run (`RINGRUN_DEVICE`): `cuda` gives every worker a
     /// device group, over NCCL where it can run, else staged through pinned host memory over
     /// `--transport`; `cpu`, none.
@@ -236,15 +238,6 @@ pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Re
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
-    if !matches!(
-        a.transport.as_str(),
-        "auto" | "tcp" | "quic" | "shm" | "nccl"
-    ) {
-        bail!(
-            "--transport {}: expected auto, tcp, quic, shm or nccl",
-            a.transport
-        );
-    }
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
     let host = a.host_name.clone().unwrap_or_else(hostname);
     let discovery = a.host_discovery_script.clone().map(|script| {
@@ -316,7 +309,7 @@ pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Re
         group_world_size: min_nodes.max(1),
         max_restarts: a.max_restarts,
         checkpoint_dir: a.checkpoint_dir.as_ref().map(|p| p.display().to_string()),
-        transport: a.transport.clone(),
+        transport: a.transport,
         device: a.device.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),

@@ -59,9 +59,10 @@ pub(crate) fn main(args: TrainArgs) -> Result<ExitCode> {
             Ok((w2, l)) => match group.commit(next, model::encode(next, &w2)) {
                 Ok(()) => {
                     println!(
-                        "step {next} loss {l:.6} size {} epoch {}",
+                        "step {next} loss {l:.6} size {} epoch {} links {}",
                         group.size(),
-                        group.epoch()
+                        group.epoch(),
+                        group.links().unwrap_or("none")
                     );
                     (w, loss, next) = (w2, l, next + 1);
                 }

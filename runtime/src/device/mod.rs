@@ -31,7 +31,7 @@ mod sides;
 use std::{fmt, sync::Arc};
 
 use ringrun_collectives::{
-    CollectiveError, Communicator, Ctl, DType, ReduceOp,
+    CollectiveError, Communicator, Ctl, DType, Links, ReduceOp,
     device::{
         DeviceBuffer, DeviceBufs, DeviceComm, DeviceCommunicator, DeviceFault, Stager, Staging,
         fake::{FakeBuf, FakeComm, HostStaging},
@@ -44,7 +44,7 @@ pub use cuda::CudaBackend;
 pub(crate) use sides::DeviceEpochs;
 use sides::{DeviceSide, StagedSide};
 
-use crate::{Group, GroupConfig, error::GroupError, mesh::EpochTransport};
+use crate::{Group, GroupConfig, error::GroupError};
 
 /// Bytes of a unique id (NCCL's `ncclUniqueId`).
 pub const UNIQUE_ID_LEN: usize = 128;
@@ -215,7 +215,7 @@ impl<M: DeviceMemory> Call<'_, M> {
     async fn on_host(
         self,
         stager: &mut Stager<M::Staging>,
-        host: &mut Communicator<EpochTransport>,
+        host: &mut Communicator<Links>,
         stream: &StreamOf<M>,
         ctl: &Ctl,
     ) -> Result<(), CollectiveError> {
@@ -232,7 +232,7 @@ impl<M: DeviceMemory> Call<'_, M> {
     fn run(
         self,
         dev: &mut dyn DeviceEpochs,
-        host: &mut Communicator<EpochTransport>,
+        host: &mut Communicator<Links>,
         rt: &Runtime,
         ctl: &Ctl,
         stream: Option<&StreamOf<M>>,
