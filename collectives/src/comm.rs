@@ -15,7 +15,7 @@ use crate::{
     frame::{Algo, Collective, ErrorCode, OpSig},
     fusion::{self, BucketBuf, FusionBuffer, TensorMut},
     spin::Spin,
-    transport::{Transport, shm::Abandon},
+    transport::{HostArena, Transport, arena::Abandon},
 };
 
 /// How long peers get to hear about an abort before the error is returned.
@@ -237,7 +237,7 @@ impl<T: Transport> Communicator<T> {
     }
 
     /// The transport's shared-memory arena, where every rank has one of some size.
-    fn arena(&self) -> Option<&crate::transport::shm::Arena> {
+    fn arena(&self) -> Option<&dyn HostArena> {
         self.transport.arena().filter(|a| a.capacity() > 0)
     }
 

@@ -24,6 +24,7 @@
 mod algo;
 mod cancel;
 mod comm;
+pub mod copy;
 pub mod device;
 mod dtype;
 mod error;

@@ -1,4 +1,4 @@
-//! Allreduce through the host arena (`transport::shm::Arena`): every rank stages a round of
+//! Allreduce through the host arena (`transport::HostArena`): every rank stages a round of
 //! its input in its own arena buffer, and after a barrier every rank reads the others'.
 //!
 //! - *One-shot* (rounds up to `one_shot_bytes`): each rank reduces the whole round from all
@@ -16,12 +16,10 @@
 use std::ops::Range;
 
 use crate::{
+    copy::Store,
     error::Result,
     frame::Header,
-    transport::{
-        Transport,
-        shm::{Arena, Own, Store},
-    },
+    transport::{HostArena, Transport, arena::Own},
 };
 
 use super::OpCx;
@@ -39,7 +37,7 @@ pub(crate) struct Tuning {
 /// In-place allreduce of `buf` (reading `input` instead of `buf` where given) over `arena`.
 pub(crate) async fn arena<T: Transport>(
     cx: &OpCx<'_, T>,
-    arena: &Arena,
+    arena: &dyn HostArena,
     buf: &mut [u8],
     input: Option<&[u8]>,
     tuning: Tuning,
@@ -72,7 +70,7 @@ pub(crate) async fn arena<T: Transport>(
 /// One arena allreduce: what every round of it shares.
 struct Run<'a, T: Transport> {
     cx: &'a OpCx<'a, T>,
-    arena: &'a Arena,
+    arena: &'a dyn HostArena,
     expect: Header,
     store: Store,
     /// Bytes per round (a whole number of elements).

@@ -10,10 +10,7 @@ use super::{
     OpCx, Segments,
     direct::{recv_all, send_all},
 };
-use crate::{
-    error::Result,
-    transport::{Transport, shm::Store},
-};
+use crate::{copy::Store, error::Result, transport::Transport};
 
 fn virt<T>(cx: &OpCx<'_, T>, root: usize) -> usize {
     (cx.rank + cx.size - root) % cx.size

@@ -26,10 +26,11 @@ pub(crate) use ring::{RingBuf, ring};
 use segments::{Seg, Segments};
 
 use crate::{
+    copy::Store,
     error::Result,
     frame::{FrameKind, Header, OpSig},
     schedule,
-    transport::{Transport, shm::Store},
+    transport::Transport,
 };
 
 /// One operation in flight: who we are, what we are doing, and how many frames went each way.

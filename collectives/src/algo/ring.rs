@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{OpCx, Scratch, Segments, pair::pair};
 use crate::{
+    copy::Store,
     dtype::ReduceOp,
     error::Result,
     par::{reduce_from_par, reduce_par},
     reduce::{Order, finish_avg},
-    transport::{Transport, shm::Store},
+    transport::Transport,
 };
 
 /// Runs the reduce-scatter phase (if `op` is given) and/or the allgather phase (if `gather`).

@@ -29,7 +29,8 @@ use crate::{
     error::{CollectiveError, Result},
     frame::{ErrorCode, Header},
     transport::{
-        Transport, quic::QuicTransport, shm, shm::ShmTransport, subset::Routed, tcp::TcpTransport,
+        HostArena, Transport, quic::QuicTransport, shm::ShmTransport, subset::Routed,
+        tcp::TcpTransport,
     },
 };
 
@@ -124,7 +125,7 @@ impl Transport for Links {
         each!(self, t => t.waiting_on())
     }
 
-    fn arena(&self) -> Option<&shm::Arena> {
+    fn arena(&self) -> Option<&dyn HostArena> {
         each!(self, t => t.arena())
     }
 

@@ -12,6 +12,7 @@
 //! Links are ordered per direction: frames from one peer arrive in the order it sent them.
 //! Nothing here knows about membership; a transport is built for one epoch's fixed rank list.
 
+pub mod arena;
 pub mod auth;
 mod kind;
 pub mod mem;
@@ -23,6 +24,7 @@ pub mod tcp;
 
 use std::time::Duration;
 
+pub use arena::HostArena;
 pub use kind::{TransportKind, UnknownTransport};
 
 use crate::{
@@ -100,9 +102,9 @@ pub trait Transport {
     /// The peer a receive is currently blocked on, for timeout reports.
     fn waiting_on(&self) -> Option<usize>;
 
-    /// The shared-memory arena of the ranks (all of them on one host), if the transport has
-    /// one: `Algo::Arena` runs on it.
-    fn arena(&self) -> Option<&shm::Arena> {
+    /// The host arena every rank of this transport maps, if it offers one (a capability:
+    /// shared memory does, across one host): `Algo::Arena` runs on it.
+    fn arena(&self) -> Option<&dyn HostArena> {
         None
     }
 
@@ -165,7 +167,7 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
         (**self).waiting_on()
     }
 
-    fn arena(&self) -> Option<&shm::Arena> {
+    fn arena(&self) -> Option<&dyn HostArena> {
         (**self).arena()
     }
 

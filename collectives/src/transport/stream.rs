@@ -16,7 +16,7 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::{Transport, shm::Arena};
+use super::{HostArena, Transport, shm::Arena};
 use crate::{
     error::{CollectiveError, Result},
     frame::{
@@ -336,8 +336,8 @@ where
         }
     }
 
-    fn arena(&self) -> Option<&Arena> {
-        self.arena.as_ref()
+    fn arena(&self) -> Option<&dyn HostArena> {
+        self.arena.as_ref().map(|a| a as &dyn HostArena)
     }
 
     fn waiting_on(&self) -> Option<usize> {

@@ -40,16 +40,16 @@ use std::{
 };
 
 use super::{
-    memcpy,
     segment::{ARENA_BUFFERS, ARENA_CTL_BYTES, Mapping},
-    stream,
     wake::{Local, Peer, Waiter},
 };
 use crate::{
+    copy::{self, Store},
     dtype::ReduceOp,
     error::{CollectiveError, Result},
     frame::{HEADER_LEN, Header, OpSig},
     reduce::{self, Order},
+    transport::arena::{HostArena, Own, PhaseWait},
 };
 
 /// Bytes reduced per pass over the inputs: the accumulator stays in the L1 cache.
@@ -75,37 +75,6 @@ struct Ctl {
 }
 
 const _: () = assert!(std::mem::size_of::<Ctl>() <= ARENA_CTL_BYTES);
-
-/// How results reach the caller's buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Store {
-    /// Ordinary stores: the result stays in the cache for whoever reads it next.
-    Cached,
-    /// Streaming stores (`stream`): for results too large to stay in the cache, whose lines
-    /// would otherwise be read from memory before being overwritten.
-    Streaming,
-}
-
-impl Store {
-    /// `dst.copy_from_slice(src)`, with this kind of store.
-    pub(crate) fn copy(self, dst: &mut [u8], src: &[u8]) {
-        match self {
-            Store::Cached => memcpy::copy(dst, src),
-            Store::Streaming => stream::copy(dst, src),
-        }
-    }
-}
-
-/// Where [`Arena::reduce_into`] finds this rank's operand.
-#[derive(Clone, Copy)]
-pub(crate) enum Own<'a> {
-    /// Staged in this rank's buffer like everyone's.
-    Staged,
-    /// In this slice (as long as the output), not staged.
-    In(&'a [u8]),
-    /// In the output itself (in place), not staged.
-    InOut,
-}
 
 /// This rank's view of the arenas of every rank on the host.
 pub struct Arena {
@@ -137,34 +106,11 @@ impl Arena {
         }
     }
 
-    /// Ranks sharing the arena.
-    pub fn size(&self) -> usize {
-        self.maps.len()
-    }
-
-    /// Bytes of each staging buffer: the largest chunk one round moves.
-    pub fn capacity(&self) -> usize {
-        self.bytes
-    }
-
     fn ctl(&self, rank: usize) -> &Ctl {
         // SAFETY: the control page is page-aligned inside a live mapping (`self.maps`), zero-filled
         // by the kernel when the file was sized; all-zero bytes are valid atomics, and every
         // process only touches it through these atomics.
         unsafe { self.maps[rank].arena_ctl().cast::<Ctl>().as_ref() }
-    }
-
-    /// Tells the other ranks which operation this rank is in (call before anything else of it).
-    pub(crate) fn announce(&self, header: &Header) {
-        let ctl = self.ctl(self.rank);
-        let s = ctl.seq.load(Ordering::Relaxed);
-        ctl.seq.store(s | 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (word, bytes) in ctl.header.iter().zip(header.encode().chunks_exact(8)) {
-            let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
-            word.store(v, Ordering::Relaxed);
-        }
-        ctl.seq.store((s | 1) + 1, Ordering::Release);
     }
 
     /// The header `rank` announced last, if it is not being rewritten right now.
@@ -181,38 +127,6 @@ impl Arena {
         stable.then(|| Header::decode(&raw).ok()).flatten()
     }
 
-    /// `Mismatch` if a rank announced `expect`'s operation with another signature.
-    pub(crate) fn verify(&self, expect: &Header) -> Result<()> {
-        for r in (0..self.size()).filter(|r| *r != self.rank) {
-            match self.announced(r) {
-                Some(h) if h.op_id == expect.op_id => {
-                    Header::check(expect, &h).map_err(|detail| CollectiveError::Mismatch {
-                        rank: r,
-                        detail: format!("rank {r}'s call differs: {detail}"),
-                    })?
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Which buffer the next round stages into.
-    pub(crate) fn next_buffer(&self) -> usize {
-        (self.rounds.fetch_add(1, Ordering::Relaxed) % ARENA_BUFFERS as u64) as usize
-    }
-
-    /// Copies `src` into this rank's buffer `buf` at byte `at`.
-    pub(crate) fn stage(&self, buf: usize, at: usize, src: &[u8]) {
-        let (base, len) = self.maps[self.rank].arena_buf(buf);
-        assert!(at + src.len() <= len, "staging past the arena buffer");
-        // SAFETY: inside this rank's own buffer, which no rank reads until this rank publishes
-        // the phase covering it (the protocol above), so it may be borrowed mutably; `src` is
-        // ordinary memory of this process.
-        let dst = unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(at), src.len()) };
-        memcpy::copy(dst, src);
-    }
-
     /// Bytes `range` of `rank`'s buffer `buf`.
     fn view(&self, rank: usize, buf: usize, range: Range<usize>) -> &[u8] {
         let (base, len) = self.maps[rank].arena_buf(buf);
@@ -227,11 +141,89 @@ impl Arena {
         unsafe { std::slice::from_raw_parts(base.as_ptr().add(range.start), range.len()) }
     }
 
-    /// `out = x₀ ⊕ x₁ ⊕ …` over bytes `range` of every rank's buffer `buf`, in rank order (so
-    /// every rank computing the same range gets the same bits), divided by the ranks for
-    /// `Avg`. `own` says where this rank's operand is; where it was not staged, this rank owns
-    /// the range and the result goes into its buffer too, for the others to fetch.
-    pub(crate) fn reduce_into(
+    fn reached(&self, phase: u64) -> bool {
+        (0..self.size()).all(|r| self.ctl(r).phase.load(Ordering::Acquire) >= phase)
+    }
+
+    /// Why the wait for `phase` cannot end: a peer that has not reached it aborted or closed
+    /// (one that has can close freely: its part of the wait is done), or a peer's call differs.
+    fn trouble(&self, phase: u64, expect: &Header) -> Result<()> {
+        // A differing call first: it is the cause, and a peer that saw it may close at once.
+        self.verify(expect)?;
+        for r in (0..self.size()).filter(|r| *r != self.rank) {
+            let ctl = self.ctl(r);
+            if ctl.phase.load(Ordering::Acquire) >= phase {
+                continue;
+            }
+            let reason = match ctl.state.load(Ordering::Acquire) {
+                0 => continue,
+                ABORTED => format!("rank {r} gave up on the operation"),
+                _ => format!("rank {r} closed its end"),
+            };
+            return Err(CollectiveError::PeerLost { rank: r, reason });
+        }
+        Ok(())
+    }
+
+    fn set_state(&self, state: u32) {
+        self.ctl(self.rank).state.store(state, Ordering::Release);
+        for peer in self.peers.iter().flatten() {
+            self.local.ring(peer);
+        }
+    }
+}
+
+impl HostArena for Arena {
+    fn size(&self) -> usize {
+        self.maps.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.bytes
+    }
+
+    fn announce(&self, header: &Header) {
+        let ctl = self.ctl(self.rank);
+        let s = ctl.seq.load(Ordering::Relaxed);
+        ctl.seq.store(s | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for (word, bytes) in ctl.header.iter().zip(header.encode().chunks_exact(8)) {
+            let v = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            word.store(v, Ordering::Relaxed);
+        }
+        ctl.seq.store((s | 1) + 1, Ordering::Release);
+    }
+
+    fn verify(&self, expect: &Header) -> Result<()> {
+        for r in (0..self.size()).filter(|r| *r != self.rank) {
+            match self.announced(r) {
+                Some(h) if h.op_id == expect.op_id => {
+                    Header::check(expect, &h).map_err(|detail| CollectiveError::Mismatch {
+                        rank: r,
+                        detail: format!("rank {r}'s call differs: {detail}"),
+                    })?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn next_buffer(&self) -> usize {
+        (self.rounds.fetch_add(1, Ordering::Relaxed) % ARENA_BUFFERS as u64) as usize
+    }
+
+    fn stage(&self, buf: usize, at: usize, src: &[u8]) {
+        let (base, len) = self.maps[self.rank].arena_buf(buf);
+        assert!(at + src.len() <= len, "staging past the arena buffer");
+        // SAFETY: inside this rank's own buffer, which no rank reads until this rank publishes
+        // the phase covering it (the protocol above), so it may be borrowed mutably; `src` is
+        // ordinary memory of this process.
+        let dst = unsafe { std::slice::from_raw_parts_mut(base.as_ptr().add(at), src.len()) };
+        copy::copy(dst, src);
+    }
+
+    fn reduce_into(
         &self,
         buf: usize,
         range: Range<usize>,
@@ -270,20 +262,11 @@ impl Arena {
         }
     }
 
-    /// Copies bytes `range` of `rank`'s buffer `buf` into `out`.
-    pub(crate) fn fetch(
-        &self,
-        buf: usize,
-        rank: usize,
-        range: Range<usize>,
-        out: &mut [u8],
-        store: Store,
-    ) {
+    fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8], store: Store) {
         store.copy(out, self.view(rank, buf, range));
     }
 
-    /// Publishes everything this rank wrote so far as its next phase; returns its number.
-    pub(crate) fn publish(&self) -> u64 {
+    fn publish(&self) -> u64 {
         let phase = self.ctl(self.rank).phase.fetch_add(1, Ordering::Release) + 1;
         for (r, peer) in self.peers.iter().enumerate() {
             if let Some(peer) = peer {
@@ -293,51 +276,17 @@ impl Arena {
         phase
     }
 
-    /// Waits until every rank has published `phase`; fails on a peer that aborted, closed, died
-    /// or announced `expect`'s operation with another signature.
-    pub(crate) fn wait_all(&self, phase: u64, expect: &Header) -> WaitAll<'_> {
-        WaitAll {
+    fn wait_all(&self, phase: u64, expect: &Header) -> PhaseWait<'_> {
+        Box::pin(WaitAll {
             arena: self,
             phase,
             expect: *expect,
             wait: Waiter::new(),
             dead: Cell::new(None),
-        }
+        })
     }
 
-    fn reached(&self, phase: u64) -> bool {
-        (0..self.size()).all(|r| self.ctl(r).phase.load(Ordering::Acquire) >= phase)
-    }
-
-    /// Why the wait for `phase` cannot end: a peer that has not reached it aborted or closed
-    /// (one that has can close freely: its part of the wait is done), or a peer's call differs.
-    fn trouble(&self, phase: u64, expect: &Header) -> Result<()> {
-        // A differing call first: it is the cause, and a peer that saw it may close at once.
-        self.verify(expect)?;
-        for r in (0..self.size()).filter(|r| *r != self.rank) {
-            let ctl = self.ctl(r);
-            if ctl.phase.load(Ordering::Acquire) >= phase {
-                continue;
-            }
-            let reason = match ctl.state.load(Ordering::Acquire) {
-                0 => continue,
-                ABORTED => format!("rank {r} gave up on the operation"),
-                _ => format!("rank {r} closed its end"),
-            };
-            return Err(CollectiveError::PeerLost { rank: r, reason });
-        }
-        Ok(())
-    }
-
-    fn set_state(&self, state: u32) {
-        self.ctl(self.rank).state.store(state, Ordering::Release);
-        for peer in self.peers.iter().flatten() {
-            self.local.ring(peer);
-        }
-    }
-
-    /// Marks this rank's arena unusable after a failed operation and wakes every peer.
-    pub(crate) fn abort(&self) {
+    fn abort(&self) {
         self.set_state(ABORTED);
     }
 }
@@ -348,33 +297,7 @@ impl Drop for Arena {
     }
 }
 
-/// Marks the arena aborted unless [`disarm`](Abandon::disarm)ed: a call abandoned midway (its
-/// future dropped) leaves its peers waiting for phases it will never publish, and they should
-/// hear of it at once rather than at their deadline. (A call that fails is not abandoned: its
-/// `abort_all` aborts the arena after the error frames, which tell the peers why.)
-pub(crate) struct Abandon<'a>(Option<&'a Arena>);
-
-impl<'a> Abandon<'a> {
-    /// Guards the call about to run on `arena` (none: nothing to guard).
-    pub(crate) fn arm(arena: Option<&'a Arena>) -> Self {
-        Abandon(arena)
-    }
-
-    /// The call ended, well or not: it was not abandoned.
-    pub(crate) fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Abandon<'_> {
-    fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.abort();
-        }
-    }
-}
-
-/// [`Arena::wait_all`]'s future.
+/// `Arena`'s phase wait.
 pub(crate) struct WaitAll<'a> {
     arena: &'a Arena,
     phase: u64,

@@ -25,10 +25,8 @@
 #![allow(unsafe_code)] // mmap, raw ring copies and pidfd polling; each block has a SAFETY note.
 
 mod arena;
-mod memcpy;
 mod ring;
 mod segment;
-mod stream;
 mod wake;
 
 use std::{
@@ -37,7 +35,6 @@ use std::{
 };
 
 pub use arena::Arena;
-pub(crate) use arena::{Abandon, Own, Store};
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
 

@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     super::stream::Lend,
-    memcpy,
     segment::{CTL_BYTES, Mapping},
     wake::{Local, Peer, Waiter},
 };
@@ -105,8 +104,8 @@ impl Ring {
                 std::slice::from_raw_parts_mut(self.data.as_ptr(), src.len() - first),
             )
         };
-        memcpy::copy(tail, &src[..first]);
-        memcpy::copy(head, &src[first..]);
+        crate::copy::copy(tail, &src[..first]);
+        crate::copy::copy(head, &src[first..]);
     }
 
     /// Copies ring bytes from position `pos` (wrapping) into `dst`.
@@ -125,8 +124,8 @@ impl Ring {
             )
         };
         let (into_tail, into_head) = dst.split_at_mut(first);
-        memcpy::copy(into_tail, tail);
-        memcpy::copy(into_head, head);
+        crate::copy::copy(into_tail, tail);
+        crate::copy::copy(into_head, head);
     }
 }
 
