@@ -321,6 +321,21 @@ fn describe(e: &ConnectionError) -> String {
     }
 }
 
+/// The configurations this transport runs quinn with (server, client, endpoint), for tools
+/// that measure quinn alone beside it (`examples/quic_ceiling.rs`).
+pub fn quinn_configs(secret: &JobSecret) -> Result<(ServerConfig, ClientConfig, EndpointConfig)> {
+    let (server, client) = configs(secret)?;
+    Ok((server, client, endpoint_config()?))
+}
+
+fn endpoint_config() -> Result<EndpointConfig> {
+    let mut config = EndpointConfig::default();
+    config
+        .max_udp_payload_size(MTU_UPPER_BOUND)
+        .map_err(setup)?;
+    Ok(config)
+}
+
 /// quinn configuration for both roles: the pinned-key TLS and the transport tuning above.
 fn configs(secret: &JobSecret) -> Result<(ServerConfig, ClientConfig)> {
     let (server_tls, client_tls) = tls::configs(secret)?;
@@ -392,10 +407,7 @@ impl Drivers {
                 });
             })
             .map_err(|e| fail("driver thread", &e))?;
-        let mut config = EndpointConfig::default();
-        config
-            .max_udp_payload_size(MTU_UPPER_BOUND)
-            .map_err(|e| fail("endpoint config", &e))?;
+        let config = endpoint_config()?;
         grow_recv_buffer(&socket);
         socket
             .set_nonblocking(true)
@@ -442,7 +454,8 @@ impl Drop for Drivers {
 /// Best effort: asks for a [`UDP_RECV_BUFFER`] receive buffer (the kernel caps it at
 /// `net.core.rmem_max`), so that bursts wait in the kernel while the drivers' thread waits for a
 /// core instead of being dropped.
-fn grow_recv_buffer(socket: &UdpSocket) {
+/// Asks for a larger UDP receive buffer on `socket` (best effort; see the module docs).
+pub fn grow_recv_buffer(socket: &UdpSocket) {
     let grown = quinn::udp::UdpSocketState::new(socket.into())
         .and_then(|udp| udp.set_recv_buffer_size(socket.into(), UDP_RECV_BUFFER));
     if let Err(e) = grown {
