@@ -157,8 +157,10 @@ fn two_hosts_from_slurm_survive_a_killed_worker() {
             .iter()
             .any(|(h, e, l)| *h == 1 && *e && l.contains("restarting worker"))
     );
-    // Two hosts of two (and, after the kill, of two and one): shared memory in each host, TCP
-    // across, the hierarchical allreduce, in every epoch.
+    // Two hosts of two (and, after the kill, of two and one): the hierarchical layout, shared
+    // memory in each host and TCP across, in every epoch (the trainer's small gradients take
+    // recursive doubling over those links; the hierarchy's own stages are tested in
+    // runtime/tests/group.rs).
     let step_lines: Vec<&String> = lines
         .iter()
         .filter(|(_, e, l)| !e && l.contains("] step "))

@@ -81,10 +81,37 @@ fn a_two_two_partition_trains_on_neither_side_then_heals() {
         Ok(n) => n,
         Err(why) => return skip_or_fail(&why),
     };
-    let steps = 250;
+    let job = Job::start_in_namespaces("split", 250, hosts(&net));
+    two_two_partition(&net, job, 250, "tcp");
+}
+
+/// The same split between two hosts of two members each: shared memory in each host, TCP
+/// across, the hierarchical allreduce; the cut link is the one between the hosts.
+#[test]
+fn a_cut_between_two_hosts_of_two_trains_on_neither_side_then_heals() {
+    let net = match Net::build(&format!("rrq{}", std::process::id() % 100_000), &[0, 1]) {
+        Ok(n) => n,
+        Err(why) => return skip_or_fail(&why),
+    };
+    let paired = [0, 0, 1, 1]
+        .map(|h| (net.members[h].clone(), addr(h)))
+        .to_vec();
+    let job = Job::start_in_namespaces("hosts", 250, paired);
+    two_two_partition(&net, job, 250, "hierarchical");
+}
+
+/// Cuts the link between the two halves of a 4-member job for 4 s once it trains with `links`:
+/// no side may train meanwhile, and after healing all four finish with the reference model.
+fn two_two_partition(net: &Net, mut job: Job, steps: u64, links: &str) {
     let expected = reference(steps);
-    let mut job = Job::start_in_namespaces("split", steps, hosts(&net));
     job.wait_line(0, "step 20 ", Duration::from_secs(30));
+    let lines = job.lines(0);
+    let (_, last) = lines
+        .iter()
+        .rev()
+        .find(|(_, l)| l.starts_with("step "))
+        .expect("a step");
+    assert!(last.ends_with(&format!(" links {links}")), "{last}");
     net.set_bridge_link(false).unwrap();
     let cut = Instant::now();
     thread::sleep(Duration::from_secs(4));

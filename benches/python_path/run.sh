@@ -20,7 +20,7 @@ OUT=$(mktemp)
 trap 'rm -f "$OUT"' EXIT
 for n in $NPS; do
     for i in $(seq "$ROUNDS"); do
-        timeout 600 "$RINGRUN" bench --np "$n" -b 8 -e "$MAX" -f 2 -n 50 -w 5 2>/dev/null |
+        timeout 600 "$RINGRUN" bench --np "$n" -b 8 -e "$MAX" -f 2 -n 2000 -w 50 --budget 0.5 2>/dev/null |
             awk -v n="$n" '$1 ~ /^[0-9]+$/ { print "bench", n, $1, $10, $12 }' >>"$OUT"
         timeout 600 "$RINGRUN" launch --nproc-per-node "$n" -- \
             "$PYENV/bin/python" python/bench.py --sweep "8:$MAX:2" --iters 2000 2>/dev/null |

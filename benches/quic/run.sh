@@ -16,8 +16,10 @@ trap 'rm -f "$OUT"' EXIT
 for i in $(seq "$ROUNDS"); do
     for n in $NPS; do
         for t in tcp quic; do
-            for s in 8 1M 8M 64M; do
-                timeout 600 "$RINGRUN" bench --np "$n" --transport "$t" -b "$s" -e "$s" -n 20 -w 3 \
+            for s in 8:2000 1M:50 8M:20 64M:5; do
+                iters=${s#*:} s=${s%:*}
+                timeout 600 "$RINGRUN" bench --np "$n" --transport "$t" -b "$s" -e "$s" \
+                    -n "$iters" -w $((iters / 10 + 1)) \
                     2>/dev/null | awk -v n="$n" -v t="$t" '$1 ~ /^[0-9]+$/ { print t, n, $1, $10, $12 }' >>"$OUT"
             done
         done

@@ -96,12 +96,16 @@ impl Job {
         job
     }
 
-    /// Member `i` runs inside namespace `hosts[i].0`, bound to `hosts[i].1`.
+    /// Member `i` runs inside namespace `hosts[i].0`, bound to `hosts[i].1` (members sharing a
+    /// namespace take consecutive membership ports from 7400).
     pub fn start_in_namespaces(name: &str, steps: u64, hosts: Vec<(String, String)>) -> Job {
         let n = hosts.len();
+        let ports = (0..n)
+            .map(|i| 7400 + hosts[..i].iter().filter(|h| h.0 == hosts[i].0).count() as u16)
+            .collect();
         let mut job = Job {
             name: format!("{name}-{}", std::process::id()),
-            ports: vec![7400; n],
+            ports,
             steps,
             initial: n,
             max_size: None,

@@ -98,10 +98,18 @@ impl LayoutComm {
     /// The algorithm an allreduce of `bytes` of `dtype` runs (the flat selection's, or
     /// `hierarchical`).
     pub fn allreduce_algo_name(&self, dtype: DType, bytes: usize) -> &'static str {
-        match &self.hier {
-            Some(_) if !self.flat.config().deterministic => "hierarchical",
-            _ => self.flat.allreduce_algo(dtype, bytes).name(),
+        match self.hierarchy_for(bytes) {
+            true => "hierarchical",
+            false => self.flat.allreduce_algo(dtype, bytes).name(),
         }
+    }
+
+    /// Whether an allreduce of `bytes` goes through the hierarchy. Small ones do not: its three
+    /// stages cost more than recursive doubling over the same links, whose first rounds pair
+    /// ranks of one host (shared memory) and whose last ones cross hosts.
+    fn hierarchy_for(&self, bytes: usize) -> bool {
+        let config = self.flat.config();
+        self.hier.is_some() && !config.deterministic && bytes > config.small_bytes
     }
 
     /// Allreduce of the elements of `dtype` in `bufs`.
@@ -112,9 +120,14 @@ impl LayoutComm {
         op: ReduceOp,
         ctl: &Ctl,
     ) -> Result<()> {
+        let bytes = match &bufs {
+            Bufs::InPlace(b) => b.len(),
+            Bufs::OutOfPlace { recv, .. } => recv.len(),
+        };
+        let hierarchical = self.hierarchy_for(bytes);
         match &mut self.hier {
-            Some(h) => h.allreduce_bytes(dtype, bufs, op, ctl).await,
-            None => self.flat.allreduce_bytes(dtype, bufs, op, ctl).await,
+            Some(h) if hierarchical => h.allreduce_bytes(dtype, bufs, op, ctl).await,
+            _ => self.flat.allreduce_bytes(dtype, bufs, op, ctl).await,
         }
     }
 
