@@ -28,10 +28,8 @@ const BOOT_CLOSE: Duration = Duration::from_secs(1);
 /// How a rank names its host.
 #[derive(Clone, Debug)]
 pub enum HostLabel {
-    /// A host name (the runtime's `RINGRUN_HOST`, the bench's host name), combined with the
-    /// kernel's boot id and the network namespace, so that two machines with one name differ,
-    /// and so do two network namespaces of one machine (they cannot reach each other's
-    /// abstract Unix sockets, which shared memory's doorbells are).
+    /// A host name (the runtime's `RINGRUN_HOST`, the bench's host name), combined by
+    /// [`host_key`] with what tells machines and containers apart.
     Name(String),
     /// Every rank's label, in rank order (tests that pretend to span hosts).
     PerRank(Vec<u64>),
@@ -185,11 +183,21 @@ async fn host_labels(boot: &Arc<TcpTransport>, spec: &LinkSpec<'_>) -> Result<Ve
         .collect())
 }
 
-/// A host's label: FNV-1a of `name`, the kernel's boot id and this process's network namespace.
+/// A host's label: FNV-1a of `name`, the kernel's boot id, and what shared memory needs in
+/// common: the network namespace (the doorbells are abstract Unix sockets), the PID namespace
+/// (peers are watched through their pids) and the `/dev/shm` mount (the segments live there).
+/// Containers of one machine that differ in any of these are different hosts.
 pub fn host_key(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let netns = std::fs::read_link("/proc/self/ns/net").unwrap_or_default();
-    let text = format!("{name}\n{}\n{}", boot_id.trim(), netns.display());
+    let ns = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap_or_default();
+    let shm = std::fs::metadata("/dev/shm").map_or((0, 0), |m| (m.dev(), m.ino()));
+    let text = format!(
+        "{name}\n{}\n{}\n{}\n{shm:?}",
+        boot_id.trim(),
+        ns("net").display(),
+        ns("pid").display()
+    );
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
