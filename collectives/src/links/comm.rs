@@ -1,5 +1,5 @@
-//! The communicator over [`Links`]: flat, or hierarchical for allreduce when the layout spans
-//! hosts with several ranks on some.
+//! The communicator over [`Links`]: flat, or hierarchical for large allreduces when the layout
+//! spans hosts with several ranks on some.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,9 +12,9 @@ use crate::{
     hier::Hierarchical,
 };
 
-/// Collectives over one communicator's links. Allreduce goes through the hierarchy where
-/// there is one; every other collective runs flat over the whole world (through
-/// [`flat`](Self::flat)). Both are built over the same links; their operations never overlap
+/// Collectives over one communicator's links. Allreduces above `CommConfig::small_bytes` go
+/// through the hierarchy where there is one; smaller ones, and every other collective, run
+/// flat over the whole world (through [`flat`](Self::flat)). Both are built over the same links; their operations never overlap
 /// in time, since the caller runs one collective at a time.
 pub struct LayoutComm {
     flat: Communicator<Links>,
@@ -67,7 +67,7 @@ impl LayoutComm {
         self.flat.transport()
     }
 
-    /// Whether allreduce runs hierarchically.
+    /// Whether the layout has a hierarchy (which allreduces above `small_bytes` take).
     pub fn is_hierarchical(&self) -> bool {
         self.hier.is_some()
     }

@@ -9,7 +9,8 @@
 //! - otherwise: shared memory inside each host (set up over a [`Subset`] of the mesh), routed
 //!   beside TCP to the other hosts ([`Routed`]), under the hierarchical allreduce.
 //!
-//! [`LayoutComm`] is the communicator over the result: flat, or hierarchical for allreduce.
+//! [`LayoutComm`] is the communicator over the result: flat, or hierarchical for allreduces
+//! above `CommConfig::small_bytes`.
 //! Algorithms are chosen by [`Communicator`]'s one selection in every case.
 
 mod comm;
