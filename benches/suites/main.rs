@@ -1,5 +1,5 @@
 //! Criterion suites: reduce kernels (are they near the machine's add bandwidth?), frame
-//! header codec and the in-memory allreduce.
+//! header codec, and the elastic sampler's cost per step.
 
 use std::hint::black_box;
 
@@ -9,6 +9,7 @@ use ringrun_collectives::{
     frame::{Algo, Collective, FrameKind, Header, OpSig},
     reduce::{Order, reduce},
 };
+use ringrun_runtime::sampler::{ElasticSampler, SamplerSpec};
 
 /// 2 × 128 KiB of operands: both stay in a 1 MiB L2.
 const L2_BYTES: usize = 128 * 1024;
@@ -66,5 +67,26 @@ fn codec(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, kernels, codec);
+/// One rank of 8 taking its share of a global batch of 4,096 shuffled indices, at 10^6 and
+/// 10^9 samples (the sampler holds no table either way).
+fn sampler(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sampler_next_share");
+    for num_samples in [1_000_000u64, 1_000_000_000] {
+        let spec = SamplerSpec {
+            num_samples,
+            global_batch: 4096,
+            seed: 1,
+            shuffle: true,
+        };
+        let mut s = ElasticSampler::new(spec).expect("valid spec");
+        g.bench_with_input(
+            BenchmarkId::from_parameter(num_samples),
+            &num_samples,
+            |b, _| b.iter(|| black_box(s.next_share(3, 8))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, codec, sampler);
 criterion_main!(benches);

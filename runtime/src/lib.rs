@@ -5,7 +5,8 @@
 //! view; views list members by launch rank, see its "Rank order"). [`member`] names members
 //! ([`member::MemberKey`], oldest first) and what they advertise ([`member::Advert`]);
 //! [`control`] seals agreement messages with the job key. [`checkpoint`] is the durable on-disk
-//! fallback for committed state.
+//! fallback for committed state. [`sampler`] decides which sample indices each step reads, so
+//! that a pass over the data is read exactly once whatever the world does.
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ mod group;
 pub mod member;
 pub mod mesh;
 mod report;
+pub mod sampler;
 mod state;
 
 pub use config::GroupConfig;
