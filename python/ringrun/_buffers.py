@@ -27,16 +27,14 @@ _FORMATS = {"f": "float32", "d": "float64", "e": "float16", "b": "int8", "B": "u
 _SIGNED = {"h", "i", "l", "q", "n"}
 
 _np_codes = {}  # numpy dtype -> code, filled lazily so numpy stays optional
-_c_char = ctypes.c_char
-_addressof = ctypes.addressof
 
 
 def op_code(op):
-    code = OPS.get(op) if isinstance(op, str) else None
-    if code is not None:
-        return code
     if isinstance(op, str):
-        code = OPS.get(op.lower())
+        # The exact spelling first: lower() costs more than the lookup.
+        code = OPS.get(op)
+        if code is None:
+            code = OPS.get(op.lower())
         if code is not None:
             return code
     raise InvalidArgument(f"unknown op {op!r}: use one of sum, prod, min, max, avg")
@@ -68,8 +66,8 @@ def _numpy(arr, writable, dtype):
     if flags.writeable and arr.nbytes:
         # A buffer export costs a quarter of __array_interface__ (a dict built per call), and
         # while it is held numpy cannot resize the array under the call.
-        view = _c_char.from_buffer(arr)
-        return _addressof(view), arr.size, code, view
+        view = ctypes.c_char.from_buffer(arr)
+        return ctypes.addressof(view), arr.size, code, view
     if writable and not flags.writeable:
         raise InvalidArgument("array is read-only")
     return arr.__array_interface__["data"][0], arr.size, code, arr

@@ -7,10 +7,8 @@ use std::{
     time::Duration,
 };
 
-use ringrun_collectives::CommConfig;
+use ringrun_collectives::{CommConfig, transport::TransportKind};
 use ringrun_membership::{MIN_SECRET_LEN, MembershipConfig};
-
-use ringrun_collectives::transport::TransportKind;
 
 use crate::{device::DeviceSpec, error::GroupError};
 

@@ -14,8 +14,9 @@ use crate::{
 
 /// Collectives over one communicator's links. Allreduces above `CommConfig::small_bytes` go
 /// through the hierarchy where there is one; smaller ones, and every other collective, run
-/// flat over the whole world (through [`flat`](Self::flat)). Both are built over the same links; their operations never overlap
-/// in time, since the caller runs one collective at a time.
+/// flat over the whole world (through [`flat`](Self::flat)). Both are built over the same
+/// links; their operations never overlap in time, since the caller runs one collective at a
+/// time.
 pub struct LayoutComm {
     flat: Communicator<Links>,
     hier: Option<Hierarchical<HostLinks>>,
@@ -57,19 +58,9 @@ impl LayoutComm {
         self.flat.epoch()
     }
 
-    /// Which ranks share a host.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     /// The links.
     pub fn links(&self) -> &Links {
         self.flat.transport()
-    }
-
-    /// Whether the layout has a hierarchy (which allreduces above `small_bytes` take).
-    pub fn is_hierarchical(&self) -> bool {
-        self.hier.is_some()
     }
 
     /// The flat communicator over every rank: the collectives other than allreduce.

@@ -9,8 +9,7 @@ use std::{
 
 use super::Links;
 use crate::{
-    comm::{Bufs, CommConfig, Communicator, Ctl},
-    dtype::DType,
+    comm::{CommConfig, Communicator, Ctl},
     error::{CollectiveError, Result},
     transport::{
         Transport, TransportKind,
@@ -108,7 +107,7 @@ pub async fn connect(boot: TcpTransport, spec: &LinkSpec<'_>) -> Result<(Links, 
     let n = layout.hosts.len();
     let links = match spec.kind {
         TransportKind::Tcp => Links::Tcp(sole(boot)?),
-        TransportKind::Quic => Links::Quic(quic(sole(boot)?, spec).await?),
+        TransportKind::Quic => Links::Quic(quic(boot, spec).await?),
         TransportKind::Shm if layout.host_count() > 1 => {
             return Err(CollectiveError::Setup(format!(
                 "transport shm needs every rank on one host; these {n} ranks are on {} hosts \
@@ -151,36 +150,30 @@ fn sole(boot: Arc<TcpTransport>) -> Result<TcpTransport> {
 /// Every rank's host label, gathered over the boot mesh (given labels are only checked).
 async fn host_labels(boot: &Arc<TcpTransport>, spec: &LinkSpec<'_>) -> Result<Vec<u64>> {
     let n = boot.size();
-    let mine = match &spec.host {
-        HostLabel::PerRank(all) if all.len() == n => return Ok(all.clone()),
-        HostLabel::PerRank(all) => {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "{} host labels for {n} ranks",
-                all.len()
-            )));
+    match &spec.host {
+        HostLabel::PerRank(all) if all.len() == n => Ok(all.clone()),
+        HostLabel::PerRank(all) => Err(CollectiveError::InvalidArgument(format!(
+            "{} host labels for {n} ranks",
+            all.len()
+        ))),
+        // The label's bits travel as an i64; `as` keeps them both ways.
+        HostLabel::Name(name) => {
+            let all = gather_word(boot, spec, host_key(name) as i64).await?;
+            Ok(all.into_iter().map(|k| k as u64).collect())
         }
-        HostLabel::Name(name) => host_key(name),
-    };
-    let all: Vec<usize> = (0..n).collect();
-    let mut comm = Communicator::new(
-        Subset::new(boot.clone(), all),
-        spec.mesh.epoch,
-        CommConfig::default(),
-    );
-    let mut keys = vec![0u8; 8 * n];
-    let bufs = Bufs::OutOfPlace {
-        send: &mine.to_le_bytes(),
-        recv: &mut keys,
-    };
+    }
+}
+
+/// Every rank's `word`, by rank, gathered over the boot mesh.
+async fn gather_word(boot: &Arc<TcpTransport>, spec: &LinkSpec<'_>, word: i64) -> Result<Vec<i64>> {
+    let mut comm = Communicator::new(boot.clone(), spec.mesh.epoch, CommConfig::default());
+    let mut all = vec![0i64; boot.size()];
     let ctl = Ctl {
         deadline: spec.deadline,
         cancel: None,
     };
-    comm.allgather_bytes(DType::U8, bufs, &ctl).await?;
-    Ok(keys
-        .chunks(8)
-        .map(|k| u64::from_le_bytes(k.try_into().expect("8 bytes")))
-        .collect())
+    comm.allgather(&[word], &mut all, &ctl).await?;
+    Ok(all)
 }
 
 /// A host's label: FNV-1a of `name`, the kernel's boot id, and what shared memory needs in
@@ -205,17 +198,11 @@ pub fn host_key(name: &str) -> u64 {
 
 /// QUIC links: a fresh UDP socket per communicator (a quinn endpoint owns its socket and
 /// drains after close), its port swapped over the boot mesh, which then closes.
-async fn quic(boot: TcpTransport, spec: &LinkSpec<'_>) -> Result<quic::QuicTransport> {
+async fn quic(boot: Arc<TcpTransport>, spec: &LinkSpec<'_>) -> Result<quic::QuicTransport> {
     let socket = UdpSocket::bind(SocketAddr::new(spec.quic_ip, 0)).map_err(setup)?;
     let port = socket.local_addr().map_err(setup)?.port();
-    let mut comm = Communicator::new(boot, spec.mesh.epoch, CommConfig::default());
-    let mut ports = vec![0i64; spec.mesh.size()];
-    let ctl = Ctl {
-        deadline: spec.deadline,
-        cancel: None,
-    };
-    comm.allgather(&[i64::from(port)], &mut ports, &ctl).await?;
-    comm.close(BOOT_CLOSE).await;
+    let ports = gather_word(&boot, spec, i64::from(port)).await?;
+    boot.close(BOOT_CLOSE).await;
     let addrs = spec
         .mesh
         .addrs

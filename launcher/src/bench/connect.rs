@@ -1,7 +1,8 @@
 //! Setting up the bench's links: the authenticated TCP mesh, then `collectives::links` makes
 //! what `--transport` asks for of it, exactly as the runtime does for every epoch (`auto`, the
 //! default: shared memory within a host, TCP across, the hierarchical allreduce when the ranks
-//! span hosts with several ranks on some). GPU buffers take `device`'s path instead.
+//! span hosts with several ranks on some). GPU buffers use the same links for staging, and for
+//! NCCL's unique id and the bookkeeping reductions (over TCP when NCCL moves the data).
 
 use std::{
     net::SocketAddr,
@@ -10,13 +11,12 @@ use std::{
 
 use anyhow::Result;
 use ringrun_collectives::{
-    CommConfig, Communicator, LayoutComm,
-    links::{self, HostLabel, LinkSpec},
+    CommConfig, Communicator, LayoutComm, Links,
+    links::{self, HostLabel, Layout, LinkSpec},
     transport::{
-        Transport, TransportKind,
+        TransportKind,
         auth::{JobSecret, MeshSpec},
-        quic,
-        shm::{self, ShmConfig},
+        shm::ShmConfig,
         tcp::{self, TcpTransport},
     },
 };
@@ -70,10 +70,6 @@ impl Setup<'_> {
         }
     }
 
-    async fn tcp_mesh(&self) -> Result<TcpTransport> {
-        Ok(self.boot().await?.0)
-    }
-
     /// The authenticated TCP mesh and the spec it was formed from.
     async fn boot(&self) -> Result<(TcpTransport, MeshSpec)> {
         let listener = tokio::net::TcpListener::bind(self.bind).await?;
@@ -86,12 +82,9 @@ impl Setup<'_> {
         Ok((mesh, spec))
     }
 
-    /// Forms the links and runs the bench over them; returns the number of wrong elements.
-    pub(super) async fn run(mut self) -> Result<u64> {
-        let (cuda, kind) = self.args.resolved();
-        if cuda {
-            return self.device(kind).await;
-        }
+    /// Forms the links `kind` asks for over a fresh TCP mesh and fits the tuning to the ranks
+    /// on this host.
+    async fn links(&mut self, kind: TransportKind) -> Result<(Links, Layout)> {
         let (boot, mesh) = self.boot().await?;
         let host = match self.args.host_labels.len() {
             0 => HostLabel::Name(super::sweep::hostname()),
@@ -108,6 +101,16 @@ impl Setup<'_> {
         };
         let (links, layout) = links::connect(boot, &spec).await?;
         self.localize(layout.local().len());
+        Ok((links, layout))
+    }
+
+    /// Forms the links and runs the bench over them; returns the number of wrong elements.
+    pub(super) async fn run(mut self) -> Result<u64> {
+        let (cuda, kind) = self.args.resolved();
+        if cuda {
+            return self.device(kind).await;
+        }
+        let (links, layout) = self.links(kind).await?;
         let comm = LayoutComm::new(links, layout, 0, self.config.clone());
         let label = match kind {
             TransportKind::Auto => format!("auto ({})", comm.describe()),
@@ -116,45 +119,22 @@ impl Setup<'_> {
         drive(comm, self.args, &label).await
     }
 
-    /// GPU buffers: NCCL, or staged through host memory over TCP or QUIC. The ranks need a
-    /// CPU mesh either way, for NCCL's unique id and the bench's bookkeeping reductions.
-    async fn device(self, transport: TransportKind) -> Result<u64> {
+    /// GPU buffers: NCCL, or staged through host memory over TCP, QUIC or shared memory. The
+    /// ranks need CPU links either way, for NCCL's unique id and the bench's bookkeeping
+    /// reductions (NCCL's over TCP).
+    async fn device(mut self, kind: TransportKind) -> Result<u64> {
+        let kind = match kind {
+            TransportKind::Auto => device::auto_transport(self.args.np),
+            k => k,
+        };
+        let nccl = kind == TransportKind::Nccl;
+        let (links, _) = self
+            .links(if nccl { TransportKind::Tcp } else { kind })
+            .await?;
+        let name = links.name();
+        let comm = Communicator::new(links, 0, self.config.clone());
         let timeout = Duration::from_secs(self.args.timeout);
-        let config = self.config.clone();
-        match transport {
-            TransportKind::Tcp | TransportKind::Nccl => {
-                let comm = Communicator::new(self.tcp_mesh().await?, 0, config);
-                let nccl = transport == TransportKind::Nccl;
-                let engine = device::GpuEngine::new(comm, nccl, "tcp", timeout).await?;
-                let algo = if nccl { "nccl" } else { "ring" };
-                device_sweep::run(engine, self.args, algo).await
-            }
-            TransportKind::Quic => {
-                let socket = std::net::UdpSocket::bind(self.bind)?;
-                let spec = MeshSpec {
-                    rank: self.rank,
-                    addrs: self.peers(socket.local_addr()?)?,
-                    epoch: 0,
-                };
-                let t = quic::connect(socket, &spec, &self.secret, self.deadline).await?;
-                let comm = Communicator::new(t, 0, config);
-                let engine = device::GpuEngine::new(comm, false, "quic", timeout).await?;
-                device_sweep::run(engine, self.args, "ring").await
-            }
-            TransportKind::Shm => {
-                let boot = self.tcp_mesh().await?;
-                let t =
-                    shm::connect(&boot, &self.secret, 0, &self.shm_config(), self.deadline).await?;
-                let comm = Communicator::new(t, 0, config);
-                let engine = device::GpuEngine::new(comm, false, "shm", timeout).await?;
-                let r = device_sweep::run(engine, self.args, "ring").await;
-                boot.close(self.start_timeout()).await;
-                r
-            }
-            TransportKind::Auto => {
-                let choice = device::auto_transport(self.args.np);
-                Box::pin(self.device(choice)).await
-            }
-        }
+        let engine = device::GpuEngine::new(comm, nccl, name, timeout).await?;
+        device_sweep::run(engine, self.args, if nccl { "nccl" } else { "ring" }).await
     }
 }

@@ -7,6 +7,8 @@
 //! order. So the result is bitwise the same for any world size and any schedule of failures:
 //! a faulty run can be checked against a fault-free one for equality, not closeness.
 
+use ringrun_runtime::sampler::splitmix64;
+
 /// The problem's shape and seed.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Problem {
@@ -29,16 +31,9 @@ impl Default for Problem {
     }
 }
 
-/// splitmix64 of `x`: data is a pure function of (seed, sample, feature).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
+/// Data is a pure function of (seed, sample, feature).
 fn uniform(seed: u64, i: u64, j: u64) -> f64 {
-    let bits = mix(seed ^ mix(i.wrapping_mul(0x1000_0000_01b3) ^ mix(j)));
+    let bits = splitmix64(seed ^ splitmix64(i.wrapping_mul(0x1000_0000_01b3) ^ splitmix64(j)));
     (bits >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
 }
 

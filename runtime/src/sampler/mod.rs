@@ -14,7 +14,8 @@ mod permutation;
 
 use std::ops::Range;
 
-use permutation::{Permutation, mix};
+use permutation::Permutation;
+pub use permutation::splitmix64;
 
 /// What a sampler's arguments got wrong. Nothing was built and no state changed; the call
 /// fails the same way until its arguments change.
@@ -75,7 +76,9 @@ impl SamplerSpec {
             self.seed,
             u64::from(self.shuffle),
         ];
-        words.iter().fold(0x5eed, |h, w| mix(h ^ mix(*w)))
+        words
+            .iter()
+            .fold(0x5eed, |h, w| splitmix64(h ^ splitmix64(*w)))
     }
 }
 
@@ -155,7 +158,7 @@ impl ElasticSampler {
         let perm = match &self.pass {
             Some((e, p)) if *e == epoch => p,
             _ => {
-                let seed = mix(self.spec.seed ^ mix(epoch));
+                let seed = splitmix64(self.spec.seed ^ splitmix64(epoch));
                 &self.pass.insert((epoch, Permutation::new(n, seed))).1
             }
         };

@@ -21,7 +21,7 @@ impl Permutation {
         let bits = (64 - (n - 1).leading_zeros()).max(2).next_multiple_of(2);
         let mut keys = [0; ROUNDS];
         for (i, k) in keys.iter_mut().enumerate() {
-            *k = mix(seed ^ mix(i as u64 + 1));
+            *k = splitmix64(seed ^ splitmix64(i as u64 + 1));
         }
         Permutation {
             n,
@@ -44,14 +44,15 @@ impl Permutation {
         let mask = (1u64 << self.half) - 1;
         let (mut left, mut right) = (x >> self.half, x & mask);
         for k in self.keys {
-            (left, right) = (right, left ^ (mix(k ^ right) & mask));
+            (left, right) = (right, left ^ (splitmix64(k ^ right) & mask));
         }
         (left << self.half) | right
     }
 }
 
-/// SplitMix64's finaliser: a cheap 64-bit mixing function.
-pub(crate) fn mix(mut z: u64) -> u64 {
+/// splitmix64 of `z`: a cheap 64-bit mixing function (also what the demo trainer's data is
+/// made of).
+pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
