@@ -45,23 +45,10 @@ for i in $(seq "$ROUNDS"); do
         done
         ip netns exec "$A" timeout 600 "$RINGRUN" bench --rank 0 --peers "$peers" \
             --transport "$t" -b 8 -e 64M -f 8 -n 2000 -w 50 --budget 0.5 2>/dev/null |
-            awk -v t="$t" '/transport/ { print "#", $0 } $1 ~ /^[0-9]+$/ { print t, $1, $10, $12 }' >>"$OUT"
+            awk -v t="$t" '/transport/ { print "#", $0 } $1 ~ /^[0-9]+$/ { print t, 4, $1, $10, $12 }' >>"$OUT"
         wait
     done
     echo "round $i done" >&2
 done
 grep '^#' "$OUT" | sort -u
-python3 - "$OUT" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    if line.startswith("#"):
-        continue
-    who, size, t, bus = line.split()
-    rows.setdefault(int(size), {}).setdefault(who, []).append((float(t), float(bus)))
-print(f"{'bytes':>9} {'hier_us':>10} {'flat_tcp_us':>11} {'hier_GB/s':>9} {'tcp_GB/s':>9} {'time tcp/hier':>13}")
-for size, by in sorted(rows.items()):
-    med = lambda who, k: statistics.median(r[k] for r in by[who])
-    ht, tt, hb, tb = med("auto", 0), med("tcp", 0), med("auto", 1), med("tcp", 1)
-    print(f"{size:>9} {ht:>10.1f} {tt:>11.1f} {hb:>9.3f} {tb:>9.3f} {tt / ht:>13.2f}")
-PY
+python3 benches/side_by_side.py "$OUT" auto tcp

@@ -28,20 +28,4 @@ for n in $NPS; do
         echo "N=$n round $i done" >&2
     done
 done
-python3 - "$OUT" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    who, n, size, t, bus = line.split()
-    rows.setdefault((int(n), int(size)), {}).setdefault(who, []).append((float(t), float(bus)))
-print(f"{'N':>2} {'bytes':>10} {'bench_us':>9} {'python_us':>9} {'added_us':>8} "
-      f"{'bench_GB/s':>10} {'python_GB/s':>11} {'ratio':>6}")
-for (n, size), by in sorted(rows.items()):
-    if "bench" not in by or "python" not in by:
-        continue
-    med = lambda who, k: statistics.median(r[k] for r in by[who])
-    bt, pt, bb, pb = med("bench", 0), med("python", 0), med("bench", 1), med("python", 1)
-    ratio = pb / bb if bb > 0 else float("nan")
-    print(f"{n:>2} {size:>10} {bt:>9.2f} {pt:>9.2f} {pt - bt:>8.2f} {bb:>10.3f} {pb:>11.3f} "
-          f"{ratio:>6.2f}")
-PY
+python3 benches/side_by_side.py "$OUT" bench python

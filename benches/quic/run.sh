@@ -30,24 +30,5 @@ for i in $(seq "$ROUNDS"); do
     done
     echo "round $i done" >&2
 done
-python3 - "$OUT" <<'PY'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    who, n, size, t, bus = line.split()
-    rows.setdefault((int(n), int(size)), {}).setdefault(who, []).append((float(t), float(bus)))
-print("# ratios: time for sizes under 1 MiB (target <= 2), busbw from 1 MiB (target >= 0.6)")
-print(f"{'N':>2} {'bytes':>9} {'tcp_us':>9} {'quic_us':>9} {'quinn_us':>9} {'tcp_GB/s':>8} "
-      f"{'quic_GB/s':>9} {'quinn_GB/s':>10} {'quic/tcp':>8} {'quic/quinn':>10}")
-for (n, size), by in sorted(rows.items()):
-    med = lambda who, k: statistics.median(r[k] for r in by[who]) if who in by else float("nan")
-    tt, qt, ct = med("tcp", 0), med("quic", 0), med("quinn", 0)
-    tb, qb, cb = med("tcp", 1), med("quic", 1), med("quinn", 1)
-    # busbw for the large sizes, time for the small ones
-    if size >= 1 << 20:
-        r1, r2 = qb / tb, (qb / cb if cb == cb else float("nan"))
-    else:
-        r1, r2 = qt / tt, (qt / ct if ct == ct else float("nan"))
-    print(f"{n:>2} {size:>9} {tt:>9.1f} {qt:>9.1f} {ct:>9.1f} {tb:>8.3f} {qb:>9.3f} {cb:>10.3f} "
-          f"{r1:>8.2f} {r2:>10.2f}")
-PY
+echo "# targets: quic/tcp_time <= 2 under 1 MiB, quic/tcp_busbw >= 0.6 from 8 MiB"
+python3 benches/side_by_side.py "$OUT" tcp quinn quic
