@@ -55,6 +55,8 @@ pub(crate) struct JobEnv {
     pub(crate) workers: Vec<SocketAddr>,
     /// More variables (horovodrun's `--start-timeout` as `RINGRUN_INITIAL_WAIT_MS`).
     pub(crate) extra: Vec<(String, String)>,
+    /// `--input`: each launch rank's files and the manifest (set even when a share is empty).
+    pub(crate) inputs: Option<super::input::Inputs>,
 }
 
 /// The variables for `slot`, in a stable order.
@@ -102,6 +104,7 @@ pub(crate) fn vars(job: &JobEnv, slot: &Slot) -> Vec<(String, String)> {
     v.into_iter()
         .map(|(k, value)| (k.to_string(), value))
         .chain(job.extra.iter().cloned())
+        .chain(job.inputs.iter().flat_map(|i| i.vars(slot.rank)))
         .collect()
 }
 
@@ -140,6 +143,7 @@ mod tests {
                 "127.0.0.1:7001".parse().unwrap(),
             ],
             extra: vec![("RINGRUN_INITIAL_WAIT_MS".into(), "5000".into())],
+            inputs: None,
         }
     }
 

@@ -6,6 +6,7 @@ pub(crate) mod compat;
 pub(crate) mod console;
 pub(crate) mod discovery;
 pub(crate) mod env;
+pub(crate) mod input;
 pub(crate) mod slurm;
 pub(crate) mod summary;
 pub(crate) mod supervisor;
@@ -140,6 +141,13 @@ pub(crate) struct CompatArgs {
 pub(crate) struct LaunchCmd {
     #[command(flatten)]
     pub(crate) launch: LaunchArgs,
+    /// Input files split over the workers by bytes (repeatable): a file, a directory (its
+    /// files, recursively, hidden names skipped), a glob, or @LIST (a file of such paths, one a
+    /// line). Each worker gets its share in INPUT_FILE_LIST (comma-separated) and
+    /// RINGRUN_INPUT_FILES (one a line), and the whole list in the file named by
+    /// RINGRUN_INPUT_MANIFEST (`SIZE<TAB>PATH` lines).
+    #[arg(long = "input", value_name = "PATH")]
+    pub(crate) input: Vec<String>,
     #[command(flatten)]
     pub(crate) compat: CompatArgs,
     /// The worker command and its arguments.
@@ -175,7 +183,14 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
         launch.log_dir = Some(dir);
     }
     let program = program_name(&args.cmd);
-    let mut job = start_with(&launch, &args.compat, args.cmd)?;
+    let mut job = match start_with(&launch, &args.compat, &args.input, args.cmd) {
+        Ok(job) => job,
+        Err(e) if e.is::<input::BadInput>() => {
+            eprintln!("ringrun launch: error: {e:#}");
+            return Ok(ExitCode::from(summary::code::USAGE));
+        }
+        Err(e) => return Err(e),
+    };
     let signals = watch::signals()?;
     let mut report = Report {
         console,
@@ -228,16 +243,26 @@ fn program_name(cmd: &[String]) -> String {
 
 /// Resolves the options into a job and starts its workers.
 pub(crate) fn start(a: &LaunchArgs, cmd: Vec<String>) -> Result<Running> {
-    start_with(a, &CompatArgs::default(), cmd)
+    start_with(a, &CompatArgs::default(), &[], cmd)
 }
 
-/// [`start`], with the torchrun / horovodrun options ringrun honours.
-pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Result<Running> {
+/// [`start`], with the torchrun / horovodrun options ringrun honours and `--input`.
+pub(crate) fn start_with(
+    a: &LaunchArgs,
+    c: &CompatArgs,
+    inputs: &[String],
+    cmd: Vec<String>,
+) -> Result<Running> {
     let a = &with_slurm(a.clone(), |k| std::env::var(k).ok())?;
     let nproc = a.nproc.unwrap_or(1);
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
+    // Listed once, before anything starts; a bad --input stops the launch here.
+    let files = match inputs.is_empty() {
+        true => None,
+        false => Some(input::list(inputs, &std::env::current_dir()?)?),
+    };
     let (min_nodes, max_nodes) = parse_nnodes(a.nnodes.as_deref())?;
     let host = a.host_name.clone().unwrap_or_else(hostname);
     let discovery = a.host_discovery_script.clone().map(|script| {
@@ -287,6 +312,9 @@ pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Re
     seeds.extend(slots.iter().map(|s| s.member_addr));
     seeds.extend(crate::launch_seeds(&a.seeds, a.bind.is_ipv4())?);
     let world = nproc * min_nodes.max(1);
+    let inputs = files
+        .map(|f| input::Inputs::new(&f, world, a.log_dir.as_deref(), &a.run_id))
+        .transpose()?;
     let job = JobEnv {
         run_id: a.run_id.clone(),
         secret: String::from_utf8(secret).context("the job secret must be text")?,
@@ -314,6 +342,7 @@ pub(crate) fn start_with(a: &LaunchArgs, c: &CompatArgs, cmd: Vec<String>) -> Re
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
         extra: extra_env(c, nproc, std::env::var_os("OMP_NUM_THREADS").is_some()),
+        inputs,
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
     let notify = (
