@@ -29,7 +29,7 @@
  Version of the C ABI this header describes; bumped on any incompatible change. Compare
  with `ringrun_abi_version()` at run time to catch a header/library mix-up.
  */
-#define RINGRUN_ABI_VERSION 2
+#define RINGRUN_ABI_VERSION 3
 
 /*
  The step `ringrun_restore` reports when no state was ever committed (a fresh start).
@@ -88,6 +88,11 @@ typedef enum ringrun_status_t {
    */
   RINGRUN_NO_QUORUM = 8,
 } ringrun_status_t;
+
+/*
+ An elastic sampler (opaque; `ringrun_sampler_new`, `ringrun_sampler_free`).
+ */
+typedef struct ringrun_sampler_t ringrun_sampler_t;
 
 /*
  An element type (one of the `RINGRUN_FLOAT32` ... `RINGRUN_INT64` values).
@@ -398,8 +403,89 @@ int ringrun_size(int *size);
 int ringrun_epoch(uint64_t *epoch);
 
 /*
+ Makes a sampler of `num_samples` indices (1..=2^62), `global_batch` of them per step over
+ all ranks (1..=num_samples), with pass `e`'s order a permutation seeded by `seed` and `e`
+ (`shuffle` nonzero) or `0..num_samples` in order. Writes it to `*out`. Needs no group.
+
+ # Safety
+ `out` is valid for writes.
+ */
+int ringrun_sampler_new(uint64_t num_samples,
+                        uint64_t global_batch,
+                        uint64_t seed,
+                        int shuffle,
+                        struct ringrun_sampler_t **out);
+
+/*
+ Frees a sampler (NULL is ignored).
+
+ # Safety
+ `sampler` came from `ringrun_sampler_new` and is not used again.
+ */
+void ringrun_sampler_free(struct ringrun_sampler_t *sampler);
+
+/*
+ Takes this rank's share of the next global batch in the current epoch: writes its indices
+ to `out` (room for `capacity`; `global_batch` always suffices) and their number to `*n`, and
+ moves the sampler on by one global batch. Every rank must call it at the same point of a
+ step: the first call of each epoch checks that all ranks' samplers agree (their parameters,
+ else `RINGRUN_INVALID_ARGUMENT` on every rank naming them; their offsets, else
+ `RINGRUN_INVALID_ARGUMENT` asking for the sampler to be restored with the state). On any
+ error the sampler does not move.
+
+ # Safety
+ `sampler` is live; `out` is writable for `capacity` int64 values; `n` is valid for writes.
+ */
+int ringrun_sampler_next(struct ringrun_sampler_t *sampler,
+                         int64_t *out,
+                         size_t capacity,
+                         size_t *n);
+
+/*
+ Writes this rank's share, in the current epoch, of the global batch at stream offset
+ `offset` (`ringrun_sampler_offset` for the one `ringrun_sampler_next` takes next), without
+ moving the sampler or recording anything: for loaders that fetch batches ahead. Same output
+ rules as `ringrun_sampler_next`.
+
+ # Safety
+ As `ringrun_sampler_next`.
+ */
+int ringrun_sampler_peek(const struct ringrun_sampler_t *sampler,
+                         uint64_t offset,
+                         int64_t *out,
+                         size_t capacity,
+                         size_t *n);
+
+/*
+ Writes the sampler's offset (indices handed out so far over all ranks: the state to
+ commit) to `*offset`.
+
+ # Safety
+ `sampler` is live; `offset` is valid for writes.
+ */
+int ringrun_sampler_offset(const struct ringrun_sampler_t *sampler, uint64_t *offset);
+
+/*
+ Sets the sampler's offset, e.g. to the committed one after `ringrun_restore`.
+
+ # Safety
+ `sampler` is live.
+ */
+int ringrun_sampler_set_offset(struct ringrun_sampler_t *sampler, uint64_t offset);
+
+/*
+ Writes the pass over the data (data epoch) the next step starts in to `*data_epoch`.
+
+ # Safety
+ `sampler` is live; `data_epoch` is valid for writes.
+ */
+int ringrun_sampler_data_epoch(const struct ringrun_sampler_t *sampler, uint64_t *data_epoch);
+
+/*
  Commits the state after `step`: `size` bytes at `data` (copied). Every rank must commit
  the same step and bytes (checked: `RINGRUN_MISMATCH`). Waiting joiners are admitted here.
+ Under `RINGRUN_DATA_LEDGER`, each live sampler's offset is then recorded as committed with
+ the step (a failure to write it is `RINGRUN_INTERNAL`, the step being committed).
 
  # Safety
  `data` is readable for `size` bytes (NULL only with `size == 0`).

@@ -75,6 +75,13 @@ fn snapshot() -> Result<Snapshot, Fail> {
         .ok_or_else(not_initialized)
 }
 
+/// This process's rank and size in the epoch it is in, without waiting for a call on another
+/// thread.
+pub(crate) fn rank_size() -> Result<(usize, usize), Fail> {
+    let s = snapshot()?;
+    Ok((s.rank as usize, s.size as usize))
+}
+
 fn not_initialized() -> Fail {
     Fail(
         RINGRUN_NOT_INITIALIZED,

@@ -19,6 +19,7 @@
 pub mod collectives;
 mod device;
 pub mod group;
+pub mod sampler;
 pub mod state;
 pub mod status;
 pub mod types;
@@ -26,13 +27,14 @@ pub mod types;
 pub use collectives::*;
 pub use device::ringrun_set_stream;
 pub use group::*;
+pub use sampler::*;
 pub use state::*;
 pub use status::*;
 pub use types::*;
 
 /// Version of the C ABI this header describes; bumped on any incompatible change. Compare
 /// with `ringrun_abi_version()` at run time to catch a header/library mix-up.
-pub const RINGRUN_ABI_VERSION: u32 = 2;
+pub const RINGRUN_ABI_VERSION: u32 = 3;
 
 /// Returns the version of the C ABI this library implements.
 #[unsafe(no_mangle)]

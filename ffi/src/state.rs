@@ -18,6 +18,8 @@ pub const RINGRUN_NO_STATE: u64 = u64::MAX;
 
 /// Commits the state after `step`: `size` bytes at `data` (copied). Every rank must commit
 /// the same step and bytes (checked: `RINGRUN_MISMATCH`). Waiting joiners are admitted here.
+/// Under `RINGRUN_DATA_LEDGER`, each live sampler's offset is then recorded as committed with
+/// the step (a failure to write it is `RINGRUN_INTERNAL`, the step being committed).
 ///
 /// # Safety
 /// `data` is readable for `size` bytes (NULL only with `size == 0`).
@@ -37,7 +39,8 @@ pub unsafe extern "C" fn ringrun_commit(step: u64, data: *const c_void, size: us
                 // SAFETY: non-null, readable for `size` bytes per the caller's contract.
                 unsafe { std::slice::from_raw_parts(data.cast::<u8>(), size) }.to_vec()
             };
-            Ok(g.group.commit(step, bytes)?)
+            g.group.commit(step, bytes)?;
+            crate::sampler::on_commit(step, g.group.epoch())
         })
     })
 }

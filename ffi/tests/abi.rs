@@ -237,7 +237,65 @@ fn abi() {
         assert_eq!(&json[..3], b"[]\0");
         assert_eq!(ringrun_set_step(8), OK);
 
+        sampler_in_a_group_of_one();
+
         assert_eq!(ringrun_finalize(), OK);
         assert_eq!(ringrun_barrier(), NOT_INIT);
+    }
+}
+
+/// The sampler: argument checks, the whole global batch for the one rank, peeking without
+/// moving, offsets set and read back, and no move on a refused call.
+unsafe fn sampler_in_a_group_of_one() {
+    let mut s = null_mut();
+    // SAFETY (all calls): pointers to live locals, sizes matching.
+    unsafe {
+        assert_eq!(ringrun_sampler_new(10, 0, 1, 1, &mut s), INVALID);
+        assert!(last_error().contains("global_batch"), "{}", last_error());
+        assert_eq!(ringrun_sampler_new(10, 11, 1, 1, &mut s), INVALID);
+        assert_eq!(ringrun_sampler_new(10, 4, 1, 1, null_mut()), INVALID);
+        assert_eq!(ringrun_sampler_new(10, 4, 1, 1, &mut s), OK);
+        let (mut out, mut n, mut at) = ([0i64; 4], 0usize, 0u64);
+        assert_eq!(
+            ringrun_sampler_next(null_mut(), out.as_mut_ptr(), 4, &mut n),
+            INVALID
+        );
+        assert_eq!(
+            ringrun_sampler_next(s, out.as_mut_ptr(), 3, &mut n),
+            INVALID
+        );
+        assert_eq!(ringrun_sampler_offset(s, &mut at), OK);
+        assert_eq!(at, 0, "a refused call does not move the sampler");
+        let mut peeked = [0i64; 4];
+        assert_eq!(
+            ringrun_sampler_peek(s, 0, peeked.as_mut_ptr(), 4, &mut n),
+            OK
+        );
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(ringrun_sampler_next(s, out.as_mut_ptr(), 4, &mut n), OK);
+            assert_eq!(n, 4);
+            seen.extend(out);
+        }
+        assert_eq!(seen[..4], peeked, "peek shows what next takes");
+        let mut first: Vec<i64> = seen[..10].to_vec();
+        first.sort_unstable();
+        assert_eq!(
+            first,
+            (0..10).collect::<Vec<_>>(),
+            "a pass reads each index once"
+        );
+        let mut epoch = 0u64;
+        assert_eq!(ringrun_sampler_data_epoch(s, &mut epoch), OK);
+        assert_eq!(epoch, 2);
+        assert_eq!(ringrun_sampler_set_offset(s, 4), OK);
+        assert_eq!(ringrun_sampler_next(s, out.as_mut_ptr(), 4, &mut n), OK);
+        assert_eq!(
+            out[..],
+            seen[4..8],
+            "a restored offset re-reads the same batch"
+        );
+        ringrun_sampler_free(s);
+        ringrun_sampler_free(null_mut());
     }
 }

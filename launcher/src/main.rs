@@ -1,6 +1,7 @@
 //! `ringrun`: the command line.
 
 mod bench;
+mod data_check;
 mod demo;
 mod launch;
 mod member;
@@ -32,6 +33,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Print a running job's members, as one of them sees it.
     Status(status::StatusArgs),
+    /// Check a data ledger (RINGRUN_DATA_LEDGER): every index read exactly once per data
+    /// epoch by the committed steps, in the one-worker order.
+    DataCheck(data_check::DataCheckArgs),
     /// Join a job's membership group and stay (debugging, tests).
     #[command(hide = true)]
     Member(member::MemberArgs),
@@ -62,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Launch(args) => launch::main(args),
         Cmd::Bench(args) => bench::main(args),
         Cmd::Status(args) => status::main(args),
+        Cmd::DataCheck(args) => data_check::main(args),
         Cmd::Member(args) => member::main(args),
         Cmd::TrainWorker(args) => train::main(args),
     };

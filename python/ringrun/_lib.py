@@ -8,7 +8,7 @@ import sys
 
 from .errors import BY_STATUS, RingrunError
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 _c_int, _size_t, _u64, _vp = ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64, ctypes.c_void_p
 
@@ -81,6 +81,14 @@ def _declare(lib):
         "ringrun_set_step": [_u64],
         "ringrun_fault_count": [ctypes.POINTER(_size_t)],
         "ringrun_faults_json": [ctypes.c_char_p, _size_t, ctypes.POINTER(_size_t)],
+        "ringrun_sampler_new": [_u64, _u64, _u64, _c_int, ctypes.POINTER(_vp)],
+        "ringrun_sampler_next": [_vp, ctypes.POINTER(ctypes.c_int64), _size_t,
+                                 ctypes.POINTER(_size_t)],
+        "ringrun_sampler_peek": [_vp, _u64, ctypes.POINTER(ctypes.c_int64), _size_t,
+                                 ctypes.POINTER(_size_t)],
+        "ringrun_sampler_offset": [_vp, ctypes.POINTER(_u64)],
+        "ringrun_sampler_set_offset": [_vp, _u64],
+        "ringrun_sampler_data_epoch": [_vp, ctypes.POINTER(_u64)],
     }
     for name, args in sig.items():
         f = getattr(lib, name)
@@ -90,6 +98,8 @@ def _declare(lib):
     lib.ringrun_abi_version.restype = ctypes.c_uint32
     lib.ringrun_last_error.argtypes = []
     lib.ringrun_last_error.restype = ctypes.c_char_p
+    lib.ringrun_sampler_free.argtypes = [_vp]
+    lib.ringrun_sampler_free.restype = None
     return lib
 
 

@@ -10,6 +10,7 @@
 //! global batch is split over the new ranks ([`share`]). Nothing depends on the world size but
 //! the split.
 
+pub mod ledger;
 mod permutation;
 
 use std::ops::Range;
