@@ -71,6 +71,15 @@ pub struct Group {
     device: Option<Box<dyn DeviceEpochs>>,
 }
 
+/// When the first sign that `epoch` is over came: the driver's abort of it (or of a later
+/// epoch), else now. An abort of an earlier epoch is another fault's.
+fn abort_time(p: &Published, epoch: u64) -> Instant {
+    match p.aborted {
+        Some((aborted, t)) if aborted >= epoch => t.min(Instant::now()),
+        _ => Instant::now(),
+    }
+}
+
 impl Group {
     /// Joins (or starts) the group described by `config`, waits until an epoch containing this
     /// member is installed and agrees the state to start from ([`Group::restore`] returns it).
@@ -410,7 +419,7 @@ impl Group {
         let stale = {
             let p = self.published.borrow();
             self.stale(epoch, &p)
-                .map(|why| (why, p.aborted.map_or_else(Instant::now, |(_, t)| t)))
+                .map(|why| (why, abort_time(&p, epoch)))
         };
         if let Some((why, at)) = stale {
             self.give_up(epoch, why.clone(), at);
@@ -439,12 +448,8 @@ impl Group {
                 Err(GroupError::from_collective(epoch, e))
             }
             Err(e) => {
-                let at = self
-                    .published
-                    .borrow()
-                    .aborted
-                    .map_or_else(Instant::now, |(_, t)| t);
-                self.give_up(epoch, e.to_string(), at.min(Instant::now()));
+                let at = abort_time(&self.published.borrow(), epoch);
+                self.give_up(epoch, e.to_string(), at);
                 Err(GroupError::from_collective(epoch, e))
             }
         }
