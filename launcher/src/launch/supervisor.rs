@@ -182,6 +182,7 @@ impl Supervisor {
                 continue;
             };
             if let Some(status) = child.try_wait()? {
+                forget_segments(child.id());
                 self.children[i] = None;
                 self.finish_output(i, &mut events);
                 self.done[i] = Some(status);
@@ -287,6 +288,7 @@ impl Supervisor {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             };
+            forget_segments(child.id());
             self.children[i] = None;
             events.push(Event::Exited {
                 slot: i,
@@ -400,5 +402,14 @@ impl Drop for Supervisor {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A worker killed while it set up shared memory leaves its segment named (set-up unlinks it);
+/// the launcher, which reaped the worker, removes it.
+fn forget_segments(pid: u32) {
+    let n = ringrun_collectives::transport::shm::remove_leftovers_of(pid);
+    if n > 0 {
+        eprintln!("ringrun: removed {n} shared-memory segment(s) worker pid {pid} left in set-up");
     }
 }

@@ -37,6 +37,7 @@ use std::{
 pub use arena::Arena;
 use futures_util::future::try_join_all;
 pub use ring::{ShmReader, ShmWriter};
+pub use segment::remove_leftovers_of;
 
 use self::{
     segment::{Identity, Owned},

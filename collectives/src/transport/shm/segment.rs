@@ -31,6 +31,24 @@ pub(super) const DIR: &str = "/dev/shm";
 /// File names start with this, then the creator's pid, so leaks can be traced to a process.
 pub(super) const PREFIX: &str = "ringrun-";
 pub(super) const DOORBELL_LEN: usize = 64;
+
+/// Removes the segments process `pid` created and had not yet unlinked: a process killed during
+/// set-up leaves its segment named, and its parent (the launcher that reaped it) calls this.
+/// Returns how many were removed.
+pub fn remove_leftovers_of(pid: u32) -> usize {
+    let prefix = format!("{PREFIX}{pid}-");
+    let Ok(dir) = std::fs::read_dir(DIR) else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
 /// Bytes of one ring's control block (two cache lines: producer's and consumer's).
 pub(super) const CTL_BYTES: usize = 128;
 const HEADER_BYTES: usize = 4096;
