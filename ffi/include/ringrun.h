@@ -521,6 +521,18 @@ int ringrun_restored_copy(void *buf, size_t capacity);
 int ringrun_set_step(uint64_t step);
 
 /*
+ Logs `n` named values for `step` (a loss, a learning rate), for the dashboard's training
+ curves (`ringrun launch --dashboard`): `names[i]` (NUL-terminated UTF-8) is `values[i]`.
+ Kept in memory (the newest few thousand) until a dashboard asks; never waits for a
+ collective running on another thread.
+
+ # Safety
+ `names` and `values` are readable for `n` entries (NULL only with `n == 0`); each name is a
+ NUL-terminated string.
+ */
+int ringrun_log(uint64_t step, const char *const *names, const double *values, size_t n);
+
+/*
  Writes the number of recoveries this process has lived through to `*count`.
 
  # Safety

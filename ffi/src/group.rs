@@ -20,6 +20,7 @@ use ringrun_runtime::{
     Group, GroupConfig,
     config::{device_from, parse_seeds},
     device::DeviceSpec,
+    progress::Progress,
 };
 
 use crate::{
@@ -55,6 +56,22 @@ struct Snapshot {
 }
 
 static SNAPSHOT: Mutex<Option<Snapshot>> = Mutex::new(None);
+
+/// The group's progress record, for `ringrun_log`, which must not wait behind a collective.
+static PROGRESS: Mutex<Option<Progress>> = Mutex::new(None);
+
+/// The group's progress record, or `RINGRUN_NOT_INITIALIZED`.
+pub(crate) fn progress() -> Result<Progress, Fail> {
+    PROGRESS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(not_initialized)
+}
+
+fn set_progress(p: Option<Progress>) {
+    *PROGRESS.lock().unwrap_or_else(|e| e.into_inner()) = p;
+}
 
 /// Records the group's current rank, size and epoch (`None` after finalize). Called with the
 /// group's lock held, so snapshots are published in the order the calls ran.
@@ -136,6 +153,7 @@ pub(crate) fn join(config: Result<GroupConfig, Fail>) -> Result<(), Fail> {
     let cpu_only = std::env::var("RINGRUN_DEVICE").is_ok_and(|d| d == "cpu");
     let auto = (route.is_none() && !cpu_only).then(|| (DeviceRoute::cuda(), DeviceSpec::Cuda));
     publish(Some(&group));
+    set_progress(Some(group.progress()));
     *g = Some(Global {
         group,
         restored: None,
@@ -292,6 +310,7 @@ pub extern "C" fn ringrun_finalize() -> c_int {
         let mut global = lock();
         if let Some(mut g) = global.take() {
             publish(None);
+            set_progress(None);
             let _ = g.group.barrier();
             g.group.leave();
         }

@@ -116,6 +116,47 @@ pub extern "C" fn ringrun_set_step(step: u64) -> c_int {
     })
 }
 
+/// Logs `n` named values for `step` (a loss, a learning rate), for the dashboard's training
+/// curves (`ringrun launch --dashboard`): `names[i]` (NUL-terminated UTF-8) is `values[i]`.
+/// Kept in memory (the newest few thousand) until a dashboard asks; never waits for a
+/// collective running on another thread.
+///
+/// # Safety
+/// `names` and `values` are readable for `n` entries (NULL only with `n == 0`); each name is a
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_log(
+    step: u64,
+    names: *const *const c_char,
+    values: *const f64,
+    n: usize,
+) -> c_int {
+    guard(|| {
+        if n > 0 && (names.is_null() || values.is_null()) {
+            return Err(invalid("names or values is NULL"));
+        }
+        if n > 1 << 20 {
+            return Err(invalid("n is too large"));
+        }
+        let progress = crate::group::progress()?;
+        let mut entries = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: readable for `n` entries per the caller's contract.
+            let (name, value) = unsafe { (*names.add(i), *values.add(i)) };
+            if name.is_null() {
+                return Err(invalid(format!("names[{i}] is NULL")));
+            }
+            // SAFETY: a NUL-terminated string per the contract.
+            let name = unsafe { std::ffi::CStr::from_ptr(name) }
+                .to_str()
+                .map_err(|_| invalid(format!("names[{i}] is not UTF-8")))?;
+            entries.push((name, value));
+        }
+        progress.log(step, entries);
+        Ok(())
+    })
+}
+
 /// Writes the number of recoveries this process has lived through to `*count`.
 ///
 /// # Safety

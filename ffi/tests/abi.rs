@@ -239,8 +239,20 @@ fn abi() {
 
         sampler_in_a_group_of_one();
 
+        // Scalars for the dashboard.
+        let names = [c"loss".as_ptr(), c"lr".as_ptr()];
+        assert_eq!(ringrun_log(3, names.as_ptr(), [0.5, 0.1].as_ptr(), 2), OK);
+        assert_eq!(ringrun_log(3, null(), null(), 0), OK);
+        assert_eq!(ringrun_log(3, null(), [0.5].as_ptr(), 1), INVALID);
+        let nulls = [null()];
+        assert_eq!(ringrun_log(3, nulls.as_ptr(), [0.5].as_ptr(), 1), INVALID);
+
         assert_eq!(ringrun_finalize(), OK);
         assert_eq!(ringrun_barrier(), NOT_INIT);
+        assert_eq!(
+            ringrun_log(3, names.as_ptr(), [0.5, 0.1].as_ptr(), 2),
+            NOT_INIT
+        );
     }
 }
 

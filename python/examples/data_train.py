@@ -30,9 +30,11 @@ def samples(idx):
 
 
 def grad_sum(w, idx):
-    """The sum over ``idx`` of each sample's squared-error gradient, in fixed point."""
+    """The sum over ``idx`` of each sample's squared-error gradient, then of its loss, in
+    fixed point."""
     x, y = samples(idx)
-    per_sample = x * (x @ w - y)[:, None]
+    err = x @ w - y
+    per_sample = np.concatenate([x * err[:, None], 0.5 * err[:, None] ** 2], axis=1)
     return np.rint(per_sample * SCALE).astype(np.int64).sum(axis=0)
 
 
@@ -62,7 +64,8 @@ def main():
             idx = sampler.next_indices()  # this rank's share of the global batch
             g = grad_sum(state.w, idx)
             ringrun.allreduce(g, op="sum")  # the global batch's gradient, exactly
-            state.w -= LR * (g / SCALE) / args.batch
+            state.w -= LR * (g[:D] / SCALE) / args.batch
+            ringrun.log(state.step, loss=g[D] / SCALE / args.batch)  # the dashboard's curve
             print(f"step {state.step} size {ringrun.size()} epoch {ringrun.epoch()} "
                   f"data_epoch {sampler.data_epoch}", flush=True)
             state.step += 1

@@ -28,7 +28,7 @@ from .errors import (  # noqa: F401  (re-exported)
 __all__ = [
     "init", "finalize", "is_initialized", "rank", "size", "epoch", "allreduce",
     "allreduce_many", "broadcast", "allgather", "barrier", "commit", "restore", "faults",
-    "set_step", "RingrunError", "MembershipChanged", "PeerLost", "Timeout", "InvalidArgument",
+    "set_step", "log", "RingrunError", "MembershipChanged", "PeerLost", "Timeout", "InvalidArgument",
     "NotInitialized", "InternalError", "Mismatch", "NoQuorum",
 ]
 
@@ -171,6 +171,21 @@ def restore():
 def set_step(step):
     """Tells the fault report which step the caller is on (for steps rolled back)."""
     check(lib().ringrun_set_step(int(step)))
+
+
+def log(step, **scalars):
+    """Logs named values for ``step`` (``ringrun.log(step, loss=0.3, lr=1e-3)``): the training
+    curves of the job's dashboard (``ringrun launch --dashboard``). Cheap, and never waits for
+    a collective running on another thread."""
+    names = list(scalars)
+    try:
+        values = [float(scalars[k]) for k in names]
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"log: every value must be a number ({e})") from None
+    n = len(names)
+    c_names = (ctypes.c_char_p * n)(*[k.encode() for k in names])
+    c_values = (ctypes.c_double * n)(*values)
+    check(lib().ringrun_log(int(step), c_names, c_values, n))
 
 
 def faults():

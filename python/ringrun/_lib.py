@@ -81,6 +81,8 @@ def _declare(lib):
         "ringrun_set_step": [_u64],
         "ringrun_fault_count": [ctypes.POINTER(_size_t)],
         "ringrun_faults_json": [ctypes.c_char_p, _size_t, ctypes.POINTER(_size_t)],
+        "ringrun_log": [_u64, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_double),
+                        _size_t],
         "ringrun_sampler_new": [_u64, _u64, _u64, _c_int, ctypes.POINTER(_vp)],
         "ringrun_sampler_next": [_vp, ctypes.POINTER(ctypes.c_int64), _size_t,
                                  ctypes.POINTER(_size_t)],

@@ -9,7 +9,8 @@
 //! Besides agreement messages, a launcher that reaped a worker sends [`Control::Exited`]: proof
 //! that the member is gone, which lets the group re-form without waiting for SWIM's suspicion
 //! timeout and lets the majority rule leave the member out (it cannot be on the other side of a
-//! partition).
+//! partition). A dashboard or `ringrun status` sends [`Control::ReportRequest`]; a member
+//! answers the sender with its [`Report`] (see `progress.rs`).
 
 use ringrun_membership::{Authenticator, DropReason, wire::PacketKind};
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agreement::Msg,
     member::{Advert, MemberKey},
+    progress::Report,
 };
 
 /// An agreement message between two members.
@@ -32,15 +34,27 @@ enum Envelope {
     Exited {
         member: MemberKey,
     },
+    ReportRequest {
+        since: u64,
+    },
+    Report(Report),
 }
 
 /// What a control datagram says.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Control {
     /// An agreement message from a member.
     Agreement(MemberKey, ControlMsg),
     /// A launcher saw this member's process exit.
     Exited(MemberKey),
+    /// Somebody with the job's secret asks for this member's report, with the scalars from
+    /// sequence number `since` on.
+    ReportRequest {
+        /// The first scalar wanted.
+        since: u64,
+    },
+    /// A member's report.
+    Report(Box<Report>),
 }
 
 /// Seals and opens control datagrams.
@@ -66,6 +80,16 @@ impl ControlCodec {
         self.seal_envelope(&EnvelopeRef::Exited { member })
     }
 
+    /// The sealed request for a member's report.
+    pub fn seal_report_request(&self, since: u64) -> Vec<u8> {
+        self.seal_envelope(&EnvelopeRef::ReportRequest { since })
+    }
+
+    /// The sealed report.
+    pub fn seal_report(&self, report: &Report) -> Vec<u8> {
+        self.seal_envelope(&EnvelopeRef::Report(report))
+    }
+
     fn seal_envelope(&self, env: &EnvelopeRef<'_>) -> Vec<u8> {
         let payload = postcard::to_allocvec(env).expect("control messages always encode");
         let mut out = Vec::new();
@@ -83,6 +107,20 @@ impl ControlCodec {
             Envelope::Agreement { from, to, msg } if to == me => Ok(Control::Agreement(from, msg)),
             Envelope::Agreement { .. } => Err(DropReason::Malformed),
             Envelope::Exited { member } => Ok(Control::Exited(member)),
+            Envelope::ReportRequest { since } => Ok(Control::ReportRequest { since }),
+            Envelope::Report(r) => Ok(Control::Report(Box::new(r))),
+        }
+    }
+
+    /// Opens a datagram that is not addressed to a member (a report, for a dashboard).
+    pub fn open_report(&self, packet: &[u8]) -> Result<Report, DropReason> {
+        let (kind, payload) = self.auth.open(packet)?;
+        if kind != PacketKind::Control {
+            return Err(DropReason::BadKind);
+        }
+        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
+            Envelope::Report(r) => Ok(r),
+            _ => Err(DropReason::Malformed),
         }
     }
 }
@@ -98,6 +136,10 @@ enum EnvelopeRef<'a> {
     Exited {
         member: MemberKey,
     },
+    ReportRequest {
+        since: u64,
+    },
+    Report(&'a Report),
 }
 
 #[cfg(test)]
@@ -147,6 +189,17 @@ mod tests {
             Ok(Control::Exited(key(5)))
         );
         assert_eq!(c.open(key(3), &packet), Err(DropReason::Malformed));
+        assert_eq!(
+            c.open(key(2), &c.seal_report_request(9)),
+            Ok(Control::ReportRequest { since: 9 })
+        );
+        let report = Report {
+            member: Some(key(4)),
+            step: 12,
+            ..Report::default()
+        };
+        assert_eq!(c.open_report(&c.seal_report(&report)), Ok(report));
+        assert_eq!(c.open_report(&packet), Err(DropReason::Malformed));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::{
     agreement::{self, Agreement, Event, View},
     control::{Control, ControlCodec},
     member::{self, Advert, EpochAnnotation, MemberKey},
+    progress::Progress,
 };
 
 /// How often the agreement's timers are evaluated.
@@ -72,6 +73,7 @@ pub(crate) struct Setup {
     pub(crate) control: std::net::UdpSocket,
     pub(crate) codec: ControlCodec,
     pub(crate) cancel: CancelSlot,
+    pub(crate) progress: Progress,
 }
 
 impl Driver {
@@ -118,6 +120,7 @@ struct Loop {
     exited: BTreeSet<MemberKey>,
     members: Vec<ringrun_membership::MemberInfo>,
     cancel: CancelSlot,
+    progress: Progress,
     start: Instant,
     dropped: u64,
 }
@@ -145,6 +148,7 @@ async fn run(
         exited: BTreeSet::new(),
         members: Vec::new(),
         cancel: setup.cancel,
+        progress: setup.progress,
         start: now,
         dropped: 0,
     };
@@ -161,7 +165,7 @@ async fn run(
                 Err(RecvError::Closed) => break,
             },
             got = l.socket.recv_from(&mut buf) => match got {
-                Ok((n, _)) => l.on_datagram(&buf[..n]),
+                Ok((n, from)) => l.on_datagram(&buf[..n], from).await,
                 Err(e) => debug!(error = %e, "control socket"),
             },
             _ = tick.tick() => { let now = l.now(); l.agreement.tick(now) }
@@ -230,7 +234,7 @@ impl Loop {
         self.agreement.set_live(now, live, left);
     }
 
-    fn on_datagram(&mut self, packet: &[u8]) {
+    async fn on_datagram(&mut self, packet: &[u8], from: SocketAddr) {
         match self.codec.open(*self.agreement.id(), packet) {
             Ok(Control::Agreement(from, msg)) => {
                 let now = self.now();
@@ -242,6 +246,14 @@ impl Loop {
                     self.refresh_live();
                 }
             }
+            Ok(Control::ReportRequest { since }) => {
+                let report = self.progress.report(*self.agreement.id(), since);
+                let packet = self.codec.seal_report(&report);
+                if let Err(e) = self.socket.send_to(&packet, from).await {
+                    debug!(error = %e, "report send failed");
+                }
+            }
+            Ok(Control::Report(_)) => self.dropped += 1,
             Err(reason) => {
                 self.dropped += 1;
                 debug!(%reason, "control datagram dropped");

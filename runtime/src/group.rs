@@ -33,6 +33,7 @@ use crate::{
     failpoint,
     member::{Endpoints, MemberKey},
     mesh::{self, MeshConfig},
+    progress::{self, Progress},
     report::{FaultEvent, Open},
     state::{self, Committed, Decision},
 };
@@ -67,6 +68,10 @@ pub struct Group {
     step_hint: u64,
     fault: Option<Open>,
     faults: Vec<FaultEvent>,
+    /// What this member reports to dashboards.
+    progress: Progress,
+    /// The collective in flight, for `progress`: its kind, bytes and start.
+    op: Option<(usize, usize, Instant)>,
     /// The device side (`crate::device`), when configured: one communicator per epoch.
     device: Option<Box<dyn DeviceEpochs>>,
 }
@@ -117,6 +122,7 @@ impl Group {
         let job = JobId::from_run_id(&config.run_id);
         let auth = Authenticator::new(job, &config.secret).map_err(|e| internal("secret", &e))?;
         let cancel: CancelSlot = Arc::new(Mutex::new(None));
+        let progress = Progress::default();
         let driver = Driver::spawn(Setup {
             me,
             membership: DriverConfig {
@@ -147,6 +153,7 @@ impl Group {
             control,
             codec: ControlCodec::new(auth),
             cancel: cancel.clone(),
+            progress: progress.clone(),
         })
         .map_err(|e| internal("driver thread", &e))?;
         let store = match &config.checkpoint_dir {
@@ -173,6 +180,8 @@ impl Group {
             fault: None,
             faults: Vec::new(),
             device,
+            progress,
+            op: None,
         };
         info!(member = %me, "joining");
         group.restore()?;
@@ -222,12 +231,25 @@ impl Group {
     /// how many steps a recovery rolled back.
     pub fn set_step(&mut self, step: u64) {
         self.step_hint = step;
+        self.progress.step(step);
+    }
+
+    /// The member's progress record, which callers on other threads may log to while a
+    /// collective runs (see [`Group::log`]).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// Logs named values (a loss, a learning rate) for `step`, for the dashboard's curves: kept
+    /// in memory (the newest few thousand) until a dashboard asks for them.
+    pub fn log<'a>(&self, step: u64, values: impl IntoIterator<Item = (&'a str, f64)>) {
+        self.progress.log(step, values);
     }
 
     /// Allreduce of `buf` in place.
     pub fn allreduce<E: Element>(&mut self, buf: &mut [E], op: ReduceOp) -> Result<()> {
         let _span = info_span!("allreduce", epoch = self.epoch(), count = buf.len()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(0, std::mem::size_of_val(buf))?;
         failpoint::crash_point("allreduce", self.step_hint);
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.allreduce(buf, op, &ctl));
@@ -255,7 +277,7 @@ impl Group {
             tensors = tensors.len()
         )
         .entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(0, tensors.iter().map(|t| t.bytes().len()).sum())?;
         failpoint::crash_point("allreduce", self.step_hint);
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.allreduce_grouped(tensors, op, &ctl));
@@ -293,7 +315,7 @@ impl Group {
     /// Broadcast where every rank knows the shape is the same (the state distribution).
     fn broadcast_unchecked<E: Element>(&mut self, buf: &mut [E], root: usize) -> Result<()> {
         let _span = info_span!("broadcast", epoch = self.epoch(), count = buf.len()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(1, std::mem::size_of_val(buf))?;
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.flat().broadcast(buf, root, &ctl));
         self.end(epoch, r)
@@ -302,7 +324,7 @@ impl Group {
     /// Allgather: `recv` holds every rank's `send`, in rank order.
     pub fn allgather<E: Element>(&mut self, send: &[E], recv: &mut [E]) -> Result<()> {
         let _span = info_span!("allgather", epoch = self.epoch(), count = send.len()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(2, std::mem::size_of_val(send))?;
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.flat().allgather(send, recv, &ctl));
         self.end(epoch, r)
@@ -318,7 +340,7 @@ impl Group {
     ) -> Result<()> {
         let _span =
             info_span!("reduce_scatter", epoch = self.epoch(), count = recv.len()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(3, std::mem::size_of_val(send))?;
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self
             .rt
@@ -329,7 +351,7 @@ impl Group {
     /// Barrier.
     pub fn barrier(&mut self) -> Result<()> {
         let _span = info_span!("barrier", epoch = self.epoch()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(4, 0)?;
         let comm = self.comm.as_mut().expect("begin checked");
         let r = self.rt.block_on(comm.flat().barrier(&ctl));
         self.end(epoch, r)
@@ -349,6 +371,7 @@ impl Group {
         self.memory = Some(committed);
         self.step_hint = step;
         self.commits += 1;
+        self.progress.committed(step);
         self.checkpoint_if_due()?;
         if joiners > 0 {
             self.admit()?;
@@ -402,6 +425,14 @@ impl Group {
         }
     }
 
+    /// [`Group::begin`] for a collective the progress report counts: of kind `kind` (an index
+    /// into `progress::COLLECTIVES`) over `bytes` bytes, timed until [`Group::end`].
+    fn begin_op(&mut self, kind: usize, bytes: usize) -> Result<(Ctl, u64)> {
+        let r = self.begin()?;
+        self.op = Some((kind, bytes, Instant::now()));
+        Ok(r)
+    }
+
     /// Checks the epoch is usable and registers a cancellation handle for one collective.
     fn begin(&mut self) -> Result<(Ctl, u64)> {
         let Some(comm) = &self.comm else {
@@ -432,10 +463,16 @@ impl Group {
     }
 
     fn end<R>(&mut self, epoch: u64, r: std::result::Result<R, CollectiveError>) -> Result<R> {
+        let op = self.op.take();
         match r {
             Ok(v) => {
+                if let Some((kind, bytes, at)) = op {
+                    self.progress.collective(kind, bytes, at.elapsed());
+                }
                 if let Some(f) = self.fault.take_if(|f| f.is_restored()) {
-                    self.faults.push(f.finish());
+                    let f = f.finish();
+                    self.progress.fault(&f);
+                    self.faults.push(f);
                 }
                 Ok(v)
             }
@@ -536,6 +573,8 @@ impl Group {
             }
         };
         info!(epoch = view.epoch, links = %comm.describe(), "epoch links formed");
+        self.progress
+            .entered(comm.epoch(), comm.rank(), comm.size());
         self.comm = Some(comm);
         self.broken = None;
         self.reform_pending = None;
@@ -759,7 +798,7 @@ impl Group {
             )));
         }
         let _span = info_span!("device", op = name, epoch = self.epoch()).entered();
-        let (ctl, epoch) = self.begin()?;
+        let (ctl, epoch) = self.begin_op(progress::kind_of(name), 0)?;
         let dev = self.device.as_deref_mut().expect("checked above");
         let host = self.comm.as_mut().expect("begin checked").flat();
         let r = op(dev, host, &self.rt, &ctl);

@@ -21,6 +21,7 @@ pub mod failpoint;
 mod group;
 pub mod member;
 pub mod mesh;
+pub mod progress;
 mod report;
 pub mod sampler;
 mod state;

@@ -4,6 +4,7 @@
 
 pub(crate) mod compat;
 pub(crate) mod console;
+pub(crate) mod dashboard;
 pub(crate) mod discovery;
 pub(crate) mod env;
 pub(crate) mod input;
@@ -101,6 +102,11 @@ pub(crate) struct LaunchArgs {
     /// `localhost` and the --bind address always match).
     #[arg(long)]
     pub(crate) host_name: Option<String>,
+    /// Serve a live web page of the job, `/api/status` and Prometheus' `/metrics` on
+    /// `[ADDR:]PORT` (a bare port: the --bind address). Beyond loopback every request needs
+    /// the token in the URL the launcher prints (derived from the job secret).
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub(crate) dashboard: Option<String>,
     /// inprocess: survivors keep running and a failed worker is restarted and rejoins;
     /// restart: every local worker is restarted on any failure (static-world scripts).
     #[arg(long, value_enum, default_value = "inprocess")]
@@ -167,6 +173,7 @@ pub(crate) struct Running {
     /// when a local worker's process exits.
     workers: BTreeMap<SocketAddr, (MemberKey, SocketAddr)>,
     notify: (std::net::UdpSocket, ControlCodec),
+    dashboard: Option<dashboard::Dashboard>,
 }
 
 pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
@@ -349,10 +356,28 @@ pub(crate) fn start_with(
         std::net::UdpSocket::bind((a.bind, 0))?,
         ControlCodec::new(auth),
     );
+    // Before the workers, so that a port in use stops the launch with nothing started.
+    let dashboard = match &a.dashboard {
+        Some(spec) => {
+            let addr = dashboard::parse_addr(spec, a.bind)?;
+            let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
+            let d = dashboard::Dashboard::start(
+                addr,
+                a.bind,
+                job.secret.as_bytes(),
+                &a.run_id,
+                ControlCodec::new(auth),
+            )?;
+            eprintln!("ringrun: dashboard at {}", d.url);
+            Some(d)
+        }
+        None => None,
+    };
     let sup = Supervisor::start(cmd, job, slots, a.mode, a.log_dir.clone())?;
     Ok(Running {
         workers: BTreeMap::new(),
         notify,
+        dashboard,
         sup,
         seen,
         started: Instant::now(),
@@ -375,6 +400,10 @@ impl Running {
             }
         }
         let seen: Vec<watch::Seen> = self.seen.try_iter().collect();
+        if let Some(d) = &self.dashboard {
+            seen.iter().for_each(|s| d.saw(s));
+            d.restarts(self.sup.restarts());
+        }
         for s in &seen {
             match (s.what, s.worker) {
                 ("up", Some(w)) => {

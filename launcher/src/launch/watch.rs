@@ -28,6 +28,9 @@ pub(crate) struct Seen {
     pub(crate) node: u64,
     /// The worker's key and control address (none for members that are not workers).
     pub(crate) worker: Option<(MemberKey, SocketAddr)>,
+    /// The member's host name and launch rank, as it advertises them.
+    pub(crate) host: String,
+    pub(crate) launch_rank: Option<u32>,
 }
 
 /// Starts the watcher thread; returns its membership address and the events.
@@ -95,6 +98,8 @@ async fn forward(mut events: tokio::sync::broadcast::Receiver<MembershipEvent>, 
             addr: id.addr,
             node: id.node.0,
             worker: member::worker(&id).map(|(k, e)| (k, e.control)),
+            host: id.meta.host.clone(),
+            launch_rank: id.meta.launch_rank,
         };
         if tx.send(seen).is_err() {
             return;
