@@ -1,14 +1,27 @@
 //! `ringrun status`: ask a running job's members for their view and print it.
 //!
 //! The observer does not join the SWIM group (members would see it come and go); it sends an
-//! authenticated view request to the seeds and prints the first complete answer.
+//! authenticated view request to the seeds and prints the first complete answer, members that
+//! failed or left in the last minutes included (with their state and since when). Each live
+//! worker is then asked for its progress report (step, steps per second), and `--watch`
+//! redraws the table every second.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ringrun_membership::{MemberInfo, ObserverConfig, observe};
-use ringrun_runtime::member::EpochAnnotation;
+use ringrun_membership::{Authenticator, MemberInfo, ObserverConfig, observe};
+use ringrun_runtime::{
+    control::ControlCodec,
+    member::{self, EpochAnnotation, MemberKey},
+    progress::Report as Progress,
+};
 use serde::Serialize;
 
 use crate::secret;
@@ -31,10 +44,13 @@ pub(crate) struct StatusArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3.0)]
     timeout: f64,
+    /// Redraw every second until interrupted (with --json: one object a line).
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Serialize)]
-struct Member<'a> {
+struct Member {
     id: String,
     addr: SocketAddr,
     state: String,
@@ -43,21 +59,29 @@ struct Member<'a> {
     /// Rank in the responder's installed epoch (none: not in it, or not a worker).
     rank: Option<usize>,
     local_rank: u32,
-    host: &'a str,
-    device: &'a str,
+    host: String,
+    device: String,
     endpoints: Vec<String>,
     time_in_state_ms: u64,
+    /// From the member's progress report (live workers that answered).
+    step: Option<u64>,
+    steps_per_s: Option<f64>,
 }
 
 #[derive(Serialize)]
-struct Report<'a> {
+struct Report {
     /// The responder's installed epoch (none: it is not a worker, or no epoch yet).
     epoch: Option<u64>,
     responder: SocketAddr,
-    members: Vec<Member<'a>>,
+    members: Vec<Member>,
 }
 
-fn member<'a>(m: &'a MemberInfo, epoch: Option<&EpochAnnotation>) -> Member<'a> {
+fn member(
+    m: &MemberInfo,
+    epoch: Option<&EpochAnnotation>,
+    progress: &BTreeMap<MemberKey, Progress>,
+) -> Member {
+    let report = member::worker(&m.id).and_then(|(k, _)| progress.get(&k));
     Member {
         id: format!("{:016x}", m.id.node.0),
         addr: m.id.addr,
@@ -66,8 +90,8 @@ fn member<'a>(m: &'a MemberInfo, epoch: Option<&EpochAnnotation>) -> Member<'a> 
         rejoin: m.id.rejoin,
         rank: epoch.and_then(|e| e.rank_of(m.id.node.0, m.id.incarnation.0)),
         local_rank: m.id.meta.local_rank,
-        host: &m.id.meta.host,
-        device: &m.id.meta.device,
+        host: m.id.meta.host.clone(),
+        device: m.id.meta.device.clone(),
         endpoints: m
             .id
             .meta
@@ -76,6 +100,8 @@ fn member<'a>(m: &'a MemberInfo, epoch: Option<&EpochAnnotation>) -> Member<'a> 
             .map(|e| format!("{:?}:{}", e.transport, e.addr).to_lowercase())
             .collect(),
         time_in_state_ms: m.time_in_state_ms,
+        step: report.map(|r| r.step),
+        steps_per_s: report.map(|r| r.steps_per_s),
     }
 }
 
@@ -87,9 +113,11 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
         Some(SocketAddr::V6(_)) => "[::]:0".parse()?,
         _ => "0.0.0.0:0".parse()?,
     };
+    let job = secret::job_id(&args.job_id);
+    let codec = ControlCodec::new(Authenticator::new(job, &secret)?);
     let config = ObserverConfig {
         seeds: args.seeds.clone(),
-        job: secret::job_id(&args.job_id),
+        job,
         secret,
         bind,
         timeout: Duration::from_secs_f64(args.timeout),
@@ -97,9 +125,26 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut view = rt
-        .block_on(observe(&config))
-        .context("no member answered")?;
+    loop {
+        let report = rt.block_on(once(&config, &codec))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if args.watch {
+                print!("\x1b[H\x1b[2J");
+            }
+            print_table(&report);
+        }
+        if !args.watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// One look at the job: the view, and the live workers' progress.
+async fn once(config: &ObserverConfig, codec: &ControlCodec) -> Result<Report> {
+    let mut view = observe(config).await.context("no member answered")?;
     if EpochAnnotation::decode(&view.annotation).is_none() {
         // The responder is no worker (a launcher, say): ask the workers it knows.
         let workers: Vec<SocketAddr> = view
@@ -111,32 +156,69 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
         if !workers.is_empty() {
             let config = ObserverConfig {
                 seeds: workers,
-                ..config
+                ..config.clone()
             };
-            if let Ok(v) = rt.block_on(observe(&config)) {
+            if let Ok(mut v) = observe(&config).await {
+                // A worker may be younger than a departure the first responder remembers.
+                let gone = view
+                    .members
+                    .into_iter()
+                    .filter(|m| !m.state.is_active() && !v.members.iter().any(|n| n.id == m.id));
+                v.members.extend(gone.collect::<Vec<_>>());
                 view = v;
             }
         }
     }
     let epoch = EpochAnnotation::decode(&view.annotation);
-    let report = Report {
+    let progress = progress(&view.members, codec, config.bind).await;
+    Ok(Report {
         epoch: epoch.as_ref().map(|e| e.epoch),
         responder: view.responder.addr,
         members: view
             .members
             .iter()
-            .map(|m| member(m, epoch.as_ref()))
+            .map(|m| member(m, epoch.as_ref(), &progress))
             .collect(),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
-fn print_table(r: &Report<'_>) {
+/// The progress reports of the live workers among `members`, as many as answer within 300 ms.
+async fn progress(
+    members: &[MemberInfo],
+    codec: &ControlCodec,
+    bind: SocketAddr,
+) -> BTreeMap<MemberKey, Progress> {
+    let mut got = BTreeMap::new();
+    let Ok(socket) = tokio::net::UdpSocket::bind(bind).await else {
+        return got;
+    };
+    let live: Vec<_> = members
+        .iter()
+        .filter(|m| m.state.is_active())
+        .filter_map(|m| member::worker(&m.id))
+        .collect();
+    // Scalars are not wanted: ask from the end of the log.
+    let request = codec.seal_report_request(u64::MAX);
+    for (_, endpoints) in &live {
+        let _ = socket.send_to(&request, endpoints.control).await;
+    }
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < live.len() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok((n, _))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await else {
+            break;
+        };
+        if let Ok(r) = codec.open_report(&buf[..n])
+            && let Some(key) = r.member
+        {
+            got.insert(key, r);
+        }
+    }
+    got
+}
+
+fn print_table(r: &Report) {
     let epoch = r
         .epoch
         .map_or("no epoch".to_string(), |e| format!("epoch {e}"));
@@ -146,22 +228,34 @@ fn print_table(r: &Report<'_>) {
         r.members.len()
     );
     println!(
-        "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>10}  ENDPOINTS",
-        "ID", "ADDR", "STATE", "INCARNATION", "REJOIN", "RANK", "LOCAL", "HOST", "IN STATE"
+        "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>10}  {:>7}  {:>7}  ENDPOINTS",
+        "ID",
+        "ADDR",
+        "STATE",
+        "INCARNATION",
+        "REJOIN",
+        "RANK",
+        "LOCAL",
+        "HOST",
+        "IN STATE",
+        "STEP",
+        "STEPS/S"
     );
     for m in &r.members {
-        let rank = m.rank.map_or("-".to_string(), |r| r.to_string());
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         println!(
-            "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>9.1}s  {}",
+            "{:<16}  {:<21}  {:<7}  {:>16}  {:>6}  {:>4}  {:>5}  {:<12}  {:>9.1}s  {:>7}  {:>7}  {}",
             m.id,
             m.addr.to_string(),
             m.state,
             m.incarnation,
             m.rejoin,
-            rank,
+            or_dash(m.rank.map(|r| r.to_string())),
             m.local_rank,
             m.host,
             m.time_in_state_ms as f64 / 1000.0,
+            or_dash(m.step.map(|s| s.to_string())),
+            or_dash(m.steps_per_s.map(|s| format!("{s:.1}"))),
             m.endpoints.join(",")
         );
     }

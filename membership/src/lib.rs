@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod departed;
 pub mod driver;
 pub mod error;
 pub mod identity;

@@ -42,6 +42,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::config::MembershipConfig;
+use crate::departed::Departed;
 use crate::error::MembershipError;
 use crate::identity::MemberId;
 use crate::time::Time;
@@ -165,6 +166,7 @@ pub struct Node {
     next_seed_announce: Option<Time>,
     stats: Stats,
     annotation: Vec<u8>,
+    departed: Departed,
 }
 
 impl Node {
@@ -206,6 +208,7 @@ impl Node {
             next_seed_announce: None,
             stats: Stats::default(),
             annotation: Vec::new(),
+            departed: Departed::default(),
         })
     }
 
@@ -450,6 +453,8 @@ impl Node {
                 time_in_state_ms: self.now.saturating_since(since).as_millis() as u64,
             });
         }
+        let gone = self.departed.missing_from(&out, self.now);
+        out.extend(gone);
         out
     }
 
@@ -775,6 +780,11 @@ impl Node {
     }
 
     fn emit(&mut self, event: MembershipEvent) {
+        match &event {
+            MembershipEvent::Down(id) => self.departed.record(id, MemberState::Down, self.now),
+            MembershipEvent::Left(id) => self.departed.record(id, MemberState::Left, self.now),
+            _ => {}
+        }
         match &event {
             MembershipEvent::Up(id) => {
                 tracing::info!(node = %self.foca.identity(), member = %id, "member up")
