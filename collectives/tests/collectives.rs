@@ -205,3 +205,28 @@ fn auto_picks_the_algorithm_by_size_and_world() {
     assert_eq!(pick(2, 1 << 20), Algo::Ring);
     assert_eq!(pick(6, 1 << 20), Algo::Ring);
 }
+
+/// A rank that arrives 50 ms late at an allreduce shows as 50 ms of waiting on its link in its
+/// peer's `link_waits`, and nowhere else.
+#[test]
+fn link_waits_name_the_peer_that_was_late() {
+    use ringrun_collectives::transport::Transport;
+    let outs = run_ranks(2, cfg(false), |r, mut comm| async move {
+        if r == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut x = [1.0f64];
+        comm.allreduce(&mut x, ReduceOp::Sum, &ctl()).await?;
+        Ok::<_, ringrun_collectives::CollectiveError>(comm.transport().link_waits())
+    });
+    let waits: Vec<_> = outs.into_iter().map(Result::unwrap).collect();
+    assert!(
+        waits[0][1].as_millis() >= 45,
+        "rank 0 waited for rank 1: {waits:?}"
+    );
+    assert!(
+        waits[1][0].as_millis() < 20,
+        "rank 1 hardly waited: {waits:?}"
+    );
+    assert_eq!(waits[0][0], std::time::Duration::ZERO);
+}

@@ -20,7 +20,8 @@ use ringrun_membership::{Authenticator, MemberInfo, ObserverConfig, observe};
 use ringrun_runtime::{
     control::ControlCodec,
     member::{self, EpochAnnotation, MemberKey},
-    progress::Report as Progress,
+    progress::{Report as Progress, Window},
+    straggler::{self, Straggler},
 };
 use serde::Serialize;
 
@@ -47,6 +48,13 @@ pub(crate) struct StatusArgs {
     /// Redraw every second until interrupted (with --json: one object a line).
     #[arg(long)]
     watch: bool,
+    /// A straggler's work (or a link's excess wait) per step exceeds this many times the
+    /// median of the others'.
+    #[arg(long, default_value_t = 1.5)]
+    straggler_factor: f64,
+    /// ... over windows of at least this many steps.
+    #[arg(long, default_value_t = 10)]
+    straggler_steps: u32,
 }
 
 #[derive(Serialize)]
@@ -66,6 +74,9 @@ struct Member {
     /// From the member's progress report (live workers that answered).
     step: Option<u64>,
     steps_per_s: Option<f64>,
+    /// Per-step averages over its straggler window: step time, work outside collectives, and
+    /// the wait for each peer's frames (by rank), in seconds.
+    window: Option<Window>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +85,8 @@ struct Report {
     epoch: Option<u64>,
     responder: SocketAddr,
     members: Vec<Member>,
+    /// Ranks (or links into them) slower than the others, from the live workers' reports.
+    stragglers: Vec<Straggler>,
 }
 
 fn member(
@@ -102,6 +115,7 @@ fn member(
         time_in_state_ms: m.time_in_state_ms,
         step: report.map(|r| r.step),
         steps_per_s: report.map(|r| r.steps_per_s),
+        window: report.and_then(|r| r.window.clone()),
     }
 }
 
@@ -126,7 +140,8 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     loop {
-        let report = rt.block_on(once(&config, &codec))?;
+        let rule = (args.straggler_factor, args.straggler_steps);
+        let report = rt.block_on(once(&config, &codec, rule))?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -143,7 +158,11 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
 }
 
 /// One look at the job: the view, and the live workers' progress.
-async fn once(config: &ObserverConfig, codec: &ControlCodec) -> Result<Report> {
+async fn once(
+    config: &ObserverConfig,
+    codec: &ControlCodec,
+    (factor, steps): (f64, u32),
+) -> Result<Report> {
     let mut view = observe(config).await.context("no member answered")?;
     if EpochAnnotation::decode(&view.annotation).is_none() {
         // The responder is no worker (a launcher, say): ask the workers it knows.
@@ -171,6 +190,11 @@ async fn once(config: &ObserverConfig, codec: &ControlCodec) -> Result<Report> {
     }
     let epoch = EpochAnnotation::decode(&view.annotation);
     let progress = progress(&view.members, codec, config.bind).await;
+    let windows: Vec<_> = progress
+        .values()
+        .filter_map(|r| Some((r.rank, r.epoch, r.window.as_ref()?)))
+        .collect();
+    let stragglers = straggler::find(&windows, factor, steps);
     Ok(Report {
         epoch: epoch.as_ref().map(|e| e.epoch),
         responder: view.responder.addr,
@@ -179,6 +203,7 @@ async fn once(config: &ObserverConfig, codec: &ControlCodec) -> Result<Report> {
             .iter()
             .map(|m| member(m, epoch.as_ref(), &progress))
             .collect(),
+        stragglers,
     })
 }
 
@@ -258,5 +283,8 @@ fn print_table(r: &Report) {
             or_dash(m.steps_per_s.map(|s| format!("{s:.1}"))),
             m.endpoints.join(",")
         );
+    }
+    for s in &r.stragglers {
+        println!("straggler: {s}");
     }
 }

@@ -45,6 +45,9 @@ def main():
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--step-ms", type=int, default=0)
     ap.add_argument("--pid-dir", help="write this worker's pid there (for fault injection)")
+    ap.add_argument("--slow-rank", type=int, default=-1,
+                    help="the worker of this launch rank sleeps --slow-ms more a step")
+    ap.add_argument("--slow-ms", type=int, default=0)
     args = ap.parse_args()
 
     import ringrun
@@ -70,7 +73,8 @@ def main():
                   f"data_epoch {sampler.data_epoch}", flush=True)
             state.step += 1
             state.commit()
-            time.sleep(args.step_ms / 1000)
+            slow = args.slow_ms if os.environ.get("RANK") == str(args.slow_rank) else 0
+            time.sleep((args.step_ms + slow) / 1000)
 
     train(state)
     digest = hashlib.sha256(state.w.tobytes()).hexdigest()

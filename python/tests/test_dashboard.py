@@ -71,6 +71,12 @@ class Job:
             (l.split("dashboard at ", 1)[1] for l in list(self.err) if "dashboard at " in l),
             None), within=30)
 
+    def seed(self):
+        """The launcher's membership address (from its `ringrun status --seeds` hint)."""
+        return wait_for("the launcher's seed", lambda: next(
+            (l.split("--seeds ", 1)[1].split("`")[0] for l in list(self.err) if "--seeds " in l),
+            None), within=30)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -124,13 +130,43 @@ def test_the_page_metrics_and_status_of_a_job_that_loses_a_worker(tmp_path):
         assert len(s["curves"]["loss"]) > 20
         check_metrics(get(url + "metrics"))
         dom = chromium("--dump-dom", url)
-        up_rows = re.findall(r'<tr data-state="up">', dom)
+        up_rows = re.findall(r'<tr data-state="up"', dom)
         assert len(up_rows) == 4, dom[:3000]
         assert re.search(r'<tr data-state="(down|left)">', dom), "the failed member is listed"
         assert 'class="fault"' in dom and 'class="curve"' in dom, dom[:3000]
         os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
         chromium(f"--screenshot={SCREENSHOT}", "--window-size=1100,900", url)
         assert os.path.getsize(SCREENSHOT) > 10_000
+        print("\n".join(l for l in job.err if "straggler" in l), file=sys.stderr)
+    finally:
+        job.stop()
+
+
+def test_a_worker_slow_in_its_step_is_named_within_20_steps(monkeypatch):
+    monkeypatch.setenv("RINGRUN_SECRET", "straggler-test-secret-0123456789")
+    port = free_tcp_port()
+    job = Job(["--np", "4", "--dashboard", f"127.0.0.1:{port}", "--", sys.executable, TRAIN,
+               "--steps", "100000", "--step-ms", "20", "--slow-rank", "2", "--slow-ms", "40"])
+    try:
+        url = job.url()
+
+        def flagged():
+            s = json.loads(get(url + "api/status"))
+            return s if s["stragglers"] else None
+
+        s = wait_for("a straggler flag", flagged)
+        step = max(m["step"] or 0 for m in s["members"] if m["state"] == "up")
+        assert step <= 20, f"first flagged at step {step}"
+        assert [(x["rank"], x["blame"]["kind"]) for x in s["stragglers"]] == [(2, "rank")], s
+        assert 0.05 < s["stragglers"][0]["seconds"] < 0.2, s["stragglers"]
+        wait_for("the launcher's log line", lambda: any(
+            "ringrun: straggler: rank 2 is slow itself" in l for l in job.err))
+        metrics = get(url + "metrics")
+        assert 'ringrun_straggler{rank="2",blame="rank",from=""} 1' in metrics, metrics
+        out = subprocess.run([ringrun_binary(), "status", "--json", "--seeds",
+                              job.seed()], capture_output=True, text=True, timeout=30)
+        flags = json.loads(out.stdout)["stragglers"]
+        assert [(f["rank"], f["blame"]["kind"]) for f in flags] == [(2, "rank")], out
     finally:
         job.stop()
 
@@ -153,7 +189,10 @@ def check_metrics(text):
     assert {s.labels["rank"] for s in fams["ringrun_step"].samples} == {"0", "1", "2", "3"}
     hist = fams["ringrun_collective_seconds"]
     assert hist.type == "histogram"
-    for rank in "0123":
+    # Every rank that ran an allreduce yet (a worker that just rejoined may not have).
+    ranks = {s.labels["rank"] for s in hist.samples if s.labels["collective"] == "allreduce"}
+    assert len(ranks) >= 3, ranks
+    for rank in ranks:
         buckets = [s.value for s in hist.samples if s.name.endswith("_bucket")
                    and s.labels["collective"] == "allreduce" and s.labels["rank"] == rank]
         assert buckets == sorted(buckets) and buckets[-1] > 0, (rank, buckets)

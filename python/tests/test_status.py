@@ -30,8 +30,10 @@ def test_status_keeps_the_failed_member_and_shows_progress(tmp_path, monkeypatch
                "--step-ms", "20", "--pid-dir", str(pids)])
     try:
         members = lambda: json.loads(status(port, "--json").stdout)["members"]  # noqa: E731
-        wait_for("3 workers stepping", lambda: sum(
-            1 for m in members() if (m["step"] or 0) > 10 and (m["steps_per_s"] or 0) > 0) == 3)
+        wait_for("3 workers past 25 steps", lambda: sum(
+            1 for m in members() if (m["step"] or 0) > 25 and (m["steps_per_s"] or 0) > 0) == 3)
+        clean = json.loads(status(port, "--json").stdout)
+        assert clean["stragglers"] == [], f"a straggler flagged in a clean run: {clean}"
         os.kill(int(sorted(os.listdir(pids))[0]), signal.SIGKILL)
 
         def history():

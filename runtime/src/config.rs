@@ -67,6 +67,9 @@ pub struct GroupConfig {
     /// Device collectives ([`crate::Group::allreduce_device`] and friends): `None` for a
     /// CPU-only group; otherwise the backend that builds one device communicator per epoch.
     pub device: Option<DeviceSpec>,
+    /// Steps the progress report's straggler window spans (compute time and link waits per
+    /// step are averaged over the newest this many commits).
+    pub straggler_steps: u32,
 }
 
 impl GroupConfig {
@@ -96,6 +99,7 @@ impl GroupConfig {
             comm: CommConfig::default(),
             transport: TransportKind::default(),
             device: None,
+            straggler_steps: 10,
         }
     }
 
@@ -123,6 +127,7 @@ impl GroupConfig {
     /// | `RINGRUN_TRANSPORT` | [`TransportKind`]: `auto` (shared memory in a host, TCP across), `tcp`, `quic`, `shm` (one host), or `nccl`: a device group (host links as `auto`) | `auto` |
     /// | `RINGRUN_DEVICE` | `cuda`: a device group, over NCCL where it runs, else staged through host memory over `RINGRUN_TRANSPORT`; `cpu` | `cpu` |
     /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
+    /// | `RINGRUN_STRAGGLER_STEPS` | steps a straggler window spans | 10 |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
             (_, Some(path)) => {
@@ -169,6 +174,7 @@ impl GroupConfig {
         c.transport = parse("RINGRUN_TRANSPORT")?.unwrap_or_default();
         c.device = device_from(c.transport, var("RINGRUN_DEVICE").as_deref())?;
         c.comm.fusion_bytes = parse("RINGRUN_FUSION_BYTES")?.unwrap_or(c.comm.fusion_bytes);
+        c.straggler_steps = parse("RINGRUN_STRAGGLER_STEPS")?.unwrap_or(10).max(1);
         Ok(c)
     }
 }

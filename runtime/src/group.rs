@@ -16,7 +16,10 @@ use std::{
 use ringrun_collectives::{
     Cancel, CollectiveError, Communicator, Ctl, DType, Element, LayoutComm, Links, ReduceOp,
     TensorMut,
-    transport::tcp::{JobSecret, MeshSpec},
+    transport::{
+        Transport,
+        tcp::{JobSecret, MeshSpec},
+    },
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
 use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
@@ -122,7 +125,7 @@ impl Group {
         let job = JobId::from_run_id(&config.run_id);
         let auth = Authenticator::new(job, &config.secret).map_err(|e| internal("secret", &e))?;
         let cancel: CancelSlot = Arc::new(Mutex::new(None));
-        let progress = Progress::default();
+        let progress = Progress::new(config.straggler_steps);
         let driver = Driver::spawn(Setup {
             me,
             membership: DriverConfig {
@@ -371,7 +374,8 @@ impl Group {
         self.memory = Some(committed);
         self.step_hint = step;
         self.commits += 1;
-        self.progress.committed(step);
+        let waits = self.comm.as_ref().map(|c| c.links().link_waits());
+        self.progress.committed(step, waits.unwrap_or_default());
         self.checkpoint_if_due()?;
         if joiners > 0 {
             self.admit()?;

@@ -25,6 +25,7 @@ pub mod progress;
 mod report;
 pub mod sampler;
 mod state;
+pub mod straggler;
 
 pub use config::GroupConfig;
 pub use driver::{GroupView, Published};

@@ -48,6 +48,8 @@ pub const SCALARS_PER_REPORT: usize = 512;
 const FAULTS_PER_REPORT: usize = 32;
 /// Commits the step rate is measured over.
 const RATE_WINDOW: usize = 20;
+/// Steps the straggler window spans unless configured.
+const DEFAULT_WINDOW: usize = 10;
 
 /// One kind of collective's totals.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -147,6 +149,29 @@ pub struct Report {
     pub next_seq: u64,
     /// The newest fault reports.
     pub faults: Vec<FaultRecord>,
+    /// Per-step averages over the newest commits of this epoch (none before two commits).
+    pub window: Option<Window>,
+}
+
+/// A member's averages per step over its newest commits (the straggler window): what the
+/// straggler check compares across ranks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// Steps the window spans.
+    pub steps: u32,
+    /// Wall time per step, in seconds.
+    pub step_s: f64,
+    /// Time per step outside collectives (the rank's own work), in seconds.
+    pub compute_s: f64,
+    /// Time per step spent waiting for each peer's frames, by peer rank, in seconds.
+    pub link_wait_s: Vec<f64>,
+}
+
+/// One commit, for the window.
+struct Sample {
+    at: Instant,
+    collective_s: f64,
+    waits: Vec<Duration>,
 }
 
 /// A member's running totals, shared by the group and its driver thread.
@@ -155,6 +180,9 @@ pub struct Progress(Arc<Mutex<Totals>>);
 
 #[derive(Default)]
 struct Totals {
+    /// Commits the window spans (0: [`DEFAULT_WINDOW`]).
+    window_steps: usize,
+    window: VecDeque<Sample>,
     epoch: u64,
     rank: u32,
     size: u32,
@@ -180,10 +208,18 @@ impl Progress {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The epoch the member entered.
+    /// A record whose straggler window spans `steps` commits.
+    pub fn new(steps: u32) -> Progress {
+        let p = Progress::default();
+        p.lock().window_steps = steps as usize;
+        p
+    }
+
+    /// The epoch the member entered (its links, ranks and waits start afresh).
     pub(crate) fn entered(&self, epoch: u64, rank: usize, size: usize) {
         let mut t = self.lock();
         (t.epoch, t.rank, t.size) = (epoch, rank as u32, size as u32);
+        t.window.clear();
     }
 
     /// The step the caller works on.
@@ -209,8 +245,8 @@ impl Progress {
         c.buckets[bucket] += 1;
     }
 
-    /// A commit of `step`.
-    pub(crate) fn committed(&self, step: u64) {
+    /// A commit of `step`; `waits` are the epoch's cumulative link waits by peer rank.
+    pub(crate) fn committed(&self, step: u64, waits: Vec<Duration>) {
         let mut t = self.lock();
         t.commits += 1;
         t.step = step;
@@ -218,7 +254,21 @@ impl Progress {
         if t.commit_times.len() == RATE_WINDOW {
             t.commit_times.pop_front();
         }
-        t.commit_times.push_back(Instant::now());
+        let now = Instant::now();
+        t.commit_times.push_back(now);
+        let span = match t.window_steps {
+            0 => DEFAULT_WINDOW,
+            n => n,
+        };
+        if t.window.len() > span {
+            t.window.pop_front();
+        }
+        let collective_s = t.collectives.iter().map(|c| c.seconds).sum();
+        t.window.push_back(Sample {
+            at: now,
+            collective_s,
+            waits,
+        });
     }
 
     /// A recovery completed.
@@ -273,8 +323,36 @@ impl Progress {
                 .collect(),
             next_seq: t.next_seq,
             faults: t.faults[t.faults.len().saturating_sub(FAULTS_PER_REPORT)..].to_vec(),
+            window: window(&t.window),
         }
     }
+}
+
+/// Per-step averages between the window's first and last commits.
+fn window(samples: &VecDeque<Sample>) -> Option<Window> {
+    let (first, last) = (samples.front()?, samples.back()?);
+    let steps = samples.len() - 1;
+    if steps == 0 {
+        return None;
+    }
+    let per = |x: f64| x / steps as f64;
+    let step_s = per((last.at - first.at).as_secs_f64());
+    let in_collectives = per(last.collective_s - first.collective_s);
+    let link_wait_s = last
+        .waits
+        .iter()
+        .enumerate()
+        .map(|(p, w)| {
+            let before = first.waits.get(p).copied().unwrap_or_default();
+            per(w.saturating_sub(before).as_secs_f64())
+        })
+        .collect();
+    Some(Window {
+        steps: steps as u32,
+        step_s,
+        compute_s: (step_s - in_collectives).max(0.0),
+        link_wait_s,
+    })
 }
 
 #[cfg(test)]
@@ -325,7 +403,7 @@ mod tests {
         let p = Progress::default();
         assert_eq!(p.report(key(), 0).steps_per_s, 0.0);
         for step in 0..3 {
-            p.committed(step);
+            p.committed(step, vec![Duration::ZERO, Duration::from_millis(step)]);
             std::thread::sleep(Duration::from_millis(10));
         }
         let r = p.report(key(), 0);
@@ -335,5 +413,9 @@ mod tests {
             r.steps_per_s
         );
         assert_eq!(r.last_commit.map(|c| c.0), Some(2));
+        let w = r.window.expect("three commits make a window");
+        assert_eq!(w.steps, 2);
+        assert!(w.step_s >= 0.01 && w.compute_s <= w.step_s, "{w:?}");
+        assert_eq!(w.link_wait_s, [0.0, 0.001]);
     }
 }

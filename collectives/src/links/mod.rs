@@ -130,6 +130,10 @@ impl Transport for Links {
         each!(self, t => t.arena())
     }
 
+    fn link_waits(&self) -> Vec<Duration> {
+        each!(self, t => t.link_waits())
+    }
+
     async fn close(&self, within: Duration) {
         each!(self, t => t.close(within).await)
     }

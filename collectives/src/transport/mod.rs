@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use arena::HostArena;
 pub use kind::{TransportKind, UnknownTransport};
+pub use stream::set_link_timing;
 
 use crate::{
     error::{CollectiveError, Result},
@@ -108,6 +109,13 @@ pub trait Transport {
         None
     }
 
+    /// How long this rank waited, cumulatively, for each peer's frames to begin arriving, by
+    /// peer rank (empty where it is not measured): where a collective spent its time, link by
+    /// link, for naming a slow rank or link. See [`set_link_timing`].
+    fn link_waits(&self) -> Vec<Duration> {
+        Vec::new()
+    }
+
     /// Graceful end, bounded by `within`: ends this rank's side of every link, then waits until
     /// every peer has ended its side too. A peer still finishing the last operation (it may
     /// need bytes this rank already sent, or still be writing) is not cut off by an early close.
@@ -169,6 +177,10 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
 
     fn arena(&self) -> Option<&dyn HostArena> {
         (**self).arena()
+    }
+
+    fn link_waits(&self) -> Vec<Duration> {
+        (**self).link_waits()
     }
 
     async fn close(&self, within: Duration) {

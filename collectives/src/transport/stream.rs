@@ -7,8 +7,8 @@
 use std::{
     any::Any,
     io::{self, IoSlice},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -78,12 +78,23 @@ struct Writer<W> {
     staging: Vec<u8>,
 }
 
+/// Whether byte-stream transports time their waits for each peer (on unless turned off).
+static LINK_TIMING: AtomicBool = AtomicBool::new(true);
+
+/// Turns the per-link wait timing of every byte-stream transport of this process on or off
+/// (`ringrun bench --link-timing off` measures what it costs: two clock reads per frame).
+pub fn set_link_timing(on: bool) {
+    LINK_TIMING.store(on, Ordering::Relaxed);
+}
+
 /// A [`Transport`] over one pair of byte streams per peer.
 pub struct StreamTransport<R, W> {
     rank: usize,
     readers: Vec<Option<Mutex<Reader<R>>>>,
     writers: Vec<Option<Mutex<Writer<W>>>>,
     waiting_on: AtomicUsize,
+    /// Nanoseconds spent waiting for each peer's frame headers (see `link_waits`).
+    waits: Vec<AtomicU64>,
     /// Shared memory's host arena (see `shm::Arena`), where the links are shared-memory rings.
     arena: Option<Arena>,
     // Keeps alive what the streams depend on (a QUIC endpoint, say); dropped last.
@@ -122,6 +133,7 @@ where
         }
         StreamTransport {
             rank,
+            waits: readers.iter().map(|_| AtomicU64::new(0)).collect(),
             readers,
             writers,
             waiting_on: AtomicUsize::new(NOT_WAITING),
@@ -168,7 +180,11 @@ where
         }
         *dirty = true;
         self.waiting_on.store(peer, Ordering::Relaxed);
+        let started = LINK_TIMING.load(Ordering::Relaxed).then(Instant::now);
         let got = read_header(peer, io).await;
+        if let (Some(t), Some(w)) = (started, self.waits.get(peer)) {
+            w.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
         self.waiting_on.store(NOT_WAITING, Ordering::Relaxed);
         let got = got?;
         if got.kind == FrameKind::Error {
@@ -338,6 +354,11 @@ where
 
     fn arena(&self) -> Option<&dyn HostArena> {
         self.arena.as_ref().map(|a| a as &dyn HostArena)
+    }
+
+    fn link_waits(&self) -> Vec<Duration> {
+        let nanos = |w: &AtomicU64| Duration::from_nanos(w.load(Ordering::Relaxed));
+        self.waits.iter().map(nanos).collect()
     }
 
     fn waiting_on(&self) -> Option<usize> {

@@ -70,6 +70,15 @@ impl<T: Transport> Transport for Subset<T> {
         self.ranks.len()
     }
 
+    fn link_waits(&self) -> Vec<Duration> {
+        let all = self.parent.link_waits();
+        if all.is_empty() {
+            return all;
+        }
+        let at = |g: &usize| all.get(*g).copied().unwrap_or_default();
+        self.ranks.iter().map(at).collect()
+    }
+
     async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {
         let g = self.peer(peer)?;
         let r = self.parent.send(g, header, payload).await;
@@ -170,6 +179,20 @@ impl<A: Transport, B: Transport> Transport for Routed<A, B> {
 
     fn size(&self) -> usize {
         self.b.size()
+    }
+
+    fn link_waits(&self) -> Vec<Duration> {
+        let (a, b) = (self.a.link_waits(), self.b.link_waits());
+        if a.is_empty() && b.is_empty() {
+            return Vec::new();
+        }
+        let get = |v: &[Duration], i: usize| v.get(i).copied().unwrap_or_default();
+        (0..self.size())
+            .map(|g| match self.via_a(g) {
+                Some(i) => get(&a, i),
+                None => get(&b, g),
+            })
+            .collect()
     }
 
     async fn send(&self, peer: usize, header: &Header, payload: &[u8]) -> Result<()> {

@@ -122,6 +122,10 @@ pub(crate) struct BenchArgs {
     /// Largest fusion bucket in bytes (default: the communicator's, 128 MiB).
     #[arg(long, value_parser = parse_size)]
     fusion_bytes: Option<usize>,
+    /// Time each link's waits (what the straggler check reads): `on`, as the runtime does, or
+    /// `off`, to measure what the timing costs.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    link_timing: String,
     /// Internal (tests): pretend rank r runs on host label r of this list (`--transport auto`).
     #[arg(long, hide = true, value_delimiter = ',')]
     host_labels: Vec<u64>,
@@ -262,6 +266,7 @@ fn run_parent(args: &BenchArgs) -> Result<ExitCode> {
 }
 
 fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode> {
+    ringrun_collectives::transport::set_link_timing(args.link_timing == "on");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -107,6 +107,14 @@ pub(crate) struct LaunchArgs {
     /// the token in the URL the launcher prints (derived from the job secret).
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub(crate) dashboard: Option<String>,
+    /// A rank is a straggler when its work outside collectives (or a link's excess wait) per
+    /// step exceeds this many times the median of the others' (logged, on the page, in
+    /// /metrics and `ringrun status`).
+    #[arg(long, default_value_t = 1.5)]
+    pub(crate) straggler_factor: f64,
+    /// ... over this many steps (RINGRUN_STRAGGLER_STEPS: each worker's averaging window).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) straggler_steps: u32,
     /// inprocess: survivors keep running and a failed worker is restarted and rejoins;
     /// restart: every local worker is restarted on any failure (static-world scripts).
     #[arg(long, value_enum, default_value = "inprocess")]
@@ -173,7 +181,8 @@ pub(crate) struct Running {
     /// when a local worker's process exits.
     workers: BTreeMap<SocketAddr, (MemberKey, SocketAddr)>,
     notify: (std::net::UdpSocket, ControlCodec),
-    dashboard: Option<dashboard::Dashboard>,
+    /// The job as the launcher sees it (stragglers logged; the page with --dashboard).
+    dashboard: dashboard::Dashboard,
 }
 
 pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
@@ -348,7 +357,14 @@ pub(crate) fn start_with(
         device: a.device.clone(),
         host,
         workers: slots.iter().map(|s| s.member_addr).collect(),
-        extra: extra_env(c, nproc, std::env::var_os("OMP_NUM_THREADS").is_some()),
+        extra: {
+            let mut v = extra_env(c, nproc, std::env::var_os("OMP_NUM_THREADS").is_some());
+            v.push((
+                "RINGRUN_STRAGGLER_STEPS".into(),
+                a.straggler_steps.max(1).to_string(),
+            ));
+            v
+        },
         inputs,
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
@@ -357,22 +373,24 @@ pub(crate) fn start_with(
         ControlCodec::new(auth),
     );
     // Before the workers, so that a port in use stops the launch with nothing started.
-    let dashboard = match &a.dashboard {
-        Some(spec) => {
-            let addr = dashboard::parse_addr(spec, a.bind)?;
-            let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
-            let d = dashboard::Dashboard::start(
-                addr,
-                a.bind,
-                job.secret.as_bytes(),
-                &a.run_id,
-                ControlCodec::new(auth),
-            )?;
-            eprintln!("ringrun: dashboard at {}", d.url);
-            Some(d)
-        }
-        None => None,
-    };
+    let listen = a
+        .dashboard
+        .as_deref()
+        .map(|spec| dashboard::parse_addr(spec, a.bind))
+        .transpose()?;
+    let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
+    let dashboard = dashboard::Dashboard::start(dashboard::Options {
+        listen,
+        bind: a.bind,
+        secret: job.secret.as_bytes(),
+        run_id: &a.run_id,
+        codec: ControlCodec::new(auth),
+        straggler_factor: a.straggler_factor,
+        straggler_steps: a.straggler_steps.max(1),
+    })?;
+    if let Some(url) = &dashboard.url {
+        eprintln!("ringrun: dashboard at {url}");
+    }
     let sup = Supervisor::start(cmd, job, slots, a.mode, a.log_dir.clone())?;
     Ok(Running {
         workers: BTreeMap::new(),
@@ -400,10 +418,8 @@ impl Running {
             }
         }
         let seen: Vec<watch::Seen> = self.seen.try_iter().collect();
-        if let Some(d) = &self.dashboard {
-            seen.iter().for_each(|s| d.saw(s));
-            d.restarts(self.sup.restarts());
-        }
+        seen.iter().for_each(|s| self.dashboard.saw(s));
+        self.dashboard.restarts(self.sup.restarts());
         for s in &seen {
             match (s.what, s.worker) {
                 ("up", Some(w)) => {

@@ -6,7 +6,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use ringrun_runtime::progress::{COLLECTIVES, LATENCY_BUCKETS};
+use ringrun_runtime::{
+    progress::{COLLECTIVES, LATENCY_BUCKETS},
+    straggler::Blame,
+};
 
 use super::view::JobView;
 
@@ -18,6 +21,15 @@ struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RankLabel {
     rank: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StragglerLabels {
+    rank: String,
+    /// `rank` (the rank itself) or `link`.
+    blame: String,
+    /// The sending rank of a slow link (empty for `rank`).
+    from: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +122,24 @@ pub(crate) fn render(view: &JobView) -> String {
         restarts,
     );
     register_members(&mut reg, view);
+    let stragglers = Family::<StragglerLabels, Gauge>::default();
+    for s in view.stragglers() {
+        let (blame, from) = match s.blame {
+            Blame::Rank => ("rank", String::new()),
+            Blame::Link { from } => ("link", from.to_string()),
+        };
+        let labels = StragglerLabels {
+            rank: s.rank.to_string(),
+            blame: blame.into(),
+            from,
+        };
+        stragglers.get_or_create(&labels).set(1);
+    }
+    reg.register(
+        "ringrun_straggler",
+        "1 for each flagged straggler: the rank itself, or the link into it from rank `from`",
+        stragglers,
+    );
     let restore = Counted {
         sum: view.faults().map(|f| f.restored_ms / 1e3).sum(),
         count: view.faults().count() as u64,
@@ -128,6 +158,7 @@ pub(crate) fn render(view: &JobView) -> String {
 /// The per-rank families: steps, and each collective's latency histogram and bytes.
 fn register_members(reg: &mut Registry, view: &JobView) {
     let steps = Family::<RankLabel, Gauge>::default();
+    let compute = Family::<RankLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let bytes = Family::<CollectiveLabels, Counter>::default();
     let mut latency = CountedFamily::default();
     for (row, report) in view.reports() {
@@ -135,6 +166,11 @@ fn register_members(reg: &mut Registry, view: &JobView) {
         steps
             .get_or_create(&RankLabel { rank: rank.clone() })
             .set(row.step.unwrap_or(0) as i64);
+        if let Some(w) = &report.window {
+            compute
+                .get_or_create(&RankLabel { rank: rank.clone() })
+                .set(w.compute_s);
+        }
         for (name, c) in COLLECTIVES.iter().zip(&report.collectives) {
             if c.count == 0 {
                 continue;
@@ -153,6 +189,11 @@ fn register_members(reg: &mut Registry, view: &JobView) {
         }
     }
     reg.register("ringrun_step", "The step each rank works on", steps);
+    reg.register(
+        "ringrun_compute_seconds",
+        "Each rank's time per step outside collectives, over its straggler window",
+        compute,
+    );
     reg.register(
         "ringrun_bytes",
         "Payload bytes per collective and rank",

@@ -19,19 +19,34 @@ use std::{
 
 use anyhow::{Context, Result};
 use ring::hmac;
-use ringrun_runtime::control::ControlCodec;
+use ringrun_runtime::{control::ControlCodec, straggler::Straggler};
 
 use super::watch::Seen;
 use view::{JobView, Sighting};
 
-/// How often live workers are asked for their reports.
-const POLL: Duration = Duration::from_millis(250);
+/// How often live workers are asked for their reports while a page may be watching, and
+/// otherwise (the straggler log only).
+const POLL_PAGE: Duration = Duration::from_millis(250);
+const POLL_LOG: Duration = Duration::from_secs(1);
 
-/// A running dashboard: what the launcher's loop feeds it.
+/// The job as this launcher sees it: what the launcher's loop feeds it.
 pub(crate) struct Dashboard {
     view: Arc<Mutex<JobView>>,
-    /// Where the page is, with the token when one is needed.
-    pub(crate) url: String,
+    /// Where the page is, with the token when one is needed (`None`: no page).
+    pub(crate) url: Option<String>,
+}
+
+/// What [`Dashboard::start`] needs.
+pub(crate) struct Options<'a> {
+    /// Where to serve the page (`None`: no page, only the straggler log).
+    pub(crate) listen: Option<SocketAddr>,
+    /// The address the collector sends from.
+    pub(crate) bind: IpAddr,
+    pub(crate) secret: &'a [u8],
+    pub(crate) run_id: &'a str,
+    pub(crate) codec: ControlCodec,
+    pub(crate) straggler_factor: f64,
+    pub(crate) straggler_steps: u32,
 }
 
 pub(crate) fn unix_ms() -> u64 {
@@ -61,31 +76,41 @@ fn token(secret: &[u8]) -> String {
 }
 
 impl Dashboard {
-    /// Listens on `addr` and starts the collector, which sends from `bind`.
-    pub(crate) fn start(
-        addr: SocketAddr,
-        bind: IpAddr,
-        secret: &[u8],
-        run_id: &str,
-        codec: ControlCodec,
-    ) -> Result<Dashboard> {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("--dashboard: listening on {addr}"))?;
-        let local = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let socket = std::net::UdpSocket::bind((bind, 0))?;
+    /// Starts the collector (and the page, when `o.listen` names where).
+    pub(crate) fn start(o: Options<'_>) -> Result<Dashboard> {
+        let listener = match o.listen {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("--dashboard: listening on {addr}"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let socket = std::net::UdpSocket::bind((o.bind, 0))?;
         socket.set_nonblocking(true)?;
-        let view = Arc::new(Mutex::new(JobView::new(run_id, unix_ms())));
-        let token = http::needs_token(local).then(|| token(secret));
-        let url = match &token {
-            Some(t) => format!("http://{local}/?token={t}"),
-            None => format!("http://{local}/"),
+        let mut job = JobView::new(o.run_id, unix_ms());
+        job.straggler_rule = (o.straggler_factor, o.straggler_steps);
+        let view = Arc::new(Mutex::new(job));
+        let mut url = None;
+        let page = match listener {
+            Some(l) => {
+                let local = l.local_addr()?;
+                let token = http::needs_token(local).then(|| token(o.secret));
+                url = Some(match &token {
+                    Some(t) => format!("http://{local}/?token={t}"),
+                    None => format!("http://{local}/"),
+                });
+                let shared = http::Shared {
+                    view: view.clone(),
+                    token: token.map(Into::into),
+                };
+                Some((l, shared))
+            }
+            None => None,
         };
-        let shared = http::Shared {
-            view: view.clone(),
-            token: token.map(Into::into),
-        };
-        let collected = view.clone();
+        let poll = if page.is_some() { POLL_PAGE } else { POLL_LOG };
+        let (collected, codec) = (view.clone(), o.codec);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -93,16 +118,18 @@ impl Dashboard {
             .name("ringrun-dashboard".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let (Ok(listener), Ok(socket)) = (
-                        tokio::net::TcpListener::from_std(listener),
-                        tokio::net::UdpSocket::from_std(socket),
-                    ) else {
-                        return eprintln!("ringrun: dashboard: could not register its sockets");
+                    let Ok(socket) = tokio::net::UdpSocket::from_std(socket) else {
+                        return eprintln!("ringrun: dashboard: could not register its socket");
                     };
-                    tokio::join!(
-                        http::serve(listener, shared),
-                        collect(socket, codec, collected)
-                    );
+                    let serve = async {
+                        if let Some((l, shared)) = page {
+                            match tokio::net::TcpListener::from_std(l) {
+                                Ok(l) => http::serve(l, shared).await,
+                                Err(e) => eprintln!("ringrun: dashboard: {e}"),
+                            }
+                        }
+                    };
+                    tokio::join!(serve, collect(socket, codec, collected, poll));
                 })
             })?;
         Ok(Dashboard { view, url })
@@ -140,14 +167,25 @@ impl Dashboard {
     }
 }
 
-/// Asks every live worker for its report every [`POLL`], and folds in what comes back.
-async fn collect(socket: tokio::net::UdpSocket, codec: ControlCodec, view: Arc<Mutex<JobView>>) {
-    let mut tick = tokio::time::interval(POLL);
+/// Asks every live worker for its report every `poll`, folds in what comes back, and logs
+/// each straggler flag when it is raised or cleared.
+async fn collect(
+    socket: tokio::net::UdpSocket,
+    codec: ControlCodec,
+    view: Arc<Mutex<JobView>>,
+    poll: Duration,
+) {
+    let mut tick = tokio::time::interval(poll);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut flagged = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let targets = view.lock().unwrap_or_else(|e| e.into_inner()).to_poll();
+                let (targets, now) = {
+                    let v = view.lock().unwrap_or_else(|e| e.into_inner());
+                    (v.to_poll(), v.stragglers())
+                };
+                log_changes(&mut flagged, now);
                 for (_, control, since) in targets {
                     let _ = socket.send_to(&codec.seal_report_request(since), control).await;
                 }
@@ -161,6 +199,18 @@ async fn collect(socket: tokio::net::UdpSocket, codec: ControlCodec, view: Arc<M
             }
         }
     }
+}
+
+/// Prints a line for every flag raised since `flagged` and every one cleared.
+fn log_changes(flagged: &mut Vec<Straggler>, now: Vec<Straggler>) {
+    let same = |a: &Straggler, b: &Straggler| a.rank == b.rank && a.blame == b.blame;
+    for s in now.iter().filter(|s| !flagged.iter().any(|f| same(f, s))) {
+        eprintln!("ringrun: straggler: {s}");
+    }
+    for f in flagged.iter().filter(|f| !now.iter().any(|s| same(f, s))) {
+        eprintln!("ringrun: straggler cleared: rank {}", f.rank);
+    }
+    *flagged = now;
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use ringrun_runtime::{
     member::MemberKey,
-    progress::{COLLECTIVES, FaultRecord, Report, Scalar},
+    progress::{COLLECTIVES, FaultRecord, Report, Scalar, Window},
+    straggler::{self, Straggler},
 };
 use serde::Serialize;
 
@@ -69,6 +70,8 @@ pub(crate) struct JobView {
     curves: BTreeMap<String, BTreeMap<u64, f64>>,
     /// Per member: the next scalar sequence number wanted.
     cursors: BTreeMap<MemberKey, u64>,
+    /// Stragglers: the factor over the median, and the steps a window must span.
+    pub(crate) straggler_rule: (f64, u32),
 }
 
 /// What SWIM said about a member.
@@ -86,6 +89,7 @@ impl JobView {
         JobView {
             run_id: run_id.into(),
             started_unix_ms,
+            straggler_rule: (1.5, 10),
             ..JobView::default()
         }
     }
@@ -205,6 +209,16 @@ impl JobView {
             .unwrap_or((0, 0))
     }
 
+    /// The stragglers the live members' windows show.
+    pub(crate) fn stragglers(&self) -> Vec<Straggler> {
+        let windows: Vec<(u32, u64, &Window)> = self
+            .reports()
+            .filter_map(|(_, r)| Some((r.rank, r.epoch, r.window.as_ref()?)))
+            .collect();
+        let (factor, steps) = self.straggler_rule;
+        straggler::find(&windows, factor, steps)
+    }
+
     /// Members per state.
     pub(crate) fn states(&self) -> BTreeMap<&'static str, usize> {
         let mut n = BTreeMap::new();
@@ -250,6 +264,10 @@ impl JobView {
             "faults": self.faults.values().collect::<Vec<_>>(),
             "curves": curves,
             "collectives": collectives,
+            "stragglers": self.stragglers().iter().map(|s| serde_json::json!({
+                "rank": s.rank, "blame": s.blame, "seconds": s.seconds,
+                "median_s": s.median_s, "steps": s.steps, "message": s.to_string(),
+            })).collect::<Vec<_>>(),
         })
     }
 }
