@@ -1,5 +1,6 @@
 //! Criterion suites: reduce kernels (are they near the machine's add bandwidth?), frame
-//! header codec, and the elastic sampler's cost per step.
+//! header codec, the elastic sampler's cost per step, and what the progress report adds to
+//! every collective of a group.
 
 use std::hint::black_box;
 
@@ -9,7 +10,10 @@ use ringrun_collectives::{
     frame::{Algo, Collective, FrameKind, Header, OpSig},
     reduce::{Order, reduce},
 };
-use ringrun_runtime::sampler::{ElasticSampler, SamplerSpec};
+use ringrun_runtime::{
+    progress::Progress,
+    sampler::{ElasticSampler, SamplerSpec},
+};
 
 /// 2 × 128 KiB of operands: both stay in a 1 MiB L2.
 const L2_BYTES: usize = 128 * 1024;
@@ -88,5 +92,17 @@ fn sampler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, codec, sampler);
+/// What a group adds to each collective for its progress report: two clock reads and one
+/// uncontended lock to count the call into its latency histogram.
+fn progress(c: &mut Criterion) {
+    let p = Progress::new(10);
+    c.bench_function("progress_per_collective", |b| {
+        b.iter(|| {
+            let t = std::time::Instant::now();
+            p.collective(0, black_box(8), t.elapsed());
+        })
+    });
+}
+
+criterion_group!(benches, kernels, codec, sampler, progress);
 criterion_main!(benches);

@@ -228,7 +228,7 @@ impl Progress {
     }
 
     /// A collective of kind `kind` (an index into [`COLLECTIVES`]) completed.
-    pub(crate) fn collective(&self, kind: usize, bytes: usize, took: Duration) {
+    pub fn collective(&self, kind: usize, bytes: usize, took: Duration) {
         let secs = took.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
