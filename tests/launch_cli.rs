@@ -13,7 +13,7 @@ use std::{
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 
 fn launch(args: &[&str], script: &str, within: Duration) -> Output {
-    let mut child = Command::new(EXE)
+    let child = Command::new(EXE)
         .arg("launch")
         .args(args)
         .args(["--", "sh", "-c", script])
@@ -21,15 +21,7 @@ fn launch(args: &[&str], script: &str, within: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("ringrun launch did not finish in {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    common::launched::output_within(child, within)
 }
 
 fn text(b: &[u8]) -> String {
@@ -430,4 +422,21 @@ fn an_unknown_transport_is_rejected_listing_the_valid_ones() {
             "{what}: {stderr}"
         );
     }
+}
+
+/// A worker that fails after the others finished is not restarted (it would train alone from
+/// the last commit): the job ends, as failed, without a restart.
+#[test]
+fn a_worker_failing_after_the_others_finished_is_not_restarted() {
+    let script = r#"if [ "$RANK" = 2 ]; then sleep 1; echo "worker 2 ran"; exit 1; fi"#;
+    let out = launch(
+        &["--np", "3", "--max-restarts", "3"],
+        script,
+        Duration::from_secs(30),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not restarted"), "{stderr}");
+    assert!(!stderr.contains("restarting worker"), "{stderr}");
+    assert_eq!(stdout.matches("worker 2 ran").count(), 1, "{stdout}");
 }

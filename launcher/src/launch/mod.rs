@@ -238,8 +238,10 @@ pub(crate) fn main(args: LaunchCmd) -> Result<ExitCode> {
     for line in summary::lines(&program, &hostname(), &report.failures, job.started) {
         eprintln!("{line}");
     }
-    // The job fails only when a failure finds the restart budget spent.
+    // The job fails only when a failure finds the restart budget spent, or a worker failed
+    // after the others had finished.
     Ok(ExitCode::from(match job.sup.restarts() {
+        _ if job.sup.failed_after_completion() => summary::code::WORKER_FAILED,
         0 => summary::code::WORKER_FAILED,
         _ => summary::code::RESTARTS_SPENT,
     }))
@@ -624,6 +626,13 @@ impl Report {
             Event::GaveUp { slot } => {
                 eprintln!(
                     "ringrun: worker {} failed and the restart budget is spent: stopping",
+                    job.sup.slots()[*slot].rank
+                );
+            }
+            Event::NotRestarted { slot, finished } => {
+                eprintln!(
+                    "ringrun: worker {} failed after {finished} worker(s) finished the job: not \
+                     restarted (it would train alone from the last commit)",
                     job.sup.slots()[*slot].rank
                 );
             }

@@ -53,6 +53,9 @@ pub(crate) enum Event {
     },
     /// The restart budget is spent: the job has failed.
     GaveUp { slot: usize },
+    /// A worker failed after another finished its work: the job has completed, so the failed
+    /// worker is not restarted (it would train alone from the last commit).
+    NotRestarted { slot: usize, finished: usize },
 }
 
 pub(crate) struct Supervisor {
@@ -218,6 +221,9 @@ impl Supervisor {
         if self.failed || self.pending.iter().any(|(_, which)| which.is_none()) {
             return None;
         }
+        if let Some(finished) = self.completed() {
+            return Some(Event::NotRestarted { slot: i, finished });
+        }
         if self.restarts >= self.job.max_restarts {
             self.failed = true;
             self.signal_all(Signal::TERM);
@@ -253,6 +259,11 @@ impl Supervisor {
         self.pending.retain(|(t, _)| *t > now);
         for which in due {
             match which {
+                // The others finished while this restart waited.
+                Some(i) if self.completed().is_some() => {
+                    let finished = self.completed().unwrap_or(0);
+                    events.push(Event::NotRestarted { slot: i, finished });
+                }
                 Some(i) => {
                     self.slots[i].restarts += 1;
                     self.spawn(i)?;
@@ -356,6 +367,15 @@ impl Supervisor {
         self.children.iter().all(Option::is_none) && (self.pending.is_empty() || self.failed)
     }
 
+    /// How many local workers finished their work (exited with success, not retired), if any:
+    /// the job has completed.
+    fn completed(&self) -> Option<usize> {
+        let n = (0..self.done.len())
+            .filter(|&j| !self.retiring[j] && self.done[j].is_some_and(|s| s.success()))
+            .count();
+        (n > 0).then_some(n)
+    }
+
     /// The job succeeded: every worker's last exit was a success and the budget held.
     pub(crate) fn succeeded(&self) -> bool {
         let ok = |i: usize| self.retiring[i] || self.done[i].is_some_and(|s| s.success());
@@ -364,6 +384,11 @@ impl Supervisor {
 
     pub(crate) fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// Whether some worker failed after others had finished (and was not restarted).
+    pub(crate) fn failed_after_completion(&self) -> bool {
+        !self.succeeded() && !self.failed && self.completed().is_some()
     }
 
     /// Output still in the pipes once the workers are gone (bounded by `within`).
