@@ -2,13 +2,15 @@
 //! shares covering every file once and balanced by bytes, the manifest of the whole list, and
 //! bad inputs refused before any worker starts. Every test is bounded in time.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
@@ -56,7 +58,7 @@ impl Drop for Tmp {
 }
 
 fn launch(t: &Tmp, args: &[&str], script: &str, within: Duration) -> Output {
-    let mut child = Command::new(EXE)
+    let child = Command::new(EXE)
         .current_dir(&t.0)
         .env("OUT", t.out())
         .arg("launch")
@@ -66,15 +68,7 @@ fn launch(t: &Tmp, args: &[&str], script: &str, within: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("ringrun launch did not finish in {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    common::launched::output_within(child, within)
 }
 
 fn text(b: &[u8]) -> String {

@@ -72,7 +72,7 @@ fn run(
     env: &[(&str, &str)],
     within: Duration,
 ) -> Output {
-    let mut child = Command::new(program)
+    let child = Command::new(program)
         .args(args)
         .current_dir(dir)
         .env_remove("PYTHON")
@@ -83,19 +83,7 @@ fn run(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + within;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{program} {args:?} did not finish in {within:?}: {}",
-                text(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    common::launched::output_within(child, within)
 }
 
 fn text(b: &[u8]) -> String {

@@ -2,9 +2,10 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::Child,
+    process::{Child, Output},
     sync::{Arc, Mutex},
     thread,
+    time::{Duration, Instant},
 };
 
 /// The output lines a job printed so far (filled by a reader thread).
@@ -50,4 +51,22 @@ pub fn wait_for_exit(job: &mut Child, deadline: std::time::Instant) -> std::proc
     };
     thread::sleep(std::time::Duration::from_millis(100));
     status
+}
+
+/// Waits up to `within` for `child` to exit and returns its output; past that, kills it and
+/// panics with what it wrote to stderr.
+pub fn output_within(mut child: Child, within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the command did not finish in {within:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
