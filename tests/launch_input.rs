@@ -95,8 +95,11 @@ fn three_workers_share_every_file_once_balanced_by_bytes_and_a_restart_keeps_its
     t.file("data/sub/nested", 77);
     t.file("data/.hidden", 5000);
     // Worker 1 fails once, after dumping its first share: its restart must get the same one.
+    // The others wait (up to 10 s) for the restart: once a worker has finished the job, a
+    // failed one is not restarted.
     let script = format!(
-        "{DUMP}\nif [ \"$RANK\" = 1 ] && [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then exit 3; fi"
+        "{DUMP}\nif [ \"$RANK\" = 1 ] && [ \"$TORCHELASTIC_RESTART_COUNT\" = 0 ]; then exit 3; fi\n\
+         i=0; while [ ! -e \"$OUT/list.1.1\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
     );
     let out = launch(
         &t,
