@@ -442,17 +442,20 @@ fn ranks_given_explicit_peers_form_a_job_without_a_parent() {
     assert!(outs[1].stdout.is_empty(), "only rank 0 prints");
 }
 
-/// Without CUDA, `--device cuda` fails before starting ranks, with one line naming the library.
+/// `--device cuda`: with a CUDA device the sweep runs; without one it fails before starting
+/// ranks, with one line naming the library.
 #[test]
-fn device_cuda_without_a_gpu_fails_with_one_clear_line() {
+fn device_cuda_runs_with_a_gpu_and_fails_with_one_clear_line_without() {
     let out = bench(&[
         "--device", "cuda", "--np", "2", "-b", "8", "-e", "64", "-n", "1",
     ]);
     let stderr = text(&out.stderr);
-    if out.status.success() {
-        println!("skipped: a CUDA device is present (the GPU tests cover it)");
+    if ringrun_collectives::nccl::probe_cuda().is_ok_and(|devices| devices > 0) {
+        assert!(out.status.success(), "a CUDA device is present: {stderr}");
+        assert_table(&out, 4);
         return;
     }
+    assert!(!out.status.success(), "no CUDA device, yet the sweep ran");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");

@@ -58,10 +58,11 @@ impl Incarnation {
     }
 }
 
-/// Kind of transport behind a collective endpoint advertised in [`Metadata`].
+/// What is behind an endpoint advertised in [`Metadata`] (named apart from the collectives'
+/// `Transport` trait and `TransportKind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Transport {
-    /// QUIC (the default CPU transport of `ringrun-collectives`).
+pub enum EndpointKind {
+    /// QUIC.
     Quic,
     /// Plain TCP.
     Tcp,
@@ -74,8 +75,8 @@ pub enum Transport {
 /// One collective endpoint: where to reach this member for a given transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// Transport kind.
-    pub transport: Transport,
+    /// What is behind it.
+    pub transport: EndpointKind,
     /// Socket address of the endpoint.
     pub addr: SocketAddr,
 }
@@ -230,7 +231,7 @@ mod tests {
             Incarnation(1_700_000_000_000_000),
             Metadata {
                 endpoints: vec![Endpoint {
-                    transport: Transport::Quic,
+                    transport: EndpointKind::Quic,
                     addr: loopback(port + 1),
                 }],
                 local_rank: 3,

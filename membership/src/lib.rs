@@ -41,7 +41,7 @@ pub use config::MembershipConfig;
 pub use driver::{DriverConfig, Membership};
 pub use error::MembershipError;
 pub use identity::{
-    Endpoint, Incarnation, MAX_IDENTITY_LEN, MemberId, Metadata, NodeId, Transport,
+    Endpoint, EndpointKind, Incarnation, MAX_IDENTITY_LEN, MemberId, Metadata, NodeId,
 };
 pub use node::{LocalEvent, MAX_ANNOTATION, MembershipEvent, Node, Stats, Transmit};
 pub use observer::{ObserverConfig, observe};

@@ -1,6 +1,9 @@
 //! Epoch agreement: from each member's (possibly stale, possibly different) SWIM view to one
 //! numbered view that every member of it has acknowledged.
 //!
+//! Sans-IO: every input takes `now`, a `Duration` since an origin the caller chooses
+//! (monotonic), and outputs are polled.
+//!
 //! Gossip alone is not agreement: two members may briefly disagree about who is alive. Here the
 //! *coordinator* (the lowest id in its own live set) proposes `{epoch, ordered members}`; each
 //! proposed member promises not to accept a lower epoch and acknowledges; once every proposed
@@ -39,9 +42,6 @@ use std::{
 };
 
 use tracing::{debug, info};
-
-/// A point in time, as an offset from an origin the caller chooses (monotonic).
-pub type Time = Duration;
 
 /// Tuning of the agreement.
 #[derive(Clone, Debug)]
@@ -178,7 +178,7 @@ pub enum Event<I, M> {
 struct Round<I, M> {
     view: View<I, M>,
     acks: BTreeSet<I>,
-    started: Time,
+    started: Duration,
 }
 
 /// One member's side of the agreement.
@@ -189,19 +189,19 @@ pub struct Agreement<I, M> {
     /// Every member this one's membership layer has reported live; only those can be "lost".
     seen_live: BTreeSet<I>,
     left: BTreeSet<I>,
-    live_since: Time,
+    live_since: Duration,
     installed: Option<View<I, M>>,
     accepted: BTreeMap<u64, View<I, M>>,
     promised: u64,
     max_seen: u64,
     round: Option<Round<I, M>>,
-    not_before: Time,
+    not_before: Duration,
     confirmed: BTreeSet<I>,
-    last_resend: Time,
+    last_resend: Duration,
     newest_installed_seen: u64,
     aborted_epoch: Option<u64>,
     blocked: Option<String>,
-    started: Time,
+    started: Duration,
     /// New members are added only while this is set (at a commit boundary) or before the
     /// first view; lost members are dropped whenever.
     admitting: bool,
@@ -217,7 +217,7 @@ where
     M: Clone + Eq + Debug + Placement,
 {
     /// A member `me` with metadata `meta`, alone in its view until [`set_live`](Self::set_live).
-    pub fn new(me: I, meta: M, config: Config, now: Time) -> Self {
+    pub fn new(me: I, meta: M, config: Config, now: Duration) -> Self {
         Agreement {
             live: BTreeMap::from([(me.clone(), meta)]),
             seen_live: BTreeSet::from([me.clone()]),
@@ -246,7 +246,7 @@ where
 
     /// The membership layer's current view: live members (this one is always kept) and members
     /// known to have exited.
-    pub fn set_live(&mut self, now: Time, mut live: BTreeMap<I, M>, left: BTreeSet<I>) {
+    pub fn set_live(&mut self, now: Duration, mut live: BTreeMap<I, M>, left: BTreeSet<I>) {
         if let Some(mine) = self.live.get(&self.me).cloned() {
             live.insert(self.me.clone(), mine);
         }
@@ -262,14 +262,14 @@ where
 
     /// Whether new members may be added to the next view. The group opens admission only at a
     /// commit boundary, so that a joiner never interrupts a collective.
-    pub fn set_admitting(&mut self, now: Time, admitting: bool) {
+    pub fn set_admitting(&mut self, now: Duration, admitting: bool) {
         self.admitting = admitting;
         self.step(now);
     }
 
     /// The communicator of `epoch` broke with no member known to be gone: ask the coordinator
     /// (possibly this member) for a new epoch of the same members.
-    pub fn request_reform(&mut self, now: Time, epoch: u64) {
+    pub fn request_reform(&mut self, now: Duration, epoch: u64) {
         if self.installed_epoch() != epoch {
             return;
         }
@@ -293,7 +293,7 @@ where
     }
 
     /// A message from member `from`.
-    pub fn handle(&mut self, now: Time, from: I, msg: Msg<I, M>) {
+    pub fn handle(&mut self, now: Duration, from: I, msg: Msg<I, M>) {
         match msg {
             Msg::Propose(view) => self.on_propose(from, view),
             Msg::Ack { epoch } => self.on_ack(now, from, epoch),
@@ -317,8 +317,8 @@ where
         self.step(now);
     }
 
-    /// Time passes: retries, re-sends and straggler windows are evaluated here.
-    pub fn tick(&mut self, now: Time) {
+    /// Duration passes: retries, re-sends and straggler windows are evaluated here.
+    pub fn tick(&mut self, now: Duration) {
         self.step(now);
     }
 
@@ -375,7 +375,7 @@ where
         }
     }
 
-    fn step(&mut self, now: Time) {
+    fn step(&mut self, now: Duration) {
         if let Some(r) = &self.round
             && now >= r.started + self.config.ack_timeout
         {
@@ -419,7 +419,7 @@ where
         members
     }
 
-    fn coordinate(&mut self, now: Time) {
+    fn coordinate(&mut self, now: Duration) {
         let desired = self.desired();
         let current = self
             .installed
@@ -540,7 +540,7 @@ where
         self.out.push_back((from, Msg::Ack { epoch }));
     }
 
-    fn on_ack(&mut self, now: Time, from: I, epoch: u64) {
+    fn on_ack(&mut self, now: Duration, from: I, epoch: u64) {
         if let Some(r) = &mut self.round
             && r.view.epoch == epoch
         {
@@ -549,7 +549,7 @@ where
         }
     }
 
-    fn maybe_commit(&mut self, now: Time) {
+    fn maybe_commit(&mut self, now: Duration) {
         let Some(r) = &self.round else { return };
         if r.view.members.iter().any(|(i, _)| !r.acks.contains(i)) {
             return;
@@ -565,7 +565,7 @@ where
         self.last_resend = now;
     }
 
-    fn on_nack(&mut self, now: Time, epoch: u64, promised: u64) {
+    fn on_nack(&mut self, now: Duration, epoch: u64, promised: u64) {
         self.max_seen = self.max_seen.max(promised);
         if self.round.as_ref().is_some_and(|r| r.view.epoch == epoch) {
             self.round = None;
@@ -597,7 +597,7 @@ where
 
     /// Tells the coordinator this member's installed epoch while its view differs from the
     /// live set (rate-limited by `resend`).
-    fn nudge(&mut self, now: Time) {
+    fn nudge(&mut self, now: Duration) {
         let live: BTreeSet<&I> = self.live.keys().collect();
         let in_sync = self
             .installed
@@ -617,7 +617,7 @@ where
         }
     }
 
-    fn resend_install(&mut self, now: Time) {
+    fn resend_install(&mut self, now: Duration) {
         let Some(view) = &self.installed else { return };
         if now < self.last_resend + self.config.resend || self.confirmed.is_empty() {
             return;
@@ -640,7 +640,7 @@ where
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Time {
+    fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
 

@@ -11,11 +11,11 @@
 
 use std::net::SocketAddr;
 
-use ringrun_membership::{Endpoint, MemberId, Metadata, Transport};
+use ringrun_membership::{Endpoint, EndpointKind, MemberId, Metadata};
 use serde::{Deserialize, Serialize};
 
 /// The tag of the agreement (control) endpoint in [`Metadata::endpoints`].
-pub const CONTROL_ENDPOINT: Transport = Transport::Other(1);
+pub const CONTROL_ENDPOINT: EndpointKind = EndpointKind::Other(1);
 
 /// One life of one worker, ordered oldest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ impl Endpoints {
                 addr: self.control,
             },
             Endpoint {
-                transport: Transport::Tcp,
+                transport: EndpointKind::Tcp,
                 addr: self.tcp,
             },
         ]
@@ -62,7 +62,7 @@ impl Endpoints {
         let find = |t| meta.endpoints.iter().find(|e| e.transport == t);
         Some(Endpoints {
             control: find(CONTROL_ENDPOINT)?.addr,
-            tcp: find(Transport::Tcp)?.addr,
+            tcp: find(EndpointKind::Tcp)?.addr,
         })
     }
 }

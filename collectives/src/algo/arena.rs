@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use crate::{
-    copy::Store,
+    copy::StoreKind,
     error::Result,
     frame::Header,
     transport::{HostArena, Transport, arena::Own},
@@ -48,8 +48,8 @@ pub(crate) async fn arena<T: Transport>(
     // lines were read moments before (staging the input), so a store finds them cached.
     let large = buf.len().saturating_mul(arena.size()) >= tuning.stream_bytes;
     let store = match input.is_some() && large {
-        true => Store::Streaming,
-        false => Store::Cached,
+        true => StoreKind::Streaming,
+        false => StoreKind::Cached,
     };
     let run = Run {
         cx,
@@ -72,7 +72,7 @@ struct Run<'a, T: Transport> {
     cx: &'a OpCx<'a, T>,
     arena: &'a dyn HostArena,
     expect: Header,
-    store: Store,
+    store: StoreKind,
     /// Bytes per round (a whole number of elements).
     round: usize,
     rounds: usize,

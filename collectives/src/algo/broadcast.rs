@@ -10,7 +10,7 @@ use super::{
     OpCx, Segments,
     direct::{recv_all, send_all},
 };
-use crate::{copy::Store, error::Result, transport::Transport};
+use crate::{copy::StoreKind, error::Result, transport::Transport};
 
 fn virt<T>(cx: &OpCx<'_, T>, root: usize) -> usize {
     (cx.rank + cx.size - root) % cx.size
@@ -74,7 +74,7 @@ pub(crate) async fn chain<T: Transport>(
             if v != 0 {
                 // One contiguous buffer: its segments are single slices and need no scratch.
                 let mut seg = segs.get_mut(id)?;
-                cx.recv_seg(real(cx, root, v - 1), &mut seg, &mut [], Store::Cached)
+                cx.recv_seg(real(cx, root, v - 1), &mut seg, &mut [], StoreKind::Cached)
                     .await?;
             }
             if has_next {

@@ -26,7 +26,7 @@ pub(crate) use ring::{RingBuf, ring};
 use segments::{Seg, Segments};
 
 use crate::{
-    copy::Store,
+    copy::StoreKind,
     error::Result,
     frame::{FrameKind, Header, OpSig},
     schedule,
@@ -142,9 +142,9 @@ impl<'t, T: Transport> OpCx<'t, T> {
         peer: usize,
         seg: &mut Seg<'_>,
         space: &mut [u8],
-        store: Store,
+        store: StoreKind,
     ) -> Result<()> {
-        if store == Store::Cached
+        if store == StoreKind::Cached
             && let Some(one) = seg.single_mut()
         {
             return self.recv(peer, one).await;

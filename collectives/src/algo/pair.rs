@@ -9,7 +9,7 @@
 //!
 //! Out of place and large, the half that arrives already reduced is written with streaming
 //! stores: nothing reads it again here, and an ordinary store would first read every output
-//! line from memory (see `copy::Store`).
+//! line from memory (see `copy::StoreKind`).
 //!
 //! No deadlock: a frame waits only on frames earlier in the order (reduced segment `j` on the
 //! peer's input segment `j`), and a reader waits on its own writer only for a segment that the
@@ -18,7 +18,7 @@
 use tokio::sync::watch;
 
 use super::{OpCx, Scratch, Segments, ring::recv_reduce};
-use crate::{copy::Store, dtype::ReduceOp, error::Result, transport::Transport};
+use crate::{copy::StoreKind, dtype::ReduceOp, error::Result, transport::Transport};
 
 /// How many input segments a rank sends ahead of its first reduced one: enough to keep the
 /// peer reducing while this rank reduces, few enough that a reduced segment is still cached.
@@ -72,8 +72,8 @@ pub(super) async fn pair<T: Transport>(
     }
     let bytes: usize = (0..segs.count()).map(|id| segs.len(id)).sum();
     let store = match !inputs.is_empty() && bytes >= cx.stream_bytes {
-        true => Store::Streaming,
-        false => Store::Cached,
+        true => StoreKind::Streaming,
+        false => StoreKind::Cached,
     };
     let (reduced_tx, mut reduced_rx) = watch::channel(0usize);
     let (sent_tx, mut sent_rx) = watch::channel(0usize);

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{OpCx, Scratch, Segments, pair::pair};
 use crate::{
-    copy::Store,
+    copy::StoreKind,
     dtype::ReduceOp,
     error::Result,
     par::{reduce_from_par, reduce_par},
@@ -108,7 +108,7 @@ pub(crate) async fn ring<T: Transport>(
                     let sent = queue.position(id);
                     let _ = done.wait_for(|n| *n >= sent).await;
                     let space = scratch.bytes(segs.len(id));
-                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, space, Store::Cached)
+                    cx.recv_seg(prev, &mut *segs.get_mut(id)?, space, StoreKind::Cached)
                         .await?;
                     if s < n - 2 {
                         queue.push(Src::Buf(id));

@@ -12,7 +12,7 @@
 
 use std::{future::Future, ops::Range, pin::Pin};
 
-use crate::{copy::Store, error::Result, frame::Header, frame::OpSig};
+use crate::{copy::StoreKind, error::Result, frame::Header, frame::OpSig};
 
 /// Where [`HostArena::reduce_into`] finds this rank's operand.
 #[derive(Clone, Copy)]
@@ -60,11 +60,11 @@ pub trait HostArena {
         sig: &OpSig,
         own: Own<'_>,
         out: &mut [u8],
-        store: Store,
+        store: StoreKind,
     );
 
     /// Copies bytes `range` of `rank`'s buffer `buf` into `out`.
-    fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8], store: Store);
+    fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8], store: StoreKind);
 
     /// Publishes everything this rank wrote so far as its next phase; returns its number.
     fn publish(&self) -> u64;

@@ -44,7 +44,7 @@ use super::{
     wake::{Local, Peer, Waiter},
 };
 use crate::{
-    copy::{self, Store},
+    copy::{self, StoreKind},
     dtype::ReduceOp,
     error::{CollectiveError, Result},
     frame::{HEADER_LEN, Header, OpSig},
@@ -230,7 +230,7 @@ impl HostArena for Arena {
         sig: &OpSig,
         own: Own<'_>,
         out: &mut [u8],
-        store: Store,
+        store: StoreKind,
     ) {
         assert_eq!(out.len(), range.len(), "reduction output of another length");
         let mut acc = vec![0u64; BLOCK / 8];
@@ -262,7 +262,14 @@ impl HostArena for Arena {
         }
     }
 
-    fn fetch(&self, buf: usize, rank: usize, range: Range<usize>, out: &mut [u8], store: Store) {
+    fn fetch(
+        &self,
+        buf: usize,
+        rank: usize,
+        range: Range<usize>,
+        out: &mut [u8],
+        store: StoreKind,
+    ) {
         store.copy(out, self.view(rank, buf, range));
     }
 
