@@ -7,7 +7,7 @@
 //! rolled-back step re-reads the same global batch, split over the ranks of the new epoch.
 //! The first `ringrun_sampler_next` of every epoch checks, with one small allreduce, that all
 //! ranks hold the same parameters and offset, so every rank must call it at the same point of
-//! a step. With `RINGRUN_DATA_LEDGER=DIR` every share read and every commit is appended to a
+//! a step. With `RINGRUN_DATA_LEDGER=DIR` (as it was when the sampler was made) every share read and every commit is appended to a
 //! JSON-lines file in DIR, which `ringrun data-check DIR` checks.
 
 use std::{
@@ -22,7 +22,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use ringrun_collectives::ReduceOp;
+use ringrun_collectives::{DType, ReduceOp};
 use ringrun_runtime::{
     Group,
     sampler::{ElasticSampler, SamplerSpec, ledger::Record, share},
@@ -31,6 +31,7 @@ use ringrun_runtime::{
 use crate::{
     group::{rank_size, with_global, write_out},
     status::{Fail, guard, invalid, ringrun_status_t::RINGRUN_INTERNAL},
+    types::Raw,
 };
 
 /// An elastic sampler (opaque; `ringrun_sampler_new`, `ringrun_sampler_free`).
@@ -43,6 +44,8 @@ struct Inner {
     sampler: ElasticSampler,
     /// The epoch whose ranks were last found to agree on the sampler.
     checked_epoch: Option<u64>,
+    /// `RINGRUN_DATA_LEDGER` as the sampler was made (read once, not on every step).
+    ledger_dir: Option<PathBuf>,
     /// The ledger file, opened at the first record.
     ledger: Option<File>,
 }
@@ -80,6 +83,7 @@ pub unsafe extern "C" fn ringrun_sampler_new(
         let inner = Arc::new(Mutex::new(Inner {
             sampler,
             checked_epoch: None,
+            ledger_dir: std::env::var_os("RINGRUN_DATA_LEDGER").map(PathBuf::from),
             ledger: None,
         }));
         let mut live = locked(&SAMPLERS);
@@ -123,15 +127,10 @@ unsafe fn out_slice<'a>(out: *mut i64, capacity: usize, len: usize) -> Result<&'
             "capacity {capacity} is too small for a share of {len} indices"
         )));
     }
-    if len > 0 && (out.is_null() || !out.is_aligned()) {
-        return Err(invalid("out is NULL or misaligned"));
-    }
-    if len == 0 {
-        return Ok(&mut []);
-    }
-    // SAFETY: non-null, aligned (checked), writable for `capacity >= len` values per the
-    // caller's contract.
-    Ok(unsafe { std::slice::from_raw_parts_mut(out, len) })
+    let raw = Raw::new(out.cast(), len, DType::I64, "out")?;
+    // SAFETY: `Raw::new` checked null, alignment and size; writable for `capacity >= len`
+    // values, not otherwise accessed during the call, per the caller's contract.
+    Ok(unsafe { raw.slice_mut::<i64>() })
 }
 
 /// Takes this rank's share of the next global batch in the current epoch: writes its indices
@@ -321,10 +320,10 @@ pub(crate) fn on_commit(step: u64, epoch: u64) -> Result<(), Fail> {
 /// Appends `record` to the ledger, when `RINGRUN_DATA_LEDGER` names one.
 fn append(s: &mut Inner, record: &Record) -> Result<(), Fail> {
     if s.ledger.is_none() {
-        let Some(dir) = std::env::var_os("RINGRUN_DATA_LEDGER").map(PathBuf::from) else {
+        let Some(dir) = &s.ledger_dir else {
             return Ok(());
         };
-        s.ledger = Some(open_ledger(&dir).map_err(|e| ledger_error(&dir, e))?);
+        s.ledger = Some(open_ledger(dir).map_err(|e| ledger_error(dir, e))?);
     }
     let file = s.ledger.as_mut().expect("opened above");
     let mut line = serde_json::to_vec(record).map_err(|e| Fail(RINGRUN_INTERNAL, e.to_string()))?;
