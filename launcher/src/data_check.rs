@@ -119,21 +119,9 @@ fn as_json(reports: &[StreamReport]) -> serde_json::Value {
     let streams: Vec<_> = reports
         .iter()
         .map(|r| {
-            let epochs: Vec<_> = r
-                .data_epochs
-                .iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "data_epoch": d.data_epoch, "positions": d.positions, "once": d.once,
-                        "missing": d.missing, "repeated": d.repeated,
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "spec": r.spec, "end": r.end, "batches": r.batches,
-                "superseded": r.superseded, "gaps": r.gaps, "incomplete": r.incomplete,
-                "wrong_batches": r.wrong_batches, "data_epochs": epochs, "ok": r.ok(),
-            })
+            let mut v = serde_json::to_value(r).expect("a report always encodes");
+            v["ok"] = r.ok().into();
+            v
         })
         .collect();
     serde_json::json!({ "samplers": streams })

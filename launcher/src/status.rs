@@ -21,7 +21,7 @@ use ringrun_runtime::{
     control::ControlCodec,
     member::{self, EpochAnnotation, MemberKey},
     progress::{Report as Progress, Window},
-    straggler::{self, Straggler},
+    straggler::Straggler,
 };
 use serde::Serialize;
 
@@ -190,11 +190,7 @@ async fn once(
     }
     let epoch = EpochAnnotation::decode(&view.annotation);
     let progress = progress(&view.members, codec, config.bind).await;
-    let windows: Vec<_> = progress
-        .values()
-        .filter_map(|r| Some((r.rank, r.epoch, r.window.as_ref()?)))
-        .collect();
-    let stragglers = straggler::find(&windows, factor, steps);
+    let stragglers = ringrun_runtime::progress::stragglers(progress.values(), factor, steps);
     Ok(Report {
         epoch: epoch.as_ref().map(|e| e.epoch),
         responder: view.responder.addr,

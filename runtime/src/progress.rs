@@ -15,7 +15,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FaultEvent, member::MemberKey};
+use crate::{
+    FaultEvent,
+    member::MemberKey,
+    report,
+    straggler::{self, Straggler},
+};
 
 /// Upper bounds, in seconds, of the collective latency histogram's buckets (the last bucket,
 /// +Inf, is implied).
@@ -31,6 +36,14 @@ pub const COLLECTIVES: [&str; 5] = [
     "reduce_scatter",
     "barrier",
 ];
+
+/// The [`LATENCY_BUCKETS`] bucket of `secs` (the last index, one past the bounds, is +Inf).
+pub fn latency_bucket(secs: f64) -> usize {
+    LATENCY_BUCKETS
+        .iter()
+        .position(|b| secs <= *b)
+        .unwrap_or(LATENCY_BUCKETS.len())
+}
 
 /// The index in [`COLLECTIVES`] of a collective's name (unknown names count as allreduces).
 pub fn kind_of(name: &str) -> usize {
@@ -104,16 +117,15 @@ pub struct FaultRecord {
 
 impl From<&FaultEvent> for FaultRecord {
     fn from(e: &FaultEvent) -> FaultRecord {
-        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
         FaultRecord {
             from_epoch: e.from_epoch,
             to_epoch: e.to_epoch,
             size_before: e.size_before as u32,
             size_after: e.size_after as u32,
             detected_unix_ms: e.detected_unix_ms,
-            installed_ms: ms(e.to_installed),
-            restored_ms: ms(e.to_restored),
-            resumed_ms: ms(e.to_first_collective),
+            installed_ms: report::ms(e.to_installed),
+            restored_ms: report::ms(e.to_restored),
+            resumed_ms: report::ms(e.to_first_collective),
             rolled_back: e.steps_rolled_back,
             reason: e.reason.clone(),
         }
@@ -196,7 +208,8 @@ struct Totals {
     faults: Vec<FaultRecord>,
 }
 
-fn unix_ms() -> u64 {
+/// The wall clock in milliseconds since the Unix epoch, as reports carry it.
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -230,10 +243,7 @@ impl Progress {
     /// A collective of kind `kind` (an index into [`COLLECTIVES`]) completed.
     pub fn collective(&self, kind: usize, bytes: usize, took: Duration) {
         let secs = took.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+        let bucket = latency_bucket(secs);
         let mut t = self.lock();
         let c = &mut t.collectives[kind];
         c.count += 1;
@@ -326,6 +336,20 @@ impl Progress {
             window: window(&t.window),
         }
     }
+}
+
+/// The stragglers among `reports` (each member's newest): [`straggler::find`] over their
+/// windows.
+pub fn stragglers<'a>(
+    reports: impl IntoIterator<Item = &'a Report>,
+    factor: f64,
+    min_steps: u32,
+) -> Vec<Straggler> {
+    let windows: Vec<(u32, u64, &Window)> = reports
+        .into_iter()
+        .filter_map(|r| Some((r.rank, r.epoch, r.window.as_ref()?)))
+        .collect();
+    straggler::find(&windows, factor, min_steps)
 }
 
 /// Per-step averages between the window's first and last commits.

@@ -98,6 +98,7 @@ impl Open {
     }
 }
 
-fn ms(d: Option<Duration>) -> f64 {
+/// A phase's duration in milliseconds, NaN while unknown.
+pub(crate) fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }

@@ -84,7 +84,7 @@ impl From<SpecRecord> for SamplerSpec {
 }
 
 /// What [`check`] found for one sampler (one [`SpecRecord`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct StreamReport {
     /// The sampler's parameters.
     pub spec: Option<SpecRecord>,
@@ -105,7 +105,7 @@ pub struct StreamReport {
 }
 
 /// Exactly-once accounting of one data epoch.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DataEpochReport {
     /// The pass.
     pub data_epoch: u64,

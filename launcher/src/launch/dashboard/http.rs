@@ -15,7 +15,9 @@ use axum::{
     routing::get,
 };
 
-use super::{metrics, unix_ms, view::JobView};
+use ringrun_runtime::progress::unix_ms;
+
+use super::{metrics, view::JobView};
 
 const PAGE: &str = include_str!("page.html");
 

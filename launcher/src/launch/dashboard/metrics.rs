@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use ringrun_runtime::{
-    progress::{COLLECTIVES, LATENCY_BUCKETS},
+    progress::{COLLECTIVES, LATENCY_BUCKETS, latency_bucket},
     straggler::Blame,
 };
 
@@ -210,12 +210,7 @@ fn register_members(reg: &mut Registry, view: &JobView) {
 fn restore_buckets(view: &JobView) -> Vec<u64> {
     let mut counts = vec![0; LATENCY_BUCKETS.len() + 1];
     for f in view.faults() {
-        let secs = f.restored_ms / 1e3;
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        counts[i] += 1;
+        counts[latency_bucket(f.restored_ms / 1e3)] += 1;
     }
     counts
 }

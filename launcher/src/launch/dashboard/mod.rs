@@ -14,12 +14,12 @@ mod view;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use ring::hmac;
-use ringrun_runtime::{control::ControlCodec, straggler::Straggler};
+use ringrun_runtime::{control::ControlCodec, progress::unix_ms, straggler::Straggler};
 
 use super::watch::Seen;
 use view::{JobView, Sighting};
@@ -47,12 +47,6 @@ pub(crate) struct Options<'a> {
     pub(crate) codec: ControlCodec,
     pub(crate) straggler_factor: f64,
     pub(crate) straggler_steps: u32,
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `[ADDR:]PORT`; a bare port listens on `bind` (the launcher's, loopback by default).

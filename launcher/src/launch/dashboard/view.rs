@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use ringrun_runtime::{
     member::MemberKey,
-    progress::{COLLECTIVES, FaultRecord, Report, Scalar, Window},
-    straggler::{self, Straggler},
+    progress::{self, COLLECTIVES, FaultRecord, Report, Scalar},
+    straggler::Straggler,
 };
 use serde::Serialize;
 
@@ -211,12 +211,8 @@ impl JobView {
 
     /// The stragglers the live members' windows show.
     pub(crate) fn stragglers(&self) -> Vec<Straggler> {
-        let windows: Vec<(u32, u64, &Window)> = self
-            .reports()
-            .filter_map(|(_, r)| Some((r.rank, r.epoch, r.window.as_ref()?)))
-            .collect();
         let (factor, steps) = self.straggler_rule;
-        straggler::find(&windows, factor, steps)
+        progress::stragglers(self.reports().map(|(_, r)| r), factor, steps)
     }
 
     /// Members per state.
