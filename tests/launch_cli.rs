@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::launched::text;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
@@ -13,19 +15,13 @@ use std::{
 const EXE: &str = env!("CARGO_BIN_EXE_ringrun");
 
 fn launch(args: &[&str], script: &str, within: Duration) -> Output {
-    let child = Command::new(EXE)
-        .arg("launch")
-        .args(args)
-        .args(["--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::launched::output_within(child, within)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::launched::output_within(
+        Command::new(EXE)
+            .arg("launch")
+            .args(args)
+            .args(["--", "sh", "-c", script]),
+        within,
+    )
 }
 
 #[test]

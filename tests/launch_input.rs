@@ -4,12 +4,14 @@
 
 mod common;
 
+use common::launched::text;
+
 use std::{
     collections::BTreeMap,
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::Duration,
 };
 
@@ -58,21 +60,15 @@ impl Drop for Tmp {
 }
 
 fn launch(t: &Tmp, args: &[&str], script: &str, within: Duration) -> Output {
-    let child = Command::new(EXE)
-        .current_dir(&t.0)
-        .env("OUT", t.out())
-        .arg("launch")
-        .args(args)
-        .args(["--", "sh", "-c", script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::launched::output_within(child, within)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::launched::output_within(
+        Command::new(EXE)
+            .current_dir(&t.0)
+            .env("OUT", t.out())
+            .arg("launch")
+            .args(args)
+            .args(["--", "sh", "-c", script]),
+        within,
+    )
 }
 
 /// `SIZE<TAB>PATH` lines.

@@ -20,6 +20,7 @@ use std::{
 };
 
 use common::{
+    launched::text,
     netns::{Net, addr, skip_or_fail},
     ports::free_udp_port,
 };
@@ -72,22 +73,16 @@ fn run(
     env: &[(&str, &str)],
     within: Duration,
 ) -> Output {
-    let child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("PYTHON")
-        .env_remove("OMP_NUM_THREADS")
-        .env_remove("PYTHON_EXEC")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::launched::output_within(child, within)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::launched::output_within(
+        Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env_remove("PYTHON")
+            .env_remove("OMP_NUM_THREADS")
+            .env_remove("PYTHON_EXEC")
+            .envs(env.iter().copied()),
+        within,
+    )
 }
 
 /// A worker's arguments and torchrun variables.

@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -20,6 +18,7 @@ import uuid
 import pytest
 
 from conftest import ROOT
+from launched import Job, wait_for
 from test_launch import ringrun_binary
 
 TRAIN = os.path.join(ROOT, "python", "examples", "data_train.py")
@@ -37,54 +36,6 @@ def free_tcp_port():
 def get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
-
-
-def wait_for(what, check, within=60):
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            got = check()
-        except (OSError, ValueError, KeyError):
-            got = None
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-class Job:
-    def __init__(self, args, cwd=None, prefix=()):
-        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([*prefix, ringrun_binary(), "launch", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env, cwd=cwd)
-        self.err = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.proc.stdout.read(), daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.err.append(line.rstrip("\n"))
-
-    def url(self):
-        return wait_for("the dashboard's URL", lambda: next(
-            (l.split("dashboard at ", 1)[1] for l in list(self.err) if "dashboard at " in l),
-            None), within=30)
-
-    def seed(self):
-        """The launcher's membership address (from its `ringrun status --seeds` hint)."""
-        return wait_for("the launcher's seed", lambda: next(
-            (l.split("--seeds ", 1)[1].split("`")[0] for l in list(self.err) if "--seeds " in l),
-            None), within=30)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def chromium(*args):

@@ -7,13 +7,13 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 import ringrun
 from conftest import ROOT
+from launched import Job
 from ringrun.data import ElasticSampler, record_ranges
 from test_launch import ringrun_binary
 
@@ -68,31 +68,10 @@ def test_torch_loaders_give_each_rank_its_share(group):
 
 
 def run_launch(args, env=None, within=240, on_start=None):
-    exe = ringrun_binary()
-    assert exe is not None, "the ringrun binary is not built"
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), PYTHONUNBUFFERED="1",
-               **(env or {}))
-    proc = subprocess.Popen([exe, "launch", *args], stdout=subprocess.PIPE, text=True, env=env)
-    lines = []
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        if on_start is not None:
-            on_start(proc, lines)
-        proc.wait(timeout=within)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(timeout=5)
-    sys.stderr.write("\n".join(lines[-40:]) + "\n")
-    assert proc.returncode == 0, f"ringrun launch exited with {proc.returncode}"
-    return lines
+    job = Job(args, env=env)
+    if on_start is not None:
+        on_start(job.proc, job.out)
+    return job.finish(within)
 
 
 def test_file_sampler_reads_every_input_file_once(tmp_path):

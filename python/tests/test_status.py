@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 
-from test_dashboard import TRAIN, Job, free_tcp_port, wait_for
+from launched import Job, wait_for
+from test_dashboard import TRAIN, free_tcp_port
 from test_launch import ringrun_binary
 
 SECRET = "status-history-secret-0123456789"

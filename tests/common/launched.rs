@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Output},
+    process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -53,9 +53,14 @@ pub fn wait_for_exit(job: &mut Child, deadline: std::time::Instant) -> std::proc
     status
 }
 
-/// Waits up to `within` for `child` to exit and returns its output; past that, kills it and
-/// panics with what it wrote to stderr.
-pub fn output_within(mut child: Child, within: Duration) -> Output {
+/// Runs `cmd` with its output piped and waits up to `within` for it to exit; past that, kills
+/// it and panics with what it wrote to stderr.
+pub fn output_within(cmd: &mut Command, within: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + within;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -63,10 +68,15 @@ pub fn output_within(mut child: Child, within: Duration) -> Output {
             let out = child.wait_with_output().unwrap();
             panic!(
                 "the command did not finish in {within:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
+                text(&out.stderr)
             );
         }
         thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+/// Bytes a process wrote, as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
