@@ -537,6 +537,47 @@ impl<T: Transport> Communicator<T> {
             .await
     }
 
+    /// All-to-all: `send` and `recv` hold `size` equal blocks; block `j` of `send` goes to
+    /// rank `j`, and block `j` of `recv` comes from rank `j`, straight over their link.
+    /// Returns, by rank, when that rank's block arrived where this rank was already waiting
+    /// for it (`None` for its own block and for blocks that came before the call did): the
+    /// samples the runtime measures each link's round trip with.
+    pub async fn alltoall(
+        &mut self,
+        send: &[u8],
+        recv: &mut [u8],
+        ctl: &Ctl,
+    ) -> Result<Vec<Option<Instant>>> {
+        let n = self.size();
+        if send.is_empty() || send.len() != recv.len() || !send.len().is_multiple_of(n) {
+            let why = invalid(format!(
+                "alltoall needs equal send and receive buffers of {n} non-empty blocks, got \
+                 {} and {} bytes",
+                send.len(),
+                recv.len()
+            ));
+            return self
+                .reject(Collective::AllToAll, DType::U8, why)
+                .await
+                .map(|()| Vec::new());
+        }
+        let block = send.len() / n;
+        let sig = sig(
+            Collective::AllToAll,
+            DType::U8,
+            ReduceOp::Sum,
+            Algo::Direct,
+            block,
+            0,
+        );
+        let mut arrived = vec![None; n];
+        self.run(sig, ctl, async |cx, _| {
+            algo::alltoall(cx, send, recv, &mut arrived).await
+        })
+        .await?;
+        Ok(arrived)
+    }
+
     /// In-place allreduce of a typed slice.
     pub async fn allreduce<E: Element>(
         &mut self,

@@ -30,6 +30,8 @@ pub enum Collective {
     ReduceScatter = 4,
     /// Barrier.
     Barrier = 5,
+    /// All-to-all of equal blocks.
+    AllToAll = 6,
 }
 
 /// The algorithm that runs a collective; all ranks must pick the same one.
@@ -88,9 +90,16 @@ impl Algo {
 impl Collective {
     fn from_code(c: u8) -> Option<Collective> {
         use Collective::*;
-        [AllReduce, Broadcast, AllGather, ReduceScatter, Barrier]
-            .into_iter()
-            .find(|k| *k as u8 == c)
+        [
+            AllReduce,
+            Broadcast,
+            AllGather,
+            ReduceScatter,
+            Barrier,
+            AllToAll,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == c)
     }
 }
 

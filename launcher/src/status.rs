@@ -48,7 +48,7 @@ pub(crate) struct StatusArgs {
     /// Redraw every second until interrupted (with --json: one object a line).
     #[arg(long)]
     watch: bool,
-    /// A straggler's work (or a link's excess wait) per step exceeds this many times the
+    /// A straggler's work per step (or a link's round trip) exceeds this many times the
     /// median of the others'.
     #[arg(long, default_value_t = 1.5)]
     straggler_factor: f64,

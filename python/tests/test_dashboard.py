@@ -113,7 +113,7 @@ def test_a_worker_slow_in_its_step_is_named_within_20_steps(monkeypatch):
         wait_for("the launcher's log line", lambda: any(
             "ringrun: straggler: rank 2 is slow itself" in l for l in job.err))
         metrics = get(url + "metrics")
-        assert 'ringrun_straggler{rank="2",blame="rank",from=""} 1' in metrics, metrics
+        assert 'ringrun_straggler{rank="2",blame="rank",peer=""} 1' in metrics, metrics
         out = subprocess.run([ringrun_binary(), "status", "--json", "--seeds",
                               job.seed()], capture_output=True, text=True, timeout=30)
         flags = json.loads(out.stdout)["stragglers"]

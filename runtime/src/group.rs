@@ -38,6 +38,7 @@ use crate::{
     mesh::{self, MeshConfig},
     progress::{self, Progress},
     report::{FaultEvent, Open},
+    rtt::RoundTrips,
     state::{self, Committed, Decision},
 };
 
@@ -75,6 +76,11 @@ pub struct Group {
     progress: Progress,
     /// The collective in flight, for `progress`: its kind, bytes and start.
     op: Option<(usize, usize, Instant)>,
+    /// The links' round trips in this epoch, measured on the commit exchange.
+    round_trips: RoundTrips,
+    /// Where this member's clock for `round_trips` starts (any instant: only differences of
+    /// two members' readings are used, and the clocks' offset cancels).
+    clock_origin: Instant,
     /// The device side (`crate::device`), when configured: one communicator per epoch.
     device: Option<Box<dyn DeviceEpochs>>,
 }
@@ -185,6 +191,8 @@ impl Group {
             device,
             progress,
             op: None,
+            round_trips: RoundTrips::new(0, 1),
+            clock_origin: Instant::now(),
         };
         info!(member = %me, "joining");
         group.restore()?;
@@ -368,14 +376,15 @@ impl Group {
         let committed = Committed::new(step, Arc::new(state));
         let waiting = self.published.borrow().waiting_to_join;
         let record = state::commit_record(&committed, waiting);
-        let mut all = vec![[0u64; 4]; self.size().max(1)];
-        self.allgather_words(&record, &mut all)?;
+        let all = self.exchange_commit(&record)?;
         let joiners = state::check_commit(&all).map_err(GroupError::Mismatch)?;
         self.memory = Some(committed);
         self.step_hint = step;
         self.commits += 1;
         let waits = self.comm.as_ref().map(|c| c.links().link_waits());
-        self.progress.committed(step, waits.unwrap_or_default());
+        let round_trips = self.round_trips.round_trips(self.commits);
+        self.progress
+            .committed(step, waits.unwrap_or_default(), round_trips);
         self.checkpoint_if_due()?;
         if joiners > 0 {
             self.admit()?;
@@ -579,6 +588,7 @@ impl Group {
         info!(epoch = view.epoch, links = %comm.describe(), "epoch links formed");
         self.progress
             .entered(comm.epoch(), comm.rank(), comm.size());
+        self.round_trips = RoundTrips::new(comm.size(), self.progress.window_span() as u64);
         self.comm = Some(comm);
         self.broken = None;
         self.reform_pending = None;
@@ -694,6 +704,37 @@ impl Group {
     fn allgather_words(&mut self, record: &[u64; 4], all: &mut [[u64; 4]]) -> Result<()> {
         let send: &[i64] = bytemuck::cast_slice(record);
         self.allgather(send, bytemuck::cast_slice_mut(all.as_flattened_mut()))
+    }
+
+    /// Every rank's commit record, by an all-to-all that also carries the words measuring each
+    /// link's round trip (see `rtt`).
+    fn exchange_commit(&mut self, record: &[u64; 4]) -> Result<Vec<[u64; 4]>> {
+        let (n, me, commit) = (self.size().max(1), self.rank(), self.commits + 1);
+        let origin = self.clock_origin;
+        let clock = move |at: Instant| at.saturating_duration_since(origin).as_nanos() as i64;
+        let now = clock(Instant::now());
+        let block = |p: usize| {
+            let [sent, echo] = self.round_trips.outgoing(p, now, commit);
+            [record[0], record[1], record[2], record[3], sent, echo]
+        };
+        let send: Vec<[u64; 6]> = (0..n).map(block).collect();
+        let mut recv = vec![[0u64; 6]; n];
+        let _span = info_span!("alltoall", epoch = self.epoch(), count = n * 6).entered();
+        let (ctl, epoch) = self.begin_op(5, std::mem::size_of_val(&send[..]))?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let bytes = bytemuck::cast_slice_mut(recv.as_flattened_mut());
+        let r = self.rt.block_on(
+            comm.flat()
+                .alltoall(bytemuck::cast_slice(&send), bytes, &ctl),
+        );
+        let arrived = self.end(epoch, r)?;
+        for (p, (w, at)) in recv.iter().zip(arrived).enumerate() {
+            if p != me && self.round_trips.size() == n {
+                self.round_trips
+                    .incoming(p, [w[4], w[5]], at.map(clock), commit);
+            }
+        }
+        Ok(recv.iter().map(|w| [w[0], w[1], w[2], w[3]]).collect())
     }
 
     fn checkpoint_if_due(&mut self) -> Result<()> {

@@ -23,6 +23,7 @@ pub mod member;
 pub mod mesh;
 pub mod progress;
 mod report;
+mod rtt;
 pub mod sampler;
 mod state;
 pub mod straggler;

@@ -29,12 +29,13 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 /// The collectives a member counts, in [`Report::collectives`] order.
-pub const COLLECTIVES: [&str; 5] = [
+pub const COLLECTIVES: [&str; 6] = [
     "allreduce",
     "broadcast",
     "allgather",
     "reduce_scatter",
     "barrier",
+    "alltoall",
 ];
 
 /// The [`LATENCY_BUCKETS`] bucket of `secs` (the last index, one past the bounds, is +Inf).
@@ -177,6 +178,10 @@ pub struct Window {
     pub compute_s: f64,
     /// Time per step spent waiting for each peer's frames, by peer rank, in seconds.
     pub link_wait_s: Vec<f64>,
+    /// Each link's round trip (the least over the window, see `rtt`), by peer rank, in
+    /// seconds; `None` where it was not measured.
+    #[serde(default)]
+    pub link_rtt_s: Vec<Option<f64>>,
 }
 
 /// One commit, for the window.
@@ -184,6 +189,7 @@ struct Sample {
     at: Instant,
     collective_s: f64,
     waits: Vec<Duration>,
+    round_trips: Vec<Option<Duration>>,
 }
 
 /// A member's running totals, shared by the group and its driver thread.
@@ -215,6 +221,15 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+impl Totals {
+    fn span(&self) -> usize {
+        match self.window_steps {
+            0 => DEFAULT_WINDOW,
+            n => n,
+        }
+    }
+}
+
 impl Progress {
     fn lock(&self) -> MutexGuard<'_, Totals> {
         // Totals are consistent between statements; a panic elsewhere loses nothing here.
@@ -226,6 +241,11 @@ impl Progress {
         let p = Progress::default();
         p.lock().window_steps = steps as usize;
         p
+    }
+
+    /// Commits the straggler window spans.
+    pub(crate) fn window_span(&self) -> usize {
+        self.lock().span()
     }
 
     /// The epoch the member entered (its links, ranks and waits start afresh).
@@ -255,8 +275,14 @@ impl Progress {
         c.buckets[bucket] += 1;
     }
 
-    /// A commit of `step`; `waits` are the epoch's cumulative link waits by peer rank.
-    pub(crate) fn committed(&self, step: u64, waits: Vec<Duration>) {
+    /// A commit of `step`; `waits` are the epoch's cumulative link waits by peer rank, and
+    /// `round_trips` each link's newest round trip.
+    pub(crate) fn committed(
+        &self,
+        step: u64,
+        waits: Vec<Duration>,
+        round_trips: Vec<Option<Duration>>,
+    ) {
         let mut t = self.lock();
         t.commits += 1;
         t.step = step;
@@ -266,11 +292,7 @@ impl Progress {
         }
         let now = Instant::now();
         t.commit_times.push_back(now);
-        let span = match t.window_steps {
-            0 => DEFAULT_WINDOW,
-            n => n,
-        };
-        if t.window.len() > span {
+        if t.window.len() > t.span() {
             t.window.pop_front();
         }
         let collective_s = t.collectives.iter().map(|c| c.seconds).sum();
@@ -278,6 +300,7 @@ impl Progress {
             at: now,
             collective_s,
             waits,
+            round_trips,
         });
     }
 
@@ -376,6 +399,11 @@ fn window(samples: &VecDeque<Sample>) -> Option<Window> {
         step_s,
         compute_s: (step_s - in_collectives).max(0.0),
         link_wait_s,
+        link_rtt_s: last
+            .round_trips
+            .iter()
+            .map(|d| d.map(|d| d.as_secs_f64()))
+            .collect(),
     })
 }
 
@@ -427,7 +455,12 @@ mod tests {
         let p = Progress::default();
         assert_eq!(p.report(key(), 0).steps_per_s, 0.0);
         for step in 0..3 {
-            p.committed(step, vec![Duration::ZERO, Duration::from_millis(step)]);
+            let rtt = Duration::from_micros(100 * (step + 1));
+            p.committed(
+                step,
+                vec![Duration::ZERO, Duration::from_millis(step)],
+                vec![None, Some(rtt)],
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         let r = p.report(key(), 0);
@@ -441,5 +474,6 @@ mod tests {
         assert_eq!(w.steps, 2);
         assert!(w.step_s >= 0.01 && w.compute_s <= w.step_s, "{w:?}");
         assert_eq!(w.link_wait_s, [0.0, 0.001]);
+        assert_eq!(w.link_rtt_s, [None, Some(0.0003)]);
     }
 }

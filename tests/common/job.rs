@@ -191,6 +191,11 @@ impl Job {
         self.workers[node] = Some(Worker { child, lines });
     }
 
+    /// The job's run id (`RINGRUN_RUN_ID`).
+    pub fn run_id(&self) -> &str {
+        &self.name
+    }
+
     pub fn lines(&self, node: usize) -> Vec<(Instant, String)> {
         self.workers[node]
             .as_ref()

@@ -40,6 +40,8 @@ fn effective_uid() -> Option<u32> {
 pub struct Net {
     tag: String,
     hub: String,
+    /// Which bridge each member hangs on.
+    sides: Vec<u8>,
     /// Member namespace names, by member index.
     pub members: Vec<String>,
 }
@@ -55,6 +57,7 @@ impl Net {
         let mut net = Net {
             tag: tag.into(),
             hub: hub.clone(),
+            sides: sides.to_vec(),
             members: Vec::new(),
         };
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
@@ -115,6 +118,50 @@ impl Net {
     }
 
     /// Cuts or heals the link between the two bridges.
+    /// Delays every frame to and from member `i` by `ms` milliseconds, each way (what
+    /// `tc netem delay` does, without needing it): a forwarder (`delay_link.py`, in the hub)
+    /// between two taps takes the member's place on its bridge. It runs until the net is
+    /// dropped.
+    pub fn delay_member_link(&self, i: usize, ms: u32) -> Result<(), String> {
+        let (a, b, bridge) = (
+            format!("{}d{i}a", self.tag),
+            format!("{}d{i}b", self.tag),
+            format!("{}dbr{i}", self.tag),
+        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/common/delay_link.py");
+        let mut forwarder = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hub,
+                "python3",
+                script,
+                &a,
+                &b,
+                &ms.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {script}: {e}"))?;
+        let mut ready = String::new();
+        let out = forwarder.stdout.take().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready)
+            .map_err(|e| format!("{script}: {e}"))?;
+        if ready.trim() != "ready" {
+            return Err(format!("{script} did not start: {:?}", forwarder.wait()));
+        }
+        let side = format!("br{}", self.sides[i]);
+        let hub = self.hub.as_str();
+        ip(&["-n", hub, "link", "add", &bridge, "type", "bridge"])?;
+        ip(&["-n", hub, "link", "set", &bridge, "up"])?;
+        for (tap, to) in [(&a, side.as_str()), (&b, bridge.as_str())] {
+            ip(&["-n", hub, "link", "set", tap, "master", to])?;
+            ip(&["-n", hub, "link", "set", tap, "up"])?;
+        }
+        ip(&["-n", hub, "link", "set", &self.veth(i), "master", &bridge])
+    }
+
     pub fn set_bridge_link(&self, up: bool) -> Result<(), String> {
         let state = if up { "up" } else { "down" };
         ip(&[

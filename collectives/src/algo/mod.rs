@@ -4,6 +4,7 @@
 //! header) and per-link frame counters. Algorithms never allocate per segment: they receive into
 //! the communicator's [`Scratch`] or straight into the destination.
 
+mod alltoall;
 mod arena;
 mod barrier;
 mod broadcast;
@@ -16,6 +17,7 @@ mod segments;
 
 use std::{cell::Cell, ops::Range};
 
+pub(crate) use alltoall::alltoall;
 pub(crate) use arena::{Tuning as ArenaTuning, arena};
 pub(crate) use barrier::dissemination;
 pub(crate) use broadcast::{chain, tree};

@@ -107,8 +107,8 @@ pub(crate) struct LaunchArgs {
     /// the token in the URL the launcher prints (derived from the job secret).
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub(crate) dashboard: Option<String>,
-    /// A rank is a straggler when its work outside collectives (or a link's excess wait) per
-    /// step exceeds this many times the median of the others' (logged, on the page, in
+    /// A rank is a straggler when its work outside collectives per step (or a link's round
+    /// trip) exceeds this many times the median of the others' (logged, on the page, in
     /// /metrics and `ringrun status`).
     #[arg(long, default_value_t = 1.5)]
     pub(crate) straggler_factor: f64,

@@ -26,10 +26,10 @@ struct RankLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StragglerLabels {
     rank: String,
-    /// `rank` (the rank itself) or `link`.
+    /// `rank` (the rank itself), `network` (its links to most peers) or `link`.
     blame: String,
-    /// The sending rank of a slow link (empty for `rank`).
-    from: String,
+    /// The other end of a slow link (empty otherwise).
+    peer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,20 +124,21 @@ pub(crate) fn render(view: &JobView) -> String {
     register_members(&mut reg, view);
     let stragglers = Family::<StragglerLabels, Gauge>::default();
     for s in view.stragglers() {
-        let (blame, from) = match s.blame {
+        let (blame, peer) = match s.blame {
             Blame::Rank => ("rank", String::new()),
-            Blame::Link { from } => ("link", from.to_string()),
+            Blame::Network => ("network", String::new()),
+            Blame::Link { peer } => ("link", peer.to_string()),
         };
         let labels = StragglerLabels {
             rank: s.rank.to_string(),
             blame: blame.into(),
-            from,
+            peer,
         };
         stragglers.get_or_create(&labels).set(1);
     }
     reg.register(
         "ringrun_straggler",
-        "1 for each flagged straggler: the rank itself, or the link into it from rank `from`",
+        "1 for each flagged straggler: the rank itself, its network, or its link to rank `peer`",
         stragglers,
     );
     let restore = Counted {
