@@ -31,6 +31,9 @@ use crate::{
 
 /// How often the agreement's timers are evaluated.
 const TICK: Duration = Duration::from_millis(10);
+/// How long a collective in flight may still finish after members of its epoch left
+/// gracefully (see `Loop::apply`).
+const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
 /// An agreed view of the group.
 pub type GroupView = View<MemberKey, Advert>;
@@ -123,6 +126,8 @@ struct Loop {
     progress: Progress,
     start: Instant,
     dropped: u64,
+    /// An epoch whose collective in flight is cancelled at this instant, unless it ended.
+    cancel_at: Option<(u64, Instant)>,
 }
 
 async fn run(
@@ -151,6 +156,7 @@ async fn run(
         progress: setup.progress,
         start: now,
         dropped: 0,
+        cancel_at: None,
     };
     let mut tick = tokio::time::interval(TICK);
     let mut buf = vec![0u8; 64 * 1024];
@@ -168,7 +174,11 @@ async fn run(
                 Ok((n, from)) => l.on_datagram(&buf[..n], from).await,
                 Err(e) => debug!(error = %e, "control socket"),
             },
-            _ = tick.tick() => { let now = l.now(); l.agreement.tick(now) }
+            _ = tick.tick() => {
+                let now = l.now();
+                l.agreement.tick(now);
+                l.cancel_if_due(Instant::now());
+            }
             cmd = commands.recv() => {
                 let now = l.now();
                 match cmd {
@@ -291,7 +301,7 @@ impl Loop {
         });
     }
 
-    fn apply(&self, p: &mut Published, ev: Event<MemberKey, Advert>) {
+    fn apply(&mut self, p: &mut Published, ev: Event<MemberKey, Advert>) {
         let now = Instant::now();
         match ev {
             Event::Installed(view) => {
@@ -301,6 +311,21 @@ impl Loop {
                 p.view = Some((Arc::new(view), now));
                 p.blocked = None;
             }
+            // Members that left gracefully closed their links, which their peers' transports see
+            // at once; a collective in flight that needs them fails that way, and one that
+            // does not (the last commit of a job whose other ranks finished and left) may
+            // still finish. It is cancelled only if it has not after `LEAVE_GRACE`. Members
+            // that failed, or went silent, are cancelled on at once. Either way the next
+            // collective of the epoch is refused (`aborted`).
+            Event::Abort { epoch, lost } if lost.iter().all(|k| self.left_gracefully(k)) => {
+                let _span = info_span!("view_change", epoch).entered();
+                info!(
+                    ?lost,
+                    "members left: the epoch ends after its collective in flight"
+                );
+                self.cancel_at = Some((epoch, now + LEAVE_GRACE));
+                p.aborted = Some((epoch, now));
+            }
             Event::Abort { epoch, lost } => {
                 let _span = info_span!("view_change", epoch).entered();
                 info!(?lost, "members lost: aborting the epoch's collectives");
@@ -308,6 +333,20 @@ impl Loop {
                 p.aborted = Some((epoch, now));
             }
             Event::Blocked(why) => p.blocked = Some(why),
+        }
+    }
+
+    /// Whether `key` told the group it was leaving (not failed, not merely seen to exit).
+    fn left_gracefully(&self, key: &MemberKey) -> bool {
+        self.members.iter().any(|info| {
+            info.state == MemberState::Left
+                && member::advertised(&info.id).is_some_and(|(k, _)| k == *key)
+        })
+    }
+
+    fn cancel_if_due(&mut self, now: Instant) {
+        if let Some((epoch, _)) = self.cancel_at.take_if(|(_, at)| *at <= now) {
+            self.cancel_older_than(epoch + 1, "members of the epoch left");
         }
     }
 
