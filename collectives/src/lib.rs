@@ -33,7 +33,8 @@ pub mod fusion;
 mod hier;
 pub mod links;
 mod par;
-// The only module of this crate with `unsafe`: raw NCCL and CUDA calls, each with a SAFETY note.
+// Raw NCCL and CUDA calls, each with a SAFETY note (with `copy` and `transport::shm`, the only
+// modules of this crate with `unsafe`).
 #[cfg(feature = "nccl")]
 #[allow(unsafe_code)]
 pub mod nccl;
