@@ -20,7 +20,7 @@ use ringrun_membership::{Authenticator, MemberInfo, ObserverConfig, observe};
 use ringrun_runtime::{
     control::ControlCodec,
     member::{self, EpochAnnotation, MemberKey},
-    progress::{Report as Progress, Window},
+    progress::{Dropped, Report as Progress, Window},
     straggler::Straggler,
 };
 use serde::Serialize;
@@ -77,6 +77,8 @@ struct Member {
     /// Per-step averages over its straggler window: step time, work outside collectives, and
     /// the wait for each peer's frames (by rank), in seconds.
     window: Option<Window>,
+    /// Datagrams it dropped as unauthenticated or malformed (from its report).
+    dropped: Option<Dropped>,
 }
 
 #[derive(Serialize)]
@@ -116,6 +118,7 @@ fn member(
         step: report.map(|r| r.step),
         steps_per_s: report.map(|r| r.steps_per_s),
         window: report.and_then(|r| r.window.clone()),
+        dropped: report.map(|r| r.dropped),
     }
 }
 

@@ -26,11 +26,13 @@ use crate::{
     agreement::{self, Agreement, Event, View},
     control::{Control, ControlCodec},
     member::{self, Advert, EpochAnnotation, MemberKey},
-    progress::Progress,
+    progress::{Dropped, Progress},
 };
 
 /// How often the agreement's timers are evaluated.
 const TICK: Duration = Duration::from_millis(10);
+/// Every this many ticks the driver reads the SWIM member's drop counters (for reports).
+const STATS_EVERY: u64 = 50;
 /// How long a collective in flight may still finish after members of its epoch left
 /// gracefully (see `Loop::apply`).
 const LEAVE_GRACE: Duration = Duration::from_millis(500);
@@ -125,7 +127,10 @@ struct Loop {
     cancel: CancelSlot,
     progress: Progress,
     start: Instant,
+    /// Control datagrams dropped (unauthenticated or malformed).
     dropped: u64,
+    /// Membership datagrams dropped, as of the newest look at the SWIM member's counters.
+    membership_dropped: u64,
     /// An epoch whose collective in flight is cancelled at this instant, unless it ended.
     cancel_at: Option<(u64, Instant)>,
 }
@@ -156,11 +161,13 @@ async fn run(
         progress: setup.progress,
         start: now,
         dropped: 0,
+        membership_dropped: 0,
         cancel_at: None,
     };
     let mut tick = tokio::time::interval(TICK);
     let mut buf = vec![0u8; 64 * 1024];
     let mut annotated = 0;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -178,6 +185,12 @@ async fn run(
                 let now = l.now();
                 l.agreement.tick(now);
                 l.cancel_if_due(Instant::now());
+                ticks += 1;
+                if ticks.is_multiple_of(STATS_EVERY)
+                    && let Ok(stats) = membership.stats().await
+                {
+                    l.membership_dropped = stats.dropped.values().sum();
+                }
             }
             cmd = commands.recv() => {
                 let now = l.now();
@@ -209,6 +222,11 @@ async fn run(
             dropped = l.dropped,
             "control datagrams dropped (unauthenticated or malformed)"
         );
+    }
+    if let Ok(stats) = membership.stats().await
+        && !stats.dropped.is_empty()
+    {
+        info!(dropped = ?stats.dropped, "membership datagrams dropped");
     }
     membership.leave().await.map_err(|e| e.to_string())
 }
@@ -257,7 +275,11 @@ impl Loop {
                 }
             }
             Ok(Control::ReportRequest { since }) => {
-                let report = self.progress.report(*self.agreement.id(), since);
+                let mut report = self.progress.report(*self.agreement.id(), since);
+                report.dropped = Dropped {
+                    membership: self.membership_dropped,
+                    control: self.dropped,
+                };
                 let packet = self.codec.seal_report(&report);
                 if let Err(e) = self.socket.send_to(&packet, from).await {
                     debug!(error = %e, "report send failed");

@@ -164,6 +164,18 @@ pub struct Report {
     pub faults: Vec<FaultRecord>,
     /// Per-step averages over the newest commits of this epoch (none before two commits).
     pub window: Option<Window>,
+    /// Datagrams it dropped as unauthenticated or malformed (filled in by its driver).
+    #[serde(default)]
+    pub dropped: Dropped,
+}
+
+/// Datagrams a member dropped as unauthenticated or malformed, by socket, since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// On its membership (SWIM) socket.
+    pub membership: u64,
+    /// On its control socket (agreement, reports).
+    pub control: u64,
 }
 
 /// A member's averages per step over its newest commits (the straggler window): what the
@@ -357,6 +369,7 @@ impl Progress {
             next_seq: t.next_seq,
             faults: t.faults[t.faults.len().saturating_sub(FAULTS_PER_REPORT)..].to_vec(),
             window: window(&t.window),
+            dropped: Dropped::default(),
         }
     }
 }

@@ -196,6 +196,12 @@ impl Job {
         &self.name
     }
 
+    /// Worker `node`'s process id and membership port.
+    pub fn process(&self, node: usize) -> (u32, u16) {
+        let w = self.workers[node].as_ref().expect("a running worker");
+        (w.child.id(), self.ports[node])
+    }
+
     pub fn lines(&self, node: usize) -> Vec<(Instant, String)> {
         self.workers[node]
             .as_ref()
