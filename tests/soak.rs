@@ -1,8 +1,9 @@
 //! Garbage at every port of a live job: three workers train while one thread sends random
 //! datagrams to every UDP socket they hold and another random bytes over fresh connections to
 //! every TCP socket they listen on, for `RINGRUN_SOAK_SECS` seconds (10 unless set; the
-//! documented soak is 60). Training goes on, every worker ends with the reference model, and
-//! the workers' reports count the datagrams they dropped.
+//! documented soak is 60); halfway, a worker is killed and restarted. Training goes on, every
+//! worker ends with the reference model, and the workers' reports count the datagrams they
+//! dropped.
 
 mod common;
 
@@ -20,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::job::{EXE, Job, SECRET, reference};
+use common::job::{EXE, Job, SECRET, first_step_after, reference};
 
 /// The ports of the sockets process `pid` holds: UDP (bound) and TCP (listening).
 fn ports_of(pid: u32) -> (Vec<u16>, Vec<u16>) {
@@ -158,7 +159,23 @@ fn garbage_at_every_port_loses_no_state() {
         }),
     ];
     let started = Instant::now();
-    thread::sleep(Duration::from_secs(secs));
+    // Halfway, a worker is killed: the survivors re-form under the flood, with their listeners'
+    // backlogs full of strangers' connections, and the worker, restarted, rejoins.
+    thread::sleep(Duration::from_secs(secs) / 2);
+    let killed = job.kill(2);
+    let resumed = loop {
+        if let Some(d) = first_step_after(&job, &[0, 1], killed, 2) {
+            break d;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the survivors did not resume"
+        );
+        thread::sleep(Duration::from_millis(5));
+    };
+    job.spawn(2);
+    eprintln!("survivors resumed {resumed:?} after the kill");
+    thread::sleep((started + Duration::from_secs(secs)).saturating_duration_since(Instant::now()));
     let counted = dropped(&job);
     stop.store(true, Ordering::Relaxed);
     for f in flooders {
