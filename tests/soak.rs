@@ -12,7 +12,6 @@ use std::{
     fs,
     io::Write,
     net::{SocketAddr, TcpStream, UdpSocket},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::job::{EXE, Job, SECRET, first_step_after, reference};
+use common::job::{Job, first_step_after, reference};
 
 /// The ports of the sockets process `pid` holds: UDP (bound) and TCP (listening).
 fn ports_of(pid: u32) -> (Vec<u16>, Vec<u16>) {
@@ -102,19 +101,8 @@ fn tcp_flood(ports: Vec<u16>, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
 
 /// The sum of the dropped datagrams the live workers report, as worker 0 sees the job.
 fn dropped(job: &Job) -> u64 {
-    let (_, port) = job.process(0);
-    let out = Command::new(EXE)
-        .args(["status", "--json", "--seeds", &format!("127.0.0.1:{port}")])
-        .args(["--job-id", job.run_id(), "--timeout", "3"])
-        .env("RINGRUN_SECRET", SECRET)
-        .output()
-        .expect("ringrun status");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ringrun status: {e}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let seed = format!("127.0.0.1:{}", job.process(0).1);
+    let report = job.status(&seed, &[]).unwrap_or_else(|why| panic!("{why}"));
     let members = report["members"].as_array().expect("members").clone();
     members
         .iter()

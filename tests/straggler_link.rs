@@ -7,13 +7,10 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
-    job::{EXE, Job, SECRET},
+    job::Job,
     netns::{Net, addr, skip_or_fail},
 };
 
@@ -29,17 +26,10 @@ fn last_step(job: &Job, node: usize) -> u64 {
 /// `ringrun status --json`, asked of member 0 from its namespace.
 fn status(net: &Net, job: &Job) -> Option<serde_json::Value> {
     let seed = format!("{}:7400", addr(0));
-    let out = Command::new("ip")
-        .args(["netns", "exec", &net.members[0], EXE, "status", "--json"])
-        .args(["--seeds", &seed, "--job-id", job.run_id(), "--timeout", "2"])
-        .env("RINGRUN_SECRET", SECRET)
-        .output()
-        .ok()?;
-    let parsed = serde_json::from_slice(&out.stdout).ok();
-    if parsed.is_none() {
-        eprintln!("status: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    parsed
+    let prefix = ["ip", "netns", "exec", net.members[0].as_str()];
+    job.status(&seed, &prefix)
+        .inspect_err(|why| eprintln!("{why}"))
+        .ok()
 }
 
 /// The rank of the member at `ip`.

@@ -196,6 +196,33 @@ impl Job {
         &self.name
     }
 
+    /// `ringrun status --json` for this job, asked of `seed`, run under `prefix` (`ip netns
+    /// exec NS` from a namespace; empty: here); the error says why it gave no report.
+    pub fn status(&self, seed: &str, prefix: &[&str]) -> Result<serde_json::Value, String> {
+        let (program, args) = match prefix {
+            [] => (EXE, Vec::new()),
+            [first, rest @ ..] => (*first, [rest, &[EXE]].concat()),
+        };
+        let out = Command::new(program)
+            .args(args)
+            .args([
+                "status",
+                "--json",
+                "--seeds",
+                seed,
+                "--job-id",
+                self.run_id(),
+            ])
+            .args(["--timeout", "3"])
+            .env("RINGRUN_SECRET", SECRET)
+            .output()
+            .map_err(|e| format!("ringrun status: {e}"))?;
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            format!("ringrun status: {e}: {}", stderr.trim())
+        })
+    }
+
     /// Worker `node`'s process id and membership port.
     pub fn process(&self, node: usize) -> (u32, u16) {
         let w = self.workers[node].as_ref().expect("a running worker");
