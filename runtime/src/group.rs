@@ -709,7 +709,10 @@ impl Group {
     /// Every rank's commit record, by an all-to-all that also carries the words measuring each
     /// link's round trip (see `rtt`).
     fn exchange_commit(&mut self, record: &[u64; 4]) -> Result<Vec<[u64; 4]>> {
-        let (n, me, commit) = (self.size().max(1), self.rank(), self.commits + 1);
+        let (n, me, commit) = (self.size(), self.rank(), self.commits + 1);
+        let _span = info_span!("alltoall", epoch = self.epoch(), count = n * 6).entered();
+        let (ctl, epoch) = self.begin_op(5, n * std::mem::size_of::<[u64; 6]>())?;
+        // In an epoch: `round_trips` was made for it, of its size (`enter`).
         let origin = self.clock_origin;
         let clock = move |at: Instant| at.saturating_duration_since(origin).as_nanos() as i64;
         let now = clock(Instant::now());
@@ -719,8 +722,6 @@ impl Group {
         };
         let send: Vec<[u64; 6]> = (0..n).map(block).collect();
         let mut recv = vec![[0u64; 6]; n];
-        let _span = info_span!("alltoall", epoch = self.epoch(), count = n * 6).entered();
-        let (ctl, epoch) = self.begin_op(5, std::mem::size_of_val(&send[..]))?;
         let comm = self.comm.as_mut().expect("begin checked");
         let bytes = bytemuck::cast_slice_mut(recv.as_flattened_mut());
         let r = self.rt.block_on(
@@ -729,7 +730,7 @@ impl Group {
         );
         let arrived = self.end(epoch, r)?;
         for (p, (w, at)) in recv.iter().zip(arrived).enumerate() {
-            if p != me && self.round_trips.size() == n {
+            if p != me {
                 self.round_trips
                     .incoming(p, [w[4], w[5]], at.map(clock), commit);
             }

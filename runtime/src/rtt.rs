@@ -31,6 +31,13 @@ struct Stamp {
     commit: u64,
 }
 
+impl Stamp {
+    /// Whether it is at most `max_age` commits old at commit `commit`.
+    fn fresh(&self, commit: u64, max_age: u64) -> bool {
+        commit.saturating_sub(self.commit) <= max_age
+    }
+}
+
 /// One rank's view of its links' round trips, for one epoch (ranks index peers).
 #[derive(Debug)]
 pub(crate) struct RoundTrips {
@@ -59,7 +66,7 @@ impl RoundTrips {
     }
 
     fn is_fresh(&self, s: &Stamp, commit: u64) -> bool {
-        commit.saturating_sub(s.commit) <= self.max_age
+        s.fresh(commit, self.max_age)
     }
 
     /// The least fresh one-way time from `peer`.
@@ -89,7 +96,7 @@ impl RoundTrips {
             let ns = at.wrapping_sub(words[0] as i64);
             let max_age = self.max_age;
             let kept = &mut self.inbound[peer];
-            kept.retain(|s| commit.saturating_sub(s.commit) <= max_age);
+            kept.retain(|s| s.fresh(commit, max_age));
             kept.push_back(Stamp { ns, commit });
         }
         if words[1] != NONE {

@@ -117,7 +117,6 @@ impl Net {
         ip(&["-n", &self.hub, "link", "set", &self.veth(i), state])
     }
 
-    /// Cuts or heals the link between the two bridges.
     /// Delays every frame to and from member `i` by `ms` milliseconds, each way (what
     /// `tc netem delay` does, without needing it): a forwarder (`delay_link.py`, in the hub)
     /// between two taps takes the member's place on its bridge. It runs until the net is
@@ -162,6 +161,7 @@ impl Net {
         ip(&["-n", hub, "link", "set", &self.veth(i), "master", &bridge])
     }
 
+    /// Cuts or heals the link between the two bridges.
     pub fn set_bridge_link(&self, up: bool) -> Result<(), String> {
         let state = if up { "up" } else { "down" };
         ip(&[
