@@ -140,6 +140,10 @@ int main(int argc, char **argv) {
         }
         if (step_ms) usleep(step_ms * 1000);
     }
+    /* The last commit is the job's final state: a worker restarted after this gets it rather
+       than training again. Its failure loses nothing (the state is committed). */
+    if ((rc = ringrun_finish()) != RINGRUN_OK)
+        fprintf(stderr, "train: finish: %s\n", ringrun_last_error());
 
     size_t len = 0;
     if ((rc = ringrun_faults_json(NULL, 0, &len))) die("ringrun_faults_json", rc);

@@ -87,6 +87,11 @@ typedef enum ringrun_status_t {
    `ringrun_restore` later may succeed.
    */
   RINGRUN_NO_QUORUM = 8,
+  /*
+   The job completed without this process: its members finished it (`ringrun_finish`) and
+   left, and no final state reached this process. Nothing changed; not recoverable: exit.
+   */
+  RINGRUN_COMPLETED = 9,
 } ringrun_status_t;
 
 /*
@@ -513,6 +518,25 @@ int ringrun_restore(uint64_t *step, size_t *size);
  `buf` is writable for `capacity` bytes.
  */
 int ringrun_restored_copy(void *buf, size_t capacity);
+
+/*
+ Marks the last commit as the job's final state: training is over. Every rank calls it after
+ its last `ringrun_commit`. Joiners waiting outside are admitted and receive the final state,
+ and every member and launcher of the job is told, so that a worker started later gets the
+ final state from `ringrun_restore` (with `ringrun_completed` set) or `RINGRUN_COMPLETED`,
+ instead of training again from the start. A second call does nothing.
+ */
+int ringrun_finish(void);
+
+/*
+ Writes the job's final step to `*step` once this process holds the job's final state (it
+ called `ringrun_finish`, or `ringrun_restore` returned the final state), else
+ `RINGRUN_NO_STATE`.
+
+ # Safety
+ `step` is valid for writes.
+ */
+int ringrun_completed(uint64_t *step);
 
 /*
  Tells the group which step the caller is working on, so that the fault report can say

@@ -104,6 +104,34 @@ pub unsafe extern "C" fn ringrun_restored_copy(buf: *mut c_void, capacity: usize
     })
 }
 
+/// Marks the last commit as the job's final state: training is over. Every rank calls it after
+/// its last `ringrun_commit`. Joiners waiting outside are admitted and receive the final state,
+/// and every member and launcher of the job is told, so that a worker started later gets the
+/// final state from `ringrun_restore` (with `ringrun_completed` set) or `RINGRUN_COMPLETED`,
+/// instead of training again from the start. A second call does nothing.
+#[unsafe(no_mangle)]
+pub extern "C" fn ringrun_finish() -> c_int {
+    guard(|| with_global(|g| Ok(g.group.finish()?)))
+}
+
+/// Writes the job's final step to `*step` once this process holds the job's final state (it
+/// called `ringrun_finish`, or `ringrun_restore` returned the final state), else
+/// `RINGRUN_NO_STATE`.
+///
+/// # Safety
+/// `step` is valid for writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_completed(step: *mut u64) -> c_int {
+    guard(|| {
+        if step.is_null() {
+            return Err(invalid("step is NULL"));
+        }
+        let s = with_global(|g| Ok(g.group.completed().unwrap_or(RINGRUN_NO_STATE)))?;
+        // SAFETY: see `write_out`.
+        unsafe { write_out(step, s, "step") }
+    })
+}
+
 /// Tells the group which step the caller is working on, so that the fault report can say
 /// how many steps a recovery rolled back.
 #[unsafe(no_mangle)]

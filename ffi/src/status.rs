@@ -43,6 +43,9 @@ pub enum ringrun_status_t {
     /// No epoch could be formed in time (too few members, no majority). Retrying
     /// `ringrun_restore` later may succeed.
     RINGRUN_NO_QUORUM = 8,
+    /// The job completed without this process: its members finished it (`ringrun_finish`) and
+    /// left, and no final state reached this process. Nothing changed; not recoverable: exit.
+    RINGRUN_COMPLETED = 9,
 }
 
 use ringrun_status_t::*;
@@ -69,6 +72,7 @@ impl From<GroupError> for Fail {
             GroupError::Mismatch(_) => RINGRUN_MISMATCH,
             GroupError::InvalidArgument(_) => RINGRUN_INVALID_ARGUMENT,
             GroupError::NoQuorum(_) => RINGRUN_NO_QUORUM,
+            GroupError::Completed { .. } => RINGRUN_COMPLETED,
             GroupError::Internal(_) | GroupError::DeviceUnavailable(_) => RINGRUN_INTERNAL,
         };
         Fail(status, e.to_string())

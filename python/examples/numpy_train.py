@@ -69,6 +69,8 @@ def main():
             time.sleep(args.step_ms / 1000)
 
     train(state)
+    # elastic.run marked the last commit as the job's final state (ringrun.finish).
+    print("completed at commit", ringrun.completed())
     print("faults", len(ringrun.faults()))
     print("final " + " ".join(f"{v:.17g}" for v in state.w))
     sys.stdout.flush()

@@ -16,6 +16,7 @@ from .errors import (  # noqa: F401  (re-exported)
     RECOVERABLE,
     InternalError,
     InvalidArgument,
+    JobCompleted,
     MembershipChanged,
     Mismatch,
     NoQuorum,
@@ -27,9 +28,10 @@ from .errors import (  # noqa: F401  (re-exported)
 
 __all__ = [
     "init", "finalize", "is_initialized", "rank", "size", "epoch", "allreduce",
-    "allreduce_many", "broadcast", "allgather", "barrier", "commit", "restore", "faults",
-    "set_step", "log", "RingrunError", "MembershipChanged", "PeerLost", "Timeout", "InvalidArgument",
-    "NotInitialized", "InternalError", "Mismatch", "NoQuorum",
+    "allreduce_many", "broadcast", "allgather", "barrier", "commit", "restore", "finish",
+    "completed", "faults", "set_step", "log", "RingrunError", "MembershipChanged", "PeerLost",
+    "Timeout", "InvalidArgument", "NotInitialized", "InternalError", "Mismatch", "NoQuorum",
+    "JobCompleted",
 ]
 
 
@@ -166,6 +168,21 @@ def restore():
     buf = ctypes.create_string_buffer(max(n.value, 1))
     check(lib().ringrun_restored_copy(buf, n.value))
     return step.value, buf.raw[: n.value]
+
+
+def finish():
+    """Marks the last commit as the job's final state; every rank calls it after its last
+    ``commit``. A worker started later (a restart that came too late) then gets the final
+    state from ``restore`` or raises ``JobCompleted``, instead of training again from the
+    start. A second call does nothing."""
+    check(lib().ringrun_finish())
+
+
+def completed():
+    """The job's final step once this process holds the final state (it called ``finish``,
+    or ``restore`` returned the final state), else ``None``."""
+    step = _int_out(lib().ringrun_completed, ctypes.c_uint64)
+    return None if step == 2**64 - 1 else step
 
 
 def set_step(step):

@@ -79,6 +79,8 @@ def _declare(lib):
         "ringrun_restore": [ctypes.POINTER(_u64), ctypes.POINTER(_size_t)],
         "ringrun_restored_copy": [_vp, _size_t],
         "ringrun_set_step": [_u64],
+        "ringrun_finish": [],
+        "ringrun_completed": [ctypes.POINTER(_u64)],
         "ringrun_fault_count": [ctypes.POINTER(_size_t)],
         "ringrun_faults_json": [ctypes.c_char_p, _size_t, ctypes.POINTER(_size_t)],
         "ringrun_log": [_u64, ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_double),

@@ -132,23 +132,37 @@ def _recoverable(e):
 def run(func):
     """Decorates ``func(state, *args)``: it starts from the group's state (a fresh start, or
     the newest commit), and on ``MembershipChanged`` / ``PeerLost`` / ``Timeout`` restores the
-    last commit and calls ``func`` again. Other errors propagate."""
+    last commit and calls ``func`` again. Other errors propagate. When ``func`` returns, the
+    last commit is the job's final state (``ringrun.finish``). A worker that comes back after
+    the others finished gets that final state (``func`` then finds its work done), or, when
+    no member holds it any more, exits with status 0 (``JobCompleted``)."""
 
     @functools.wraps(func)
     def wrapper(state, *args, **kwargs):
-        state.restore()
-        while True:
-            try:
-                return func(state, *args, **kwargs)
-            except Exception as e:
-                if not _recoverable(e):
-                    raise
-                print(f"ringrun: {type(e).__name__}: {e}; restoring", file=sys.stderr)
-                state.restore()
-                for fn in state._on_reset:
-                    fn()
+        try:
+            return _run(func, state, *args, **kwargs)
+        except ringrun.JobCompleted as e:
+            print(f"ringrun: {e}; exiting", file=sys.stderr)
+            raise SystemExit(0) from None
 
     return wrapper
+
+
+def _run(func, state, *args, **kwargs):
+    state.restore()
+    while True:
+        try:
+            result = func(state, *args, **kwargs)
+            if state.commits > 0:  # there is a committed state to finish with
+                ringrun.finish()
+            return result
+        except Exception as e:
+            if not _recoverable(e):
+                raise
+            print(f"ringrun: {type(e).__name__}: {e}; restoring", file=sys.stderr)
+            state.restore()
+            for fn in state._on_reset:
+                fn()
 
 
 __all__ = ["State", "run"]

@@ -63,6 +63,14 @@ class NoQuorum(RingrunError):
     status = 8
 
 
+class JobCompleted(RingrunError):
+    """The job completed without this process: its members finished it (``ringrun.finish``)
+    and left, and no final state reached this process. Nothing changed; there is nothing left
+    to train (``ringrun.elastic.run`` exits with status 0 on it)."""
+
+    status = 9
+
+
 BY_STATUS = {
     c.status: c
     for c in (
@@ -74,6 +82,7 @@ BY_STATUS = {
         InternalError,
         Mismatch,
         NoQuorum,
+        JobCompleted,
     )
 }
 

@@ -31,6 +31,7 @@ def test_elastic_run_survives_a_sigkill(group):
         np.testing.assert_allclose(final(lines), final(ref), rtol=1e-9)
         assert any(" size 2 " in line for line in lines if line.startswith("step ")), lines
         assert "faults 1" in lines or "faults 2" in lines, lines
+        assert f"completed at commit {steps - 1}" in lines, lines
 
 
 def test_torch_example(group):

@@ -2,7 +2,8 @@
 //! group restarted).
 //!
 //! A checkpoint is one file `ckpt-<step, 20 digits>.rrc`: a 64-byte header (magic, format
-//! version, step, payload length, SHA-256 of the payload) and the payload. It is written to a
+//! version, step, payload length, SHA-256 of the payload, flags: whether it is the job's final
+//! state) and the payload. It is written to a
 //! temporary name, synced, renamed into place and the directory synced, so a crash leaves either
 //! the old set of checkpoints or the new one, never a torn file under a checkpoint name. Only the
 //! newest `keep` checkpoints are kept. Loading skips files whose header or checksum is wrong
@@ -41,6 +42,8 @@ pub struct Checkpoint {
     pub step: u64,
     /// The committed state.
     pub state: Vec<u8>,
+    /// Whether it is the job's final state (saved by `Group::finish`).
+    pub is_final: bool,
 }
 
 /// A directory of checkpoints.
@@ -61,13 +64,19 @@ impl Store {
         })
     }
 
-    /// Writes `state` as the checkpoint of `step`, atomically, then prunes old checkpoints.
-    pub fn save(&self, step: u64, state: &[u8]) -> Result<PathBuf, CheckpointError> {
+    /// Writes `state` as the checkpoint of `step` (marked as the job's final state if
+    /// `is_final`), atomically, then prunes old checkpoints.
+    pub fn save(
+        &self,
+        step: u64,
+        state: &[u8],
+        is_final: bool,
+    ) -> Result<PathBuf, CheckpointError> {
         let path = self.dir.join(file_name(step));
         let tmp = self.dir.join(format!(".{}.tmp", file_name(step)));
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(&header(step, state))?;
+            f.write_all(&header(step, state, is_final))?;
             f.write_all(state)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;
@@ -124,12 +133,16 @@ fn file_name(step: u64) -> String {
     format!("ckpt-{step:020}.rrc")
 }
 
-fn header(step: u64, state: &[u8]) -> [u8; HEADER_LEN] {
+/// Bit 0 of the flags byte: the job's final state.
+const FLAG_FINAL: u8 = 1;
+
+fn header(step: u64, state: &[u8], is_final: bool) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..16].copy_from_slice(&step.to_le_bytes());
     h[16..24].copy_from_slice(&(state.len() as u64).to_le_bytes());
     h[24..56].copy_from_slice(digest(&SHA256, state).as_ref());
+    h[56] = if is_final { FLAG_FINAL } else { 0 };
     h
 }
 
@@ -156,6 +169,7 @@ fn read(path: &Path) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
         step,
         state: state.to_vec(),
+        is_final: h[56] & FLAG_FINAL != 0,
     })
 }
 
@@ -182,7 +196,8 @@ mod tests {
         let s = Store::open(&dir, 2).unwrap();
         assert_eq!(s.load_latest().unwrap(), None);
         for step in [3, 10, 11] {
-            s.save(step, format!("state {step}").as_bytes()).unwrap();
+            s.save(step, format!("state {step}").as_bytes(), step == 11)
+                .unwrap();
         }
         let steps: Vec<u64> = s.list().unwrap().into_iter().map(|(s, _)| s).collect();
         assert_eq!(steps, vec![10, 11]);
@@ -190,7 +205,8 @@ mod tests {
             s.load_latest().unwrap(),
             Some(Checkpoint {
                 step: 11,
-                state: b"state 11".to_vec()
+                state: b"state 11".to_vec(),
+                is_final: true,
             })
         );
         fs::remove_dir_all(dir).unwrap();
@@ -200,8 +216,8 @@ mod tests {
     fn a_corrupt_newest_checkpoint_falls_back_to_the_previous() {
         let dir = scratch("corrupt");
         let s = Store::open(&dir, 2).unwrap();
-        s.save(1, b"good").unwrap();
-        let newest = s.save(2, b"will be damaged").unwrap();
+        s.save(1, b"good", false).unwrap();
+        let newest = s.save(2, b"will be damaged", false).unwrap();
         let mut bytes = fs::read(&newest).unwrap();
         *bytes.last_mut().unwrap() ^= 0xff;
         fs::write(&newest, bytes).unwrap();
@@ -209,7 +225,8 @@ mod tests {
             s.load_latest().unwrap(),
             Some(Checkpoint {
                 step: 1,
-                state: b"good".to_vec()
+                state: b"good".to_vec(),
+                is_final: false,
             })
         );
         fs::write(&newest, b"short").unwrap();

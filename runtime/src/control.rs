@@ -10,7 +10,10 @@
 //! that the member is gone, which lets the group re-form without waiting for SWIM's suspicion
 //! timeout and lets the majority rule leave the member out (it cannot be on the other side of a
 //! partition). A dashboard or `ringrun status` sends [`Control::ReportRequest`]; a member
-//! answers the sender with its [`Report`] (see `progress.rs`).
+//! answers the sender with its [`Report`] (see `progress.rs`). Members that finished the job
+//! send [`Control::Completed`] to every member and launcher they know: a worker that was not
+//! with them learns that the job is over instead of training alone, and a launcher does not
+//! restart workers of a completed job.
 
 use ringrun_membership::{Authenticator, DropReason, wire::PacketKind};
 use serde::{Deserialize, Serialize};
@@ -38,6 +41,17 @@ enum Envelope {
         since: u64,
     },
     Report(Report),
+    Completed(Completion),
+}
+
+/// The job's end, as its members announce it: the final committed step and the first 16
+/// bytes of the SHA-256 of its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The final committed step.
+    pub step: u64,
+    /// The state's digest (as `state::digest_of`).
+    pub digest: [u64; 2],
 }
 
 /// What a control datagram says.
@@ -55,6 +69,8 @@ pub enum Control {
     },
     /// A member's report.
     Report(Box<Report>),
+    /// The job completed (see [`Completion`]).
+    Completed(Completion),
 }
 
 /// Seals and opens control datagrams.
@@ -90,6 +106,11 @@ impl ControlCodec {
         self.seal_envelope(&EnvelopeRef::Report(report))
     }
 
+    /// The sealed announcement that the job completed.
+    pub fn seal_completed(&self, completion: Completion) -> Vec<u8> {
+        self.seal_envelope(&EnvelopeRef::Completed(completion))
+    }
+
     fn seal_envelope(&self, env: &EnvelopeRef<'_>) -> Vec<u8> {
         let payload = postcard::to_allocvec(env).expect("control messages always encode");
         let mut out = Vec::new();
@@ -109,6 +130,19 @@ impl ControlCodec {
             Envelope::Exited { member } => Ok(Control::Exited(member)),
             Envelope::ReportRequest { since } => Ok(Control::ReportRequest { since }),
             Envelope::Report(r) => Ok(Control::Report(Box::new(r))),
+            Envelope::Completed(c) => Ok(Control::Completed(c)),
+        }
+    }
+
+    /// Opens a datagram that announces the job's completion (for a launcher).
+    pub fn open_completed(&self, packet: &[u8]) -> Result<Completion, DropReason> {
+        let (kind, payload) = self.auth.open(packet)?;
+        if kind != PacketKind::Control {
+            return Err(DropReason::BadKind);
+        }
+        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
+            Envelope::Completed(c) => Ok(c),
+            _ => Err(DropReason::Malformed),
         }
     }
 
@@ -140,6 +174,7 @@ enum EnvelopeRef<'a> {
         since: u64,
     },
     Report(&'a Report),
+    Completed(Completion),
 }
 
 #[cfg(test)]
@@ -199,6 +234,14 @@ mod tests {
             ..Report::default()
         };
         assert_eq!(c.open_report(&c.seal_report(&report)), Ok(report));
+        let done = Completion {
+            step: 99,
+            digest: [1, 2],
+        };
+        assert_eq!(
+            c.open(key(2), &c.seal_completed(done)),
+            Ok(Control::Completed(done))
+        );
         assert_eq!(c.open_report(&packet), Err(DropReason::Malformed));
     }
 

@@ -24,8 +24,8 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::{
     agreement::{self, Agreement, Event, View},
-    control::{Control, ControlCodec},
-    member::{self, Advert, EpochAnnotation, MemberKey},
+    control::{Completion, Control, ControlCodec},
+    member::{self, Advert, CONTROL_ENDPOINT, EpochAnnotation, MemberKey},
     progress::{Dropped, Progress},
 };
 
@@ -53,6 +53,8 @@ pub struct Published {
     pub waiting_to_join: usize,
     /// The driver stopped (its error, if any).
     pub stopped: Option<String>,
+    /// The job completed: this member finished it, or a member that did said so.
+    pub completed: Option<Completion>,
 }
 
 /// The collective in flight, for the driver to cancel on an abort.
@@ -61,6 +63,8 @@ pub(crate) type CancelSlot = Arc<Mutex<Option<(u64, Cancel)>>>;
 pub(crate) enum Command {
     Admit(bool),
     Reform(u64),
+    /// This member finished the job: announce it to every member and launcher known.
+    Finish(Completion),
     Leave,
 }
 
@@ -121,6 +125,10 @@ struct Loop {
     codec: ControlCodec,
     socket: UdpSocket,
     control_addrs: BTreeMap<MemberKey, SocketAddr>,
+    /// The control sockets of every live member, launchers included (for `Command::Finish`).
+    announce_to: BTreeSet<SocketAddr>,
+    /// The job's completion, once known.
+    completed: Option<Completion>,
     /// Members a launcher saw exit: never live again, and known to have exited.
     exited: BTreeSet<MemberKey>,
     members: Vec<ringrun_membership::MemberInfo>,
@@ -155,6 +163,8 @@ async fn run(
         codec: setup.codec,
         socket: UdpSocket::from_std(setup.control).map_err(|e| e.to_string())?,
         control_addrs: BTreeMap::new(),
+        announce_to: BTreeSet::new(),
+        completed: None,
         exited: BTreeSet::new(),
         members: Vec::new(),
         cancel: setup.cancel,
@@ -197,6 +207,7 @@ async fn run(
                 match cmd {
                     Some(Command::Admit(open)) => l.agreement.set_admitting(now, open),
                     Some(Command::Reform(epoch)) => l.agreement.request_reform(now, epoch),
+                    Some(Command::Finish(c)) => l.announce_completion(c).await,
                     Some(Command::Leave) | None => break,
                 }
             }
@@ -242,6 +253,12 @@ impl Loop {
 
     fn refresh_live(&mut self) {
         let (mut live, mut left) = (BTreeMap::new(), self.exited.clone());
+        self.announce_to = (self.members.iter())
+            .filter(|info| info.state.is_active())
+            .flat_map(|info| &info.id.meta.endpoints)
+            .filter(|e| e.transport == CONTROL_ENDPOINT)
+            .map(|e| e.addr)
+            .collect();
         for info in &self.members {
             let Some((key, advert)) = member::advertised(&info.id) else {
                 continue;
@@ -285,10 +302,28 @@ impl Loop {
                     debug!(error = %e, "report send failed");
                 }
             }
+            Ok(Control::Completed(c)) => {
+                if self.completed.is_none() {
+                    info!(step = c.step, "the job completed");
+                    self.completed = Some(c);
+                }
+            }
             Ok(Control::Report(_)) => self.dropped += 1,
             Err(reason) => {
                 self.dropped += 1;
                 debug!(%reason, "control datagram dropped");
+            }
+        }
+    }
+
+    /// Tells every member and launcher known that the job completed. Once: a member that
+    /// misses it learns it from its launcher, which passes it on to workers it sees join.
+    async fn announce_completion(&mut self, c: Completion) {
+        self.completed = Some(c);
+        let packet = self.codec.seal_completed(c);
+        for addr in &self.announce_to {
+            if let Err(e) = self.socket.send_to(&packet, addr).await {
+                debug!(%addr, error = %e, "completion send failed");
             }
         }
     }
@@ -312,11 +347,16 @@ impl Loop {
         while let Some(ev) = self.agreement.poll_event() {
             events.push(ev);
         }
-        if events.is_empty() && out.borrow().waiting_to_join == waiting {
+        let unchanged = {
+            let p = out.borrow();
+            p.waiting_to_join == waiting && p.completed == self.completed
+        };
+        if events.is_empty() && unchanged {
             return;
         }
         out.send_modify(|p| {
             p.waiting_to_join = waiting;
+            p.completed = self.completed;
             for ev in events {
                 self.apply(p, ev);
             }

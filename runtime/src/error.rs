@@ -42,6 +42,14 @@ pub enum GroupError {
     /// in-process: install the library, or run on the CPU transports.
     #[error("device group unavailable: {0}")]
     DeviceUnavailable(String),
+    /// The job completed at step `step` without this member: the others finished it and left,
+    /// and no final state reached this member (neither from a peer nor from a checkpoint
+    /// marked final). State: nothing changed. Not recoverable: the job is over, exit.
+    #[error("the job completed at step {step} without this member")]
+    Completed {
+        /// The job's final committed step.
+        step: u64,
+    },
     /// Set-up or I/O failure of the group itself (sockets, threads, the checkpoint store).
     /// State: the group may be unusable. Not recoverable in-process: leave and rejoin.
     #[error("group failure: {0}")]
@@ -53,7 +61,9 @@ impl GroupError {
     pub fn recoverable(&self) -> bool {
         !matches!(
             self,
-            GroupError::Internal(_) | GroupError::DeviceUnavailable(_)
+            GroupError::Internal(_)
+                | GroupError::DeviceUnavailable(_)
+                | GroupError::Completed { .. }
         )
     }
 

@@ -29,7 +29,7 @@ use crate::{
     agreement,
     checkpoint::Store,
     config::GroupConfig,
-    control::ControlCodec,
+    control::{Completion, ControlCodec},
     device::{DeviceEpochs, UNIQUE_ID_LEN},
     driver::{CancelSlot, Command, Driver, GroupView, Published, Setup},
     error::GroupError,
@@ -67,6 +67,8 @@ pub struct Group {
     /// `end`).
     reform_pending: Option<Instant>,
     memory: Option<Committed>,
+    /// `memory` is the job's final state ([`Group::finish`]).
+    finished: bool,
     store: Option<Store>,
     commits: u64,
     step_hint: u64,
@@ -183,6 +185,7 @@ impl Group {
             broken: None,
             reform_pending: None,
             memory: None,
+            finished: false,
             store,
             commits: 0,
             step_hint: 0,
@@ -400,6 +403,10 @@ impl Group {
         let deadline = Instant::now() + self.config.restore_timeout;
         self.request_pending_reform();
         loop {
+            let completed = self.published.borrow().completed;
+            if let Some(c) = completed {
+                return self.completed_elsewhere(c);
+            }
             if self.healthy() {
                 return Ok(self.memory.as_ref().map(|c| (c.step, c.bytes.clone())));
             }
@@ -412,6 +419,76 @@ impl Group {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Marks the last commit as the job's final state: training is over. Every rank calls it,
+    /// after its last [`Group::commit`] (the ranks check they hold the same commit). Joiners
+    /// waiting outside are admitted and receive the final state, and every member and launcher
+    /// of the job is told that it completed, so that a worker restarted later does not train
+    /// again from the start: its [`Group::restore`] returns the final state (from a peer or a
+    /// checkpoint marked final) or [`GroupError::Completed`]. With a checkpoint directory the
+    /// final state is saved, marked final. A second call is a no-op.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let _span = info_span!("finish", epoch = self.epoch()).entered();
+        let Some(last) = self.memory.clone() else {
+            return Err(GroupError::InvalidArgument(
+                "finish before any commit: there is no state to finish with".into(),
+            ));
+        };
+        let waiting = self.published.borrow().waiting_to_join;
+        let all = self.exchange_commit(&state::commit_record(&last, waiting))?;
+        let joiners = state::check_commit(&all).map_err(GroupError::Mismatch)?;
+        self.finished = true;
+        self.write_checkpoint()?;
+        if joiners > 0 {
+            self.admit()?;
+        }
+        let completion = Completion {
+            step: last.step,
+            digest: last.digest,
+        };
+        self.driver.send(Command::Finish(completion));
+        info!(step = last.step, "job finished");
+        Ok(())
+    }
+
+    /// The job's final step, once this member holds the final state (it called
+    /// [`Group::finish`], or received the state from members that did).
+    pub fn completed(&self) -> Option<u64> {
+        self.finished
+            .then(|| self.memory.as_ref().map(|c| c.step))
+            .flatten()
+    }
+
+    /// The job completed (`c`, announced by a member that finished it): the final state if
+    /// this member holds it, or a checkpoint marked final holds it, else `Completed`.
+    fn completed_elsewhere(&mut self, c: Completion) -> Result<Option<(u64, Arc<Vec<u8>>)>> {
+        let holds = |m: &Committed| m.step == c.step && m.digest == c.digest;
+        if !self.memory.as_ref().is_some_and(holds) {
+            let disk = match &self.store {
+                Some(store) => store
+                    .load_latest()
+                    .map_err(|e| GroupError::Internal(e.to_string()))?,
+                None => None,
+            };
+            let from_disk = disk
+                .filter(|d| d.is_final)
+                .map(|d| Committed::new(d.step, Arc::new(d.state)))
+                .filter(holds);
+            match from_disk {
+                Some(m) => self.memory = Some(m),
+                None => return Err(GroupError::Completed { step: c.step }),
+            }
+        }
+        self.finished = true;
+        info!(
+            step = c.step,
+            "the job completed; this member holds its final state"
+        );
+        Ok(self.memory.as_ref().map(|m| (m.step, m.bytes.clone())))
     }
 
     /// Leaves the group gracefully (the others re-form without it at once).
@@ -427,6 +504,9 @@ impl Group {
 
     /// Why the epoch `epoch` is over, if it is.
     fn stale(&self, epoch: u64, p: &Published) -> Option<String> {
+        if let Some(c) = p.completed.filter(|_| !self.finished) {
+            return Some(format!("the job completed at step {}", c.step));
+        }
         if let Some((e, _)) = p.aborted
             && e >= epoch
         {
@@ -537,6 +617,9 @@ impl Group {
             if let Some(why) = p.stopped {
                 return Err(GroupError::Internal(format!("membership stopped: {why}")));
             }
+            if let Some(c) = p.completed {
+                return Err(GroupError::Completed { step: c.step });
+            }
             if let Some((v, _)) = &p.view
                 && v.epoch > after
                 && v.rank_of(&self.me).is_some()
@@ -628,10 +711,13 @@ impl Group {
                 .map_err(|e| GroupError::Internal(e.to_string()))?,
             _ => None,
         };
-        let record = state::record(self.memory.as_ref(), disk.as_ref().map(|c| c.step));
-        let mut all = vec![[0u64; 4]; self.size()];
+        let disk_held = disk.as_ref().map(|c| (c.step, c.is_final));
+        let record = state::record(self.memory.as_ref(), disk_held, self.finished);
+        let mut all = vec![[0u64; 5]; self.size()];
         self.allgather_words(&record, &mut all)?;
-        match state::decide(&all) {
+        let decision = state::decide(&all);
+        self.finished = state::decided_final(&all, decision);
+        match decision {
             Decision::Fresh | Decision::Keep { .. } => Ok(()),
             Decision::Broadcast {
                 step,
@@ -701,7 +787,11 @@ impl Group {
     }
 
     /// Allgather of one record of words per rank (the collectives carry them as i64).
-    fn allgather_words(&mut self, record: &[u64; 4], all: &mut [[u64; 4]]) -> Result<()> {
+    fn allgather_words<const N: usize>(
+        &mut self,
+        record: &[u64; N],
+        all: &mut [[u64; N]],
+    ) -> Result<()> {
         let send: &[i64] = bytemuck::cast_slice(record);
         self.allgather(send, bytemuck::cast_slice_mut(all.as_flattened_mut()))
     }
@@ -739,12 +829,17 @@ impl Group {
     }
 
     fn checkpoint_if_due(&mut self) -> Result<()> {
+        match self.commits.is_multiple_of(self.config.checkpoint_every) {
+            true => self.write_checkpoint(),
+            false => Ok(()),
+        }
+    }
+
+    /// Saves the held state (marked final once finished), if this member is its host's writer.
+    fn write_checkpoint(&self) -> Result<()> {
         let (Some(store), Some(c), Some(view)) = (&self.store, &self.memory, &self.view) else {
             return Ok(());
         };
-        if !self.commits.is_multiple_of(self.config.checkpoint_every) {
-            return Ok(());
-        }
         // One writer per host: the lowest rank whose endpoint has this member's IP.
         let my_ip = self.listener.local_addr().map(|a| a.ip()).ok();
         let first_here = view
@@ -753,7 +848,7 @@ impl Group {
             .position(|(_, a)| Some(a.endpoints.tcp.ip()) == my_ip);
         if first_here == Some(self.rank()) {
             store
-                .save(c.step, &c.bytes)
+                .save(c.step, &c.bytes, self.finished)
                 .map_err(|e| GroupError::Internal(e.to_string()))?;
         }
         Ok(())

@@ -48,13 +48,39 @@ pub(crate) fn digest_of(bytes: &[u8]) -> [u64; 2] {
 }
 
 /// What one member holds, as exchanged at the start of an epoch: `[memory step, digest word 0,
-/// digest word 1, disk step]`, with [`NONE`] for nothing.
-pub(crate) type Record = [u64; 4];
+/// digest word 1, disk step, final]`, with [`NONE`] for nothing; `final` is 1 when the memory
+/// (else the disk) holds the job's final state (`Group::finish`).
+pub(crate) type Record = [u64; 5];
 
-pub(crate) fn record(memory: Option<&Committed>, disk_step: Option<u64>) -> Record {
+pub(crate) fn record(
+    memory: Option<&Committed>,
+    disk: Option<(u64, bool)>,
+    final_: bool,
+) -> Record {
+    let (disk_step, disk_final) = disk.unwrap_or((NONE, false));
     match memory {
-        Some(c) => [c.step, c.digest[0], c.digest[1], disk_step.unwrap_or(NONE)],
-        None => [NONE, 0, 0, disk_step.unwrap_or(NONE)],
+        Some(c) => [c.step, c.digest[0], c.digest[1], disk_step, final_ as u64],
+        None => [NONE, 0, 0, disk_step, disk_final as u64],
+    }
+}
+
+/// Whether the state [`decide`] chose is the job's final state: a member holding those bytes
+/// (in memory, or on disk when they come from disk) says so.
+pub(crate) fn decided_final(records: &[Record], decision: Decision) -> bool {
+    let marked = |same: &dyn Fn(&Record) -> bool| records.iter().any(|r| same(r) && r[4] == 1);
+    match decision {
+        Decision::Fresh => false,
+        Decision::Keep { .. } => marked(&|_| true),
+        Decision::Broadcast {
+            root,
+            from_disk: false,
+            ..
+        } => marked(&|r| r[..3] == records[root][..3]),
+        Decision::Broadcast {
+            step,
+            from_disk: true,
+            ..
+        } => marked(&|r| r[0] == NONE && r[3] == step),
     }
 }
 
@@ -135,12 +161,12 @@ mod tests {
     use super::*;
 
     fn held(step: u64, tag: u64) -> Record {
-        [step, tag, tag, NONE]
+        [step, tag, tag, NONE, 0]
     }
 
     #[test]
     fn nothing_anywhere_is_a_fresh_start() {
-        assert_eq!(decide(&[record(None, None); 3]), Decision::Fresh);
+        assert_eq!(decide(&[record(None, None, false); 3]), Decision::Fresh);
     }
 
     #[test]
@@ -150,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_newest_step_wins_and_its_lowest_holder_sends_it() {
-        let joiner = record(None, None);
+        let joiner = record(None, None, false);
         let d = decide(&[held(6, 1), held(7, 2), held(7, 2), joiner]);
         assert_eq!(
             d,
@@ -164,9 +190,9 @@ mod tests {
 
     #[test]
     fn memory_beats_disk_and_disk_is_the_fallback() {
-        let mut disk_only = record(None, Some(9));
+        let mut disk_only = record(None, Some((9, false)), false);
         assert_eq!(
-            decide(&[record(None, None), disk_only]),
+            decide(&[record(None, None, false), disk_only]),
             Decision::Broadcast {
                 step: 9,
                 root: 1,
@@ -182,6 +208,23 @@ mod tests {
                 from_disk: false
             }
         );
+    }
+
+    #[test]
+    fn the_final_mark_follows_the_chosen_holder() {
+        let mut finished = held(9, 1);
+        finished[4] = 1;
+        let joiner = record(None, None, false);
+        let rs = [finished, held(9, 1), joiner];
+        assert!(decided_final(&rs, decide(&rs)));
+        // A member that finished holds the newest step; one that did not holds an older one.
+        let rs = [held(8, 2), finished];
+        assert!(decided_final(&rs, decide(&rs)));
+        let rs = [held(10, 2), finished];
+        assert!(!decided_final(&rs, decide(&rs)));
+        // From disk: the checkpoint's own mark.
+        let rs = [record(None, Some((9, true)), false), joiner];
+        assert!(decided_final(&rs, decide(&rs)));
     }
 
     #[test]

@@ -27,7 +27,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ringrun_collectives::transport::TransportKind;
 use ringrun_membership::{Authenticator, JobId};
-use ringrun_runtime::{control::ControlCodec, member::MemberKey};
+use ringrun_runtime::{
+    control::{Completion, ControlCodec},
+    member::MemberKey,
+};
 use rustix::process::Signal;
 
 use crate::secret;
@@ -181,6 +184,8 @@ pub(crate) struct Running {
     /// when a local worker's process exits.
     workers: BTreeMap<SocketAddr, (MemberKey, SocketAddr)>,
     notify: (std::net::UdpSocket, ControlCodec),
+    /// The job's completion, once a member announced it.
+    completion: Option<Completion>,
     /// The job as the launcher sees it (stragglers logged; the page with --dashboard).
     dashboard: dashboard::Dashboard,
 }
@@ -303,12 +308,16 @@ pub(crate) fn start_with(
         false => secret::or_random(a.secret_file.as_deref())?,
     };
     let launcher_node = u64::MAX - a.node_rank as u64;
+    // Tells workers that a local one exited, and hears from the job's members that it completed.
+    let notify_socket = std::net::UdpSocket::bind((a.bind, 0))?;
+    notify_socket.set_nonblocking(true)?;
     let (watch_addr, seen) = watch::start(
         SocketAddr::new(a.bind, a.port),
         JobId::from_run_id(&a.run_id),
         secret.clone(),
         host.clone(),
         launcher_node,
+        notify_socket.local_addr()?,
     )?;
     let slots: Vec<Slot> = (0..nproc)
         .map(|i| {
@@ -370,10 +379,7 @@ pub(crate) fn start_with(
         inputs,
     };
     let auth = Authenticator::new(JobId::from_run_id(&a.run_id), job.secret.as_bytes())?;
-    let notify = (
-        std::net::UdpSocket::bind((a.bind, 0))?,
-        ControlCodec::new(auth),
-    );
+    let notify = (notify_socket, ControlCodec::new(auth));
     // Before the workers, so that a port in use stops the launch with nothing started.
     let listen = a
         .dashboard
@@ -397,6 +403,7 @@ pub(crate) fn start_with(
     Ok(Running {
         workers: BTreeMap::new(),
         notify,
+        completion: None,
         dashboard,
         sup,
         seen,
@@ -411,6 +418,7 @@ impl Running {
     /// Polls the workers and the membership watcher; tells the group at once when a local
     /// worker's process exits (proof of death: no waiting for SWIM's suspicion timeout).
     pub(crate) fn poll(&mut self, within: Duration, report: &mut Report) -> Result<Vec<Event>> {
+        self.hear_completion();
         let events = self.sup.poll(within)?;
         for ev in &events {
             if let Event::Exited { slot, status, .. } = ev
@@ -426,6 +434,7 @@ impl Running {
             match (s.what, s.worker) {
                 ("up", Some(w)) => {
                     self.workers.insert(s.addr, w);
+                    self.pass_on_completion(&[w.1]);
                 }
                 ("down" | "left", _) => {
                     self.workers.remove(&s.addr);
@@ -435,6 +444,31 @@ impl Running {
             report.membership(self, s);
         }
         Ok(events)
+    }
+
+    /// A member that finished the job said so: no local worker is restarted from now on, and
+    /// every worker seen is told (one that joined after the members finished did not hear it).
+    fn hear_completion(&mut self) {
+        let mut buf = [0u8; 512];
+        while let Ok((n, _)) = self.notify.0.recv_from(&mut buf) {
+            let Ok(c) = self.notify.1.open_completed(&buf[..n]) else {
+                continue;
+            };
+            if self.completion.replace(c).is_none() {
+                eprintln!("ringrun: the job completed at step {}", c.step);
+                self.sup.job_completed(c.step);
+                let all: Vec<SocketAddr> = self.workers.values().map(|w| w.1).collect();
+                self.pass_on_completion(&all);
+            }
+        }
+    }
+
+    fn pass_on_completion(&self, to: &[SocketAddr]) {
+        let Some(c) = self.completion else { return };
+        let packet = self.notify.1.seal_completed(c);
+        for addr in to {
+            let _ = self.notify.0.send_to(&packet, addr);
+        }
     }
 
     fn announce_exit(&mut self, slot: usize) {
@@ -629,10 +663,10 @@ impl Report {
                     job.sup.slots()[*slot].rank
                 );
             }
-            Event::NotRestarted { slot, finished } => {
+            Event::NotRestarted { slot, why } => {
                 eprintln!(
-                    "ringrun: worker {} failed after {finished} worker(s) finished the job: not \
-                     restarted (it would train alone from the last commit)",
+                    "ringrun: worker {} failed after {why}: not restarted (it would train alone \
+                     from the last commit)",
                     job.sup.slots()[*slot].rank
                 );
             }

@@ -53,9 +53,10 @@ pub(crate) enum Event {
     },
     /// The restart budget is spent: the job has failed.
     GaveUp { slot: usize },
-    /// A worker failed after another finished its work: the job has completed, so the failed
-    /// worker is not restarted (it would train alone from the last commit).
-    NotRestarted { slot: usize, finished: usize },
+    /// A worker failed after the job completed (another worker here finished its work, or a
+    /// member of the job announced the completion): it is not restarted (it would train
+    /// alone from the last commit).
+    NotRestarted { slot: usize, why: String },
 }
 
 pub(crate) struct Supervisor {
@@ -76,6 +77,8 @@ pub(crate) struct Supervisor {
     failed: bool,
     /// Workers asked to stop by a shrink: their exit is neither a failure nor restarted.
     retiring: Vec<bool>,
+    /// The job's final step, as a member of the job announced it.
+    completed_at: Option<u64>,
 }
 
 impl Supervisor {
@@ -106,6 +109,7 @@ impl Supervisor {
             readers: Default::default(),
             failed: false,
             retiring: vec![false; n],
+            completed_at: None,
         };
         for i in 0..n {
             s.spawn(i)?;
@@ -221,8 +225,8 @@ impl Supervisor {
         if self.failed || self.pending.iter().any(|(_, which)| which.is_none()) {
             return None;
         }
-        if let Some(finished) = self.completed() {
-            return Some(Event::NotRestarted { slot: i, finished });
+        if let Some(why) = self.completed() {
+            return Some(Event::NotRestarted { slot: i, why });
         }
         if self.restarts >= self.job.max_restarts {
             self.failed = true;
@@ -260,9 +264,8 @@ impl Supervisor {
         for which in due {
             match which {
                 // The others finished while this restart waited.
-                Some(i) if self.completed().is_some() => {
-                    let finished = self.completed().unwrap_or(0);
-                    events.push(Event::NotRestarted { slot: i, finished });
+                Some(i) if let Some(why) = self.completed() => {
+                    events.push(Event::NotRestarted { slot: i, why });
                 }
                 Some(i) => {
                     self.slots[i].restarts += 1;
@@ -367,13 +370,22 @@ impl Supervisor {
         self.children.iter().all(Option::is_none) && (self.pending.is_empty() || self.failed)
     }
 
-    /// How many local workers finished their work (exited with success, not retired), if any:
-    /// the job has completed.
-    fn completed(&self) -> Option<usize> {
+    /// A member of the job announced that it completed at `step`.
+    pub(crate) fn job_completed(&mut self, step: u64) {
+        self.completed_at = Some(step);
+    }
+
+    /// Whether the job has completed, and how this launcher knows: local workers finished
+    /// their work (exited with success, not retired), or a member announced it.
+    fn completed(&self) -> Option<String> {
         let n = (0..self.done.len())
             .filter(|&j| !self.retiring[j] && self.done[j].is_some_and(|s| s.success()))
             .count();
-        (n > 0).then_some(n)
+        match (n, self.completed_at) {
+            (0, None) => None,
+            (0, Some(step)) => Some(format!("the job completed at step {step}")),
+            (n, _) => Some(format!("{n} worker(s) finished the job")),
+        }
     }
 
     /// The job succeeded: every worker's last exit was a success and the budget held.

@@ -1,6 +1,7 @@
 //! The launcher's own view of the job: it joins the job's SWIM group as a member without
 //! collective endpoints (so the runtime never puts it in an epoch), prints one line per
-//! membership event, and serves as a seed the workers announce to. It also catches SIGINT and
+//! membership event, and serves as a seed the workers announce to. It advertises its control
+//! socket, where the job's members announce its completion. It also catches SIGINT and
 //! SIGTERM for the supervisor to forward.
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use anyhow::Result;
 use ringrun_membership::{
-    DriverConfig, JobId, Membership, MembershipConfig, MembershipEvent, Metadata, NodeId,
+    DriverConfig, Endpoint, JobId, Membership, MembershipConfig, MembershipEvent, Metadata, NodeId,
 };
 use ringrun_runtime::member::{self, MemberKey};
 
@@ -40,6 +41,7 @@ pub(crate) fn start(
     secret: Vec<u8>,
     host: String,
     node: u64,
+    control: SocketAddr,
 ) -> Result<(SocketAddr, Receiver<Seen>)> {
     let (tx, rx) = channel();
     let (addr_tx, addr_rx) = channel();
@@ -60,6 +62,10 @@ pub(crate) fn start(
                     node: NodeId(node),
                     meta: Metadata {
                         host,
+                        endpoints: vec![Endpoint {
+                            transport: member::CONTROL_ENDPOINT,
+                            addr: control,
+                        }],
                         ..Metadata::default()
                     },
                     job,

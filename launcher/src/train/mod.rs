@@ -44,58 +44,82 @@ pub(crate) fn main(args: TrainArgs) -> Result<ExitCode> {
     // SIGTERM/SIGINT: finish the step, leave gracefully (the others see Left, not Down).
     let signals = crate::launch::watch::signals()?;
     let config = GroupConfig::from_env()?;
-    let mut group = Group::join(config).context("joining the group")?;
-    let (mut next, mut w) = resume(&p, group.restore()?)?;
+    let joined = Group::join(config).and_then(|mut g| g.restore().map(|r| (g, r)));
+    let (mut group, restored) = match joined {
+        Err(GroupError::Completed { step }) => return Ok(completed_without_us(step)),
+        joined => joined.context("joining the group")?,
+    };
+    let (mut next, mut w) = resume(&p, restored)?;
     let mut loss = f64::NAN;
     let mut reported = 0;
-    while next < args.steps {
+    // Train, then finish (which every rank calls after its last commit); a membership change
+    // in either restores the last commit and goes on from there.
+    while group.completed().is_none() {
         if signals.load(std::sync::atomic::Ordering::SeqCst) != 0 {
             println!("leaving at step {next} on a signal");
             group.leave();
             return Ok(ExitCode::SUCCESS);
         }
-        group.set_step(next);
-        match one_step(&p, &mut group, &w, next) {
-            Ok((w2, l)) => match group.commit(next, model::encode(next, &w2)) {
-                Ok(()) => {
-                    println!(
-                        "step {next} loss {l:.6} size {} epoch {} links {}",
-                        group.size(),
-                        group.epoch(),
-                        group.links().unwrap_or("none")
-                    );
-                    (w, loss, next) = (w2, l, next + 1);
-                }
-                Err(e) => (next, w) = recover(&p, &mut group, e)?,
+        let stepped = match next < args.steps {
+            true => train_step(&p, &mut group, &w, next).map(Some),
+            false => group.finish().map(|()| None),
+        };
+        match stepped {
+            Ok(Some((w2, l))) => (w, loss, next) = (w2, l, next + 1),
+            Ok(None) => {}
+            Err(e) => match recover(&p, &mut group, e)? {
+                Some(resumed) => (next, w) = resumed,
+                None => return Ok(ExitCode::SUCCESS),
             },
-            Err(e) => (next, w) = recover(&p, &mut group, e)?,
         }
         for f in &group.faults()[reported..] {
             println!("fault {}", fault_json(f));
         }
         reported = group.faults().len();
-        std::thread::sleep(Duration::from_millis(args.step_ms));
+        if next < args.steps {
+            std::thread::sleep(Duration::from_millis(args.step_ms));
+        }
     }
     println!("final {} loss {loss:.6}", model_digest(&w));
     group.leave();
     Ok(ExitCode::SUCCESS)
 }
 
-fn one_step(
+/// One step: gradients, allreduce, update, commit; prints the step's line.
+fn train_step(
     p: &Problem,
     g: &mut Group,
     w: &[f64],
     step: u64,
 ) -> Result<(Vec<f64>, f64), GroupError> {
+    g.set_step(step);
     let mut buf = p.local_gradients(w, step, g.rank(), g.size());
     g.allreduce(&mut buf, ReduceOp::Sum)?;
     let mut w2 = w.to_vec();
     let loss = p.apply(&mut w2, &buf);
+    g.commit(step, model::encode(step, &w2))?;
+    println!(
+        "step {step} loss {loss:.6} size {} epoch {} links {}",
+        g.size(),
+        g.epoch(),
+        g.links().unwrap_or("none")
+    );
     Ok((w2, loss))
 }
 
-/// After a failed step: wait for the next epoch and resume from the last commit.
-fn recover(p: &Problem, g: &mut Group, e: GroupError) -> Result<(u64, Vec<f64>)> {
+/// The job completed without this worker and no final state reached it: nothing to train.
+fn completed_without_us(step: u64) -> ExitCode {
+    println!("the job completed at step {step} without this worker; exiting");
+    ExitCode::SUCCESS
+}
+
+/// After a failed step: wait for the next epoch and resume from the last commit (`None`: the
+/// job completed without this worker).
+fn recover(p: &Problem, g: &mut Group, e: GroupError) -> Result<Option<(u64, Vec<f64>)>> {
+    if let GroupError::Completed { step } = e {
+        completed_without_us(step);
+        return Ok(None);
+    }
     if !matches!(
         e,
         GroupError::MembershipChanged { .. } | GroupError::Timeout(_)
@@ -103,14 +127,20 @@ fn recover(p: &Problem, g: &mut Group, e: GroupError) -> Result<(u64, Vec<f64>)>
         bail!("step failed: {e}");
     }
     eprintln!("membership changed ({e}); restoring");
-    let restored = g.restore().context("restoring after a membership change")?;
+    let restored = match g.restore() {
+        Err(GroupError::Completed { step }) => {
+            completed_without_us(step);
+            return Ok(None);
+        }
+        r => r.context("restoring after a membership change")?,
+    };
     let (next, w) = resume(p, restored)?;
     println!(
         "restored to step {next} size {} epoch {}",
         g.size(),
         g.epoch()
     );
-    Ok((next, w))
+    Ok(Some((next, w)))
 }
 
 fn resume(
