@@ -178,7 +178,7 @@ fn main() {
     let defaults = MembershipConfig::default();
     let period_s = defaults.probe_period.as_secs_f64();
     println!(
-        "| members | loss | seeds x victims | Down delay per survivor p50 / p90 / max (periods) | same (s) | all survivors per victim p50 / max (periods) | bound (periods) | undetected | false Downs | pkts/member/period quiet | with failures | start wall (s) | row wall (s) | peak RSS (GiB) |"
+        "| members | loss | seeds x victims | Down delay per survivor p50 / p90 / p99 / max (periods) | same (s) | all survivors per victim p50 / max (periods) | bound (periods) | undetected | false Downs | pkts/member/period quiet | with failures | start wall (s) | row wall (s) | peak RSS (GiB) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (idx, &n) in opts.sizes.iter().enumerate() {
@@ -198,14 +198,16 @@ fn main() {
             }
             let p50 = percentile(&mut row.pairs, 0.5);
             let p90 = percentile(&mut row.pairs, 0.9);
+            let p99 = percentile(&mut row.pairs, 0.99);
             let max = percentile(&mut row.pairs, 1.0);
             let bound = defaults.detection_bound(n).as_secs_f64() / period_s;
             println!(
-                "| {n} | {:.0} % | {seeds} x {} | {p50:.2} / {p90:.2} / {max:.2} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {bound:.1} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} |",
+                "| {n} | {:.0} % | {seeds} x {} | {p50:.2} / {p90:.2} / {p99:.2} / {max:.2} | {:.2} / {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {bound:.1} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} |",
                 loss * 100.0,
                 row.victims / seeds as usize,
                 p50 * period_s,
                 p90 * period_s,
+                p99 * period_s,
                 max * period_s,
                 percentile(&mut row.last, 0.5),
                 percentile(&mut row.last, 1.0),

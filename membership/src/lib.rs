@@ -41,7 +41,7 @@ pub use config::MembershipConfig;
 pub use driver::{DriverConfig, Membership};
 pub use error::MembershipError;
 pub use identity::{
-    Endpoint, EndpointKind, Incarnation, MAX_IDENTITY_LEN, MemberId, Metadata, NodeId,
+    Endpoint, EndpointKind, Incarnation, Life, MAX_IDENTITY_LEN, MemberId, Metadata, NodeId,
 };
 pub use node::{LocalEvent, MAX_ANNOTATION, MembershipEvent, Node, Stats, Transmit};
 pub use observer::{ObserverConfig, observe};
