@@ -30,6 +30,8 @@ mod dtype;
 mod error;
 pub mod frame;
 pub mod fusion;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hier;
 pub mod links;
 mod par;

@@ -148,29 +148,35 @@ fn header(step: u64, state: &[u8], is_final: bool) -> [u8; HEADER_LEN] {
 
 /// Reads and verifies one checkpoint file.
 fn read(path: &Path) -> Result<Checkpoint, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let (h, state) = bytes
-        .split_at_checked(HEADER_LEN)
-        .ok_or("shorter than a header")?;
-    if h[0..8] != MAGIC {
-        return Err("not a ringrun checkpoint".into());
+    Checkpoint::decode(&fs::read(path).map_err(|e| e.to_string())?)
+}
+
+impl Checkpoint {
+    /// Verifies and decodes a checkpoint file's bytes; `Err` says why they are not one.
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        let (h, state) = bytes
+            .split_at_checked(HEADER_LEN)
+            .ok_or("shorter than a header")?;
+        if h[0..8] != MAGIC {
+            return Err("not a ringrun checkpoint".into());
+        }
+        let step = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+        let len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+        if len != state.len() as u64 {
+            return Err(format!(
+                "header says {len} bytes of state, file has {}",
+                state.len()
+            ));
+        }
+        if h[24..56] != *digest(&SHA256, state).as_ref() {
+            return Err("checksum mismatch".into());
+        }
+        Ok(Checkpoint {
+            step,
+            state: state.to_vec(),
+            is_final: h[56] & FLAG_FINAL != 0,
+        })
     }
-    let step = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
-    let len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
-    if len != state.len() as u64 {
-        return Err(format!(
-            "header says {len} bytes of state, file has {}",
-            state.len()
-        ));
-    }
-    if h[24..56] != *digest(&SHA256, state).as_ref() {
-        return Err("checksum mismatch".into());
-    }
-    Ok(Checkpoint {
-        step,
-        state: state.to_vec(),
-        is_final: h[56] & FLAG_FINAL != 0,
-    })
 }
 
 fn io_err(path: &Path, source: io::Error) -> CheckpointError {

@@ -26,7 +26,7 @@
 
 mod arena;
 mod ring;
-mod segment;
+pub(crate) mod segment;
 mod wake;
 
 use std::{

@@ -30,7 +30,7 @@ use crate::{
 pub(super) const DIR: &str = "/dev/shm";
 /// File names start with this, then the creator's pid, so leaks can be traced to a process.
 pub(super) const PREFIX: &str = "ringrun-";
-pub(super) const DOORBELL_LEN: usize = 64;
+pub(crate) const DOORBELL_LEN: usize = 64;
 
 /// Removes the segments process `pid` created and had not yet unlinked: a process killed during
 /// set-up leaves its segment named, and its parent (the launcher that reaped it) calls this.
@@ -56,7 +56,7 @@ const PAGE: usize = 4096;
 const MAGIC: [u8; 8] = *b"RRSHM003";
 const MAC_LABEL: &str = "ringrun shm segment v3";
 /// Header bytes covered by the MAC; the MAC follows them.
-const SIGNED_LEN: usize = 144;
+pub(crate) const SIGNED_LEN: usize = 144;
 /// Bytes of the arena control page.
 pub(super) const ARENA_CTL_BYTES: usize = PAGE;
 /// Arena buffers per rank: the pipelined allreduce stages round `t + 1` while peers may still
@@ -70,15 +70,15 @@ const MAX_RANKS: u32 = 4096;
 
 /// What a segment's header says about its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Identity {
-    pub(super) rank: u32,
-    pub(super) size: u32,
-    pub(super) epoch: u64,
-    pub(super) pid: u32,
-    pub(super) ring_bytes: u64,
-    pub(super) doorbell: [u8; DOORBELL_LEN],
+pub(crate) struct Identity {
+    pub(crate) rank: u32,
+    pub(crate) size: u32,
+    pub(crate) epoch: u64,
+    pub(crate) pid: u32,
+    pub(crate) ring_bytes: u64,
+    pub(crate) doorbell: [u8; DOORBELL_LEN],
     /// Bytes of each of the owner's arena buffers (a multiple of the page; 0: no arena).
-    pub(super) arena_bytes: u64,
+    pub(crate) arena_bytes: u64,
 }
 
 impl Identity {
@@ -90,11 +90,11 @@ impl Identity {
         self.rings_at() + self.size as usize * self.ring_bytes as usize
     }
 
-    fn total_len(&self) -> usize {
+    pub(crate) fn total_len(&self) -> usize {
         self.arena_at() + ARENA_BUFFERS * self.arena_bytes as usize
     }
 
-    fn encode(&self, nonce: &[u8; 32]) -> [u8; SIGNED_LEN] {
+    pub(crate) fn encode(&self, nonce: &[u8; 32]) -> [u8; SIGNED_LEN] {
         let mut h = [0u8; SIGNED_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..12].copy_from_slice(&self.rank.to_le_bytes());
@@ -259,11 +259,7 @@ impl Owned {
         file.set_len(len as u64)
             .map_err(|e| setup(format!("sizing {} to {len} bytes: {e}", path.display())))?;
         let nonce = auth::nonce()?;
-        let signed = id.encode(&nonce);
-        let mac = secret.mac(MAC_LABEL, &[&signed, name.as_bytes()]);
-        let mut header = [0u8; SIGNED_LEN + 32];
-        header[..SIGNED_LEN].copy_from_slice(&signed);
-        header[MAC_AT..].copy_from_slice(&mac);
+        let header = sign_header(&id.encode(&nonce), &name, secret);
         file.write_all_at(&header, 0)
             .map_err(|e| setup(format!("writing {}: {e}", path.display())))?;
         let uid = file.metadata().map_err(|e| setup(e.to_string()))?.uid();
@@ -316,26 +312,51 @@ pub(super) fn attach(name: &str, uid: u32, secret: &JobSecret) -> Result<(Mappin
             path.display()
         )));
     }
-    let mut header = [0u8; SIGNED_LEN + 32];
+    let mut header = [0u8; HEADER_LEN];
     file.read_exact_at(&mut header, 0)
         .map_err(|e| setup(format!("reading {}: {e}", path.display())))?;
+    let id = verify_header(&header, name, meta.len(), secret)
+        .map_err(|e| setup(format!("{}: {e}", path.display())))?;
+    Ok((Mapping::map(&file, id.total_len(), &id)?, id))
+}
+
+/// Bytes of a segment's header as a peer reads it: the signed part and its MAC.
+pub(crate) const HEADER_LEN: usize = SIGNED_LEN + 32;
+
+/// Checks the header of segment `name`, a file of `file_len` bytes: its MAC under the job's
+/// secret, its fields, and that the file is as long as the header says.
+pub(crate) fn verify_header(
+    header: &[u8; HEADER_LEN],
+    name: &str,
+    file_len: u64,
+    secret: &JobSecret,
+) -> std::result::Result<Identity, String> {
     let signed: &[u8; SIGNED_LEN] = header[..SIGNED_LEN].try_into().expect("length");
     if !secret.verify_mac(MAC_LABEL, &[signed, name.as_bytes()], &header[MAC_AT..]) {
-        return Err(setup(format!(
-            "{}: header MAC does not verify: its creator does not hold this job's secret",
-            path.display()
-        )));
+        return Err(
+            "header MAC does not verify: its creator does not hold this job's secret".into(),
+        );
     }
-    let id = Identity::decode(signed).map_err(setup)?;
+    let id = Identity::decode(signed)?;
     let len = id.total_len();
-    if meta.len() != len as u64 {
-        return Err(setup(format!(
-            "{} holds {} bytes, its header says {len}",
-            path.display(),
-            meta.len()
-        )));
+    if file_len != len as u64 {
+        return Err(format!(
+            "the file holds {file_len} bytes, its header says {len}"
+        ));
     }
-    Ok((Mapping::map(&file, len, &id)?, id))
+    Ok(id)
+}
+
+/// A header signed like `Owned::create` signs one: `signed` (the fields) and its MAC.
+pub(crate) fn sign_header(
+    signed: &[u8; SIGNED_LEN],
+    name: &str,
+    secret: &JobSecret,
+) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..SIGNED_LEN].copy_from_slice(signed);
+    h[MAC_AT..].copy_from_slice(&secret.mac(MAC_LABEL, &[signed, name.as_bytes()]));
+    h
 }
 
 fn setup(msg: String) -> CollectiveError {
