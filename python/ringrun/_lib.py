@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from .errors import BY_STATUS, RingrunError
+from .errors import BY_STATUS, JobCompleted, RingrunError
 
 ABI_VERSION = 3
 
@@ -126,4 +126,8 @@ def check(status):
     """Raises the exception for a non-zero status, with the library's message."""
     if status:
         msg = _LIB.ringrun_last_error().decode("utf-8", "replace")
-        raise BY_STATUS.get(status, RingrunError)(msg, status)
+        error = BY_STATUS.get(status, RingrunError)
+        if error is JobCompleted:
+            # Uncaught, it ends the process quietly (status 0): say why here.
+            print(f"ringrun: {msg}; exiting", file=sys.stderr)
+        raise error(msg, status)

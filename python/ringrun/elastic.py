@@ -135,34 +135,26 @@ def run(func):
     last commit and calls ``func`` again. Other errors propagate. When ``func`` returns, the
     last commit is the job's final state (``ringrun.finish``). A worker that comes back after
     the others finished gets that final state (``func`` then finds its work done), or, when
-    no member holds it any more, exits with status 0 (``JobCompleted``)."""
+    no member holds it any more, ``JobCompleted`` ends the process with status 0."""
 
     @functools.wraps(func)
     def wrapper(state, *args, **kwargs):
-        try:
-            return _run(func, state, *args, **kwargs)
-        except ringrun.JobCompleted as e:
-            print(f"ringrun: {e}; exiting", file=sys.stderr)
-            raise SystemExit(0) from None
+        state.restore()
+        while True:
+            try:
+                result = func(state, *args, **kwargs)
+                if state.commits > 0:  # there is a committed state to finish with
+                    ringrun.finish()
+                return result
+            except Exception as e:
+                if not _recoverable(e):
+                    raise
+                print(f"ringrun: {type(e).__name__}: {e}; restoring", file=sys.stderr)
+                state.restore()
+                for fn in state._on_reset:
+                    fn()
 
     return wrapper
-
-
-def _run(func, state, *args, **kwargs):
-    state.restore()
-    while True:
-        try:
-            result = func(state, *args, **kwargs)
-            if state.commits > 0:  # there is a committed state to finish with
-                ringrun.finish()
-            return result
-        except Exception as e:
-            if not _recoverable(e):
-                raise
-            print(f"ringrun: {type(e).__name__}: {e}; restoring", file=sys.stderr)
-            state.restore()
-            for fn in state._on_reset:
-                fn()
 
 
 __all__ = ["State", "run"]

@@ -63,12 +63,17 @@ class NoQuorum(RingrunError):
     status = 8
 
 
-class JobCompleted(RingrunError):
+class JobCompleted(RingrunError, SystemExit):
     """The job completed without this process: its members finished it (``ringrun.finish``)
-    and left, and no final state reached this process. Nothing changed; there is nothing left
-    to train (``ringrun.elastic.run`` exits with status 0 on it)."""
+    and left, and no final state reached this process (a restart that came too late). Nothing
+    changed and there is nothing left to train. It is also a ``SystemExit`` with code 0: left
+    uncaught, the process ends with status 0, which the launcher counts as finished."""
 
     status = 9
+
+    def __init__(self, message="", status=None):
+        RingrunError.__init__(self, message, status)
+        self.code = 0
 
 
 BY_STATUS = {

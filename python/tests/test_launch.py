@@ -103,5 +103,9 @@ def test_torch_example_under_launch_survives_a_sigkill():
     train = os.path.join(EXAMPLES, "torch_train.py")
     by_rank = launch_and_kill([train, "--steps", "120", "--step-ms", "15"], "step 30 ")
     finals = [[l for l in lines if l.startswith("final ")][-1:] for lines in by_rank.values()]
-    assert finals[0] and finals[0] == finals[1] == finals[2], finals
+    assert finals[0] and finals[0] == finals[2], finals
+    # The killed worker's restart imports torch for seconds: it comes back with the others
+    # (then it ends with their model) or after they finished the job (then it learns that the
+    # job completed and exits with status 0, training nothing; the launch succeeded above).
+    assert finals[1] in ([], finals[0]), finals
     assert any(" size 2 " in l for l in by_rank[0] if l.startswith("step ")), by_rank[0]

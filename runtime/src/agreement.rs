@@ -59,8 +59,12 @@ pub struct Config {
     pub resend: Duration,
     /// The first view waits for this many live members (the expected world size)...
     pub initial_size: usize,
-    /// ...but no longer than this after start; then `min_size` is enough.
+    /// ...but no longer than this after start; then a strict majority of it is enough.
     pub initial_wait: Duration,
+    /// Whether this member may form a first view, starting a group. A worker restarted while
+    /// its group runs, or a joiner, may not: cut off from the running group, it would start a
+    /// second one with others like it. It waits to be admitted instead.
+    pub bootstrap: bool,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             resend: Duration::from_millis(100),
             initial_size: 1,
             initial_wait: Duration::ZERO,
+            bootstrap: true,
         }
     }
 }
@@ -150,12 +155,15 @@ pub enum Msg<I, M> {
         /// The broken epoch.
         epoch: u64,
     },
-    /// Member → coordinator, repeated while the member's installed view differs from its live
-    /// set: "I have installed `installed`; your view may be stale." A coordinator that healed
-    /// from a partition learns this way that the other side moved on.
+    /// "I have installed `installed`": member → coordinator, repeated while the member's
+    /// installed view differs from its live set (a coordinator that healed from a partition
+    /// learns this way that the other side moved on), and coordinator → proposed members
+    /// before a proposal. A member whose own installed view is older judges majorities against
+    /// the newer one: members known to have exited while it was cut off then do not count
+    /// against a view without them.
     Nudge {
-        /// The member's installed epoch.
-        installed: u64,
+        /// The sender's installed view.
+        installed: Option<View<I, M>>,
     },
 }
 
@@ -199,6 +207,8 @@ pub struct Agreement<I, M> {
     confirmed: BTreeSet<I>,
     last_resend: Duration,
     newest_installed_seen: u64,
+    /// The newest view another member says it installed, when newer than this member's.
+    heard: Option<View<I, M>>,
     aborted_epoch: Option<u64>,
     blocked: Option<String>,
     started: Duration,
@@ -234,6 +244,7 @@ where
             confirmed: BTreeSet::new(),
             last_resend: now,
             newest_installed_seen: 0,
+            heard: None,
             aborted_epoch: None,
             blocked: None,
             started: now,
@@ -310,8 +321,15 @@ where
                 }
             }
             Msg::Nudge { installed } => {
-                self.newest_installed_seen = self.newest_installed_seen.max(installed);
-                self.max_seen = self.max_seen.max(installed);
+                let epoch = installed.as_ref().map_or(0, |v| v.epoch);
+                self.newest_installed_seen = self.newest_installed_seen.max(epoch);
+                self.max_seen = self.max_seen.max(epoch);
+                let newest = self
+                    .installed_epoch()
+                    .max(self.heard.as_ref().map_or(0, |v| v.epoch));
+                if epoch > newest {
+                    self.heard = installed;
+                }
             }
         }
         self.step(now);
@@ -407,7 +425,13 @@ where
             );
         }
         let kept: BTreeSet<&I> = ids.iter().copied().collect();
-        if self.installed.is_none() || self.admitting {
+        // Joiners wait for a commit boundary so as not to interrupt a working epoch; an epoch
+        // already over (members lost, or a re-form asked for) has nothing left to interrupt.
+        // Without this, a coordinator whose epoch broke could only propose views without the
+        // members others admitted meanwhile, which those others refuse (no majority of theirs).
+        let installed = self.installed_epoch();
+        let over = self.aborted_epoch == Some(installed) || self.reform == Some(installed);
+        if self.installed.is_none() || self.admitting || over {
             ids.extend(self.live.keys().filter(|i| !kept.contains(i)));
         }
         ids.truncate(self.config.max_size);
@@ -440,16 +464,27 @@ where
         if now < self.live_since + self.config.straggler_window || now < self.not_before {
             return;
         }
-        let first = self.installed.is_none() && now < self.started + self.config.initial_wait;
-        let needed = match first {
-            true => self.config.initial_size.max(self.config.min_size),
-            false => self.config.min_size,
+        // The first view waits for the whole expected world; after `initial_wait`, a strict
+        // majority of it is enough, never fewer: a member that cannot reach the others (a
+        // partition, or a worker started after the job finished) must not start a job of its
+        // own, and two halves must not both start one.
+        let needed = match (
+            self.installed.is_none(),
+            now < self.started + self.config.initial_wait,
+        ) {
+            (true, true) => self.config.initial_size.max(self.config.min_size),
+            (true, false) => (self.config.initial_size / 2 + 1).max(self.config.min_size),
+            (false, _) => self.config.min_size,
         };
         if desired.len() < needed {
             let why = format!(
                 "{} live members, waiting for at least {needed}",
                 desired.len(),
             );
+            return self.set_blocked(Some(why));
+        }
+        if self.installed.is_none() && !self.config.bootstrap {
+            let why = "waiting to be admitted to the running group".to_string();
             return self.set_blocked(Some(why));
         }
         let ids: BTreeSet<I> = desired.iter().map(|(i, _)| i.clone()).collect();
@@ -462,7 +497,14 @@ where
             members: desired,
         };
         info!(epoch = view.epoch, members = ?view.ids(), "proposing a view");
+        let installed = self.newest_installed().cloned();
         for (id, _) in view.members.iter().filter(|(i, _)| *i != self.me) {
+            if installed.is_some() {
+                let nudge = Msg::Nudge {
+                    installed: installed.clone(),
+                };
+                self.out.push_back((id.clone(), nudge));
+            }
             self.out.push_back((id.clone(), Msg::Propose(view.clone())));
         }
         self.accept(view.clone());
@@ -490,9 +532,10 @@ where
     /// is not enough: after a partition both sides may have accepted (never installed) views
     /// of three that each make a pair look like a majority.
     fn majority_of_reference(&self, ids: &BTreeSet<I>) -> Result<(), String> {
-        let installed = self.installed_epoch();
-        let newer = self.accepted.values().filter(|v| v.epoch > installed);
-        for reference in self.installed.iter().chain(newer) {
+        let base = self.newest_installed();
+        let base_epoch = base.map_or(0, |v| v.epoch);
+        let newer = self.accepted.values().filter(|v| v.epoch > base_epoch);
+        for reference in base.into_iter().chain(newer) {
             let base: BTreeSet<&I> = reference
                 .members
                 .iter()
@@ -509,6 +552,16 @@ where
             }
         }
         Ok(())
+    }
+
+    /// The view this member judges majorities by: its own installed view, or a newer one
+    /// another member installed (`heard`). A member that never installed a view has none: it
+    /// was never counted in a majority, so its refusal would protect nothing.
+    fn newest_installed(&self) -> Option<&View<I, M>> {
+        match (&self.installed, &self.heard) {
+            (Some(mine), Some(theirs)) if theirs.epoch > mine.epoch => Some(theirs),
+            (mine, _) => mine.as_ref(),
+        }
     }
 
     fn accept(&mut self, view: View<I, M>) {
@@ -608,12 +661,8 @@ where
         }
         self.last_resend = now;
         if let Some(coordinator) = self.live.keys().next().cloned() {
-            self.out.push_back((
-                coordinator,
-                Msg::Nudge {
-                    installed: self.installed_epoch(),
-                },
-            ));
+            let installed = self.installed.clone();
+            self.out.push_back((coordinator, Msg::Nudge { installed }));
         }
     }
 
@@ -653,10 +702,60 @@ mod tests {
     fn drain<I: Ord + Clone + Debug, M: Clone + Eq + Debug + Placement>(
         a: &mut Agreement<I, M>,
     ) -> Outputs<I, M> {
+        // Nudges (what a member installed) go along with proposals; the tests below that
+        // are about them read `poll_send` themselves.
+        let sent = std::iter::from_fn(|| a.poll_send());
         (
-            std::iter::from_fn(|| a.poll_send()).collect(),
+            sent.filter(|(_, m)| !matches!(m, Msg::Nudge { .. }))
+                .collect(),
             std::iter::from_fn(|| a.poll_event()).collect(),
         )
+    }
+
+    #[test]
+    fn a_proposal_comes_with_the_view_its_coordinator_installed() {
+        let mut a = installed_with(&[1, 2]);
+        a.handle(ms(60), 2, Msg::Reform { epoch: 1 });
+        a.tick(ms(100));
+        let sent: Vec<_> = std::iter::from_fn(|| a.poll_send()).collect();
+        assert!(
+            matches!(&sent[..], [(2, Msg::Nudge { installed: Some(v) }), (2, Msg::Propose(_))] if v.epoch == 1),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_cut_off_judges_majorities_by_the_newer_view_it_hears_of() {
+        // Member 1 installed {1, 2, 3, 4}. While it was cut off, 3 and 4 exited and the others
+        // installed {2}, which 1 never saw. Back, {1, 2, 5} keeps only 2 of the 4 members of
+        // its own view; hearing that {2} is installed, it judges by that view instead.
+        let newer = View {
+            epoch: 5,
+            members: vec![(2, ())],
+        };
+        let proposal = View {
+            epoch: 9,
+            members: vec![(1, ()), (2, ()), (5, ())],
+        };
+        let cut_off = || {
+            let mut a = installed_with(&[1, 2, 3, 4]);
+            a.set_live(ms(100), live(&[1, 2, 5]), BTreeSet::new());
+            a.tick(ms(200));
+            drain(&mut a);
+            a
+        };
+        let mut a = cut_off();
+        a.handle(ms(211), 2, Msg::Propose(proposal.clone()));
+        let (sent, _) = drain(&mut a);
+        assert!(matches!(&sent[..], [(2, Msg::Nack { .. })]), "{sent:?}");
+        let mut b = cut_off();
+        let nudge = Msg::Nudge {
+            installed: Some(newer),
+        };
+        b.handle(ms(210), 2, nudge);
+        b.handle(ms(211), 2, Msg::Propose(proposal));
+        let (sent, _) = drain(&mut b);
+        assert!(sent.contains(&(2, Msg::Ack { epoch: 9 })), "{sent:?}");
     }
 
     #[test]
@@ -866,6 +965,22 @@ mod tests {
         assert!(drain(&mut a).0.is_empty());
         a.tick(ms(1001));
         assert!(matches!(&drain(&mut a).0[..], [(2, Msg::Propose(_))]));
+    }
+
+    #[test]
+    fn a_first_view_needs_a_majority_of_the_initial_size_even_after_the_wait() {
+        let cfg = Config {
+            initial_size: 4,
+            initial_wait: ms(1000),
+            ..Config::default()
+        };
+        let mut a = Agreement::new(1u32, (), cfg, ms(0));
+        a.set_live(ms(0), live(&[1, 2]), BTreeSet::new());
+        a.tick(ms(5000));
+        assert!(drain(&mut a).0.is_empty(), "two of four is no majority");
+        a.set_live(ms(5000), live(&[1, 2, 3]), BTreeSet::new());
+        a.tick(ms(5100));
+        assert_eq!(drain(&mut a).0.len(), 2, "three of four propose");
     }
 
     /// Metadata that carries only a launch rank.

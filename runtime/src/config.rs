@@ -45,8 +45,11 @@ pub struct GroupConfig {
     pub max_size: usize,
     /// The first epoch waits for this many members...
     pub initial_size: usize,
-    /// ...for at most this long; then `min_size` is enough.
+    /// ...for at most this long; then a strict majority of it (and `min_size`) is enough.
     pub initial_wait: Duration,
+    /// Whether this worker may start the group (form its first epoch); see
+    /// `agreement::Config::bootstrap`.
+    pub bootstrap: bool,
     /// SWIM timing.
     pub membership: MembershipConfig,
     /// Deadline of one collective. A dead peer is reported long before it (SWIM detects in
@@ -90,6 +93,7 @@ impl GroupConfig {
             max_size: usize::MAX,
             initial_size: 1,
             initial_wait: Duration::from_secs(10),
+            bootstrap: true,
             membership: MembershipConfig::default(),
             op_timeout: Duration::from_secs(60),
             restore_timeout: Duration::from_secs(60),
@@ -119,7 +123,8 @@ impl GroupConfig {
     /// | `RINGRUN_LOCAL_WORLD_SIZE` (or `LOCAL_WORLD_SIZE`) | workers on this host | `1` |
     /// | `RINGRUN_MIN_SIZE`, `RINGRUN_MAX_SIZE` | world size bounds | 1, unbounded |
     /// | `RINGRUN_INITIAL_SIZE` | size the first epoch waits for | `RINGRUN_MIN_SIZE` |
-    /// | `RINGRUN_INITIAL_WAIT_MS` | how long it waits | 10000 |
+    /// | `RINGRUN_INITIAL_WAIT_MS` | how long it waits (then a strict majority of it will do) | 10000 |
+    /// | `RINGRUN_BOOTSTRAP` | `0`: this worker may not start the group, only join a running one (the launcher's in-process restarts) | `1` |
     /// | `RINGRUN_OP_TIMEOUT_MS` | deadline of one collective | 60000 |
     /// | `RINGRUN_RESTORE_TIMEOUT_MS` | wait for a new epoch | 60000 |
     /// | `RINGRUN_CHECKPOINT_DIR` | durable checkpoints | none |
@@ -167,6 +172,7 @@ impl GroupConfig {
             Ok(parse::<u64>(name)?.map_or(default, Duration::from_millis))
         };
         c.initial_wait = ms("RINGRUN_INITIAL_WAIT_MS", c.initial_wait)?;
+        c.bootstrap = parse::<u8>("RINGRUN_BOOTSTRAP")?.is_none_or(|b| b != 0);
         c.op_timeout = ms("RINGRUN_OP_TIMEOUT_MS", c.op_timeout)?;
         c.restore_timeout = ms("RINGRUN_RESTORE_TIMEOUT_MS", c.restore_timeout)?;
         c.checkpoint_dir = var("RINGRUN_CHECKPOINT_DIR").map(PathBuf::from);

@@ -1,41 +1,33 @@
-//! The tokio shell around membership and agreement.
+//! The tokio shell around the [`ControlPlane`]: the thread that owns the worker's two UDP
+//! sockets (membership and control) and the clock.
 //!
-//! One thread runs a current-thread runtime with two tasks' worth of work: the SWIM member
-//! (from `ringrun-membership`) and this loop, which owns the [`Agreement`], feeds it the SWIM
-//! view, control datagrams and ticks, sends what it asks for and publishes what it decides.
+//! It feeds the plane every datagram, every due timeout and the group's commands, and carries
+//! out what the plane outputs: datagrams, the [`Published`] state the group reads, reports.
 //! It runs on its own thread so that agreement goes on while the caller computes or blocks in
 //! a collective. Aborts reach a collective in flight through the [`Cancel`] the group
-//! registers for its current epoch.
+//! registers for its current epoch. It makes no decisions of its own.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+use ring::rand::SecureRandom;
 use ringrun_collectives::Cancel;
-use ringrun_membership::{DriverConfig, MemberState, Membership};
+use ringrun_membership::{Authenticator, DriverConfig, Incarnation, MemberId, Node, Time};
 use tokio::{
     net::UdpSocket,
-    sync::{broadcast::error::RecvError, mpsc, watch},
+    sync::{mpsc, watch},
 };
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    agreement::{self, Agreement, Event, View},
-    control::{Completion, Control, ControlCodec},
-    member::{self, Advert, CONTROL_ENDPOINT, EpochAnnotation, MemberKey},
+    agreement::{self, View},
+    control::{Completion, ControlCodec},
+    member::{Advert, MemberKey},
+    plane::{ControlPlane, Output, Socket},
     progress::{Dropped, Progress},
 };
-
-/// How often the agreement's timers are evaluated.
-const TICK: Duration = Duration::from_millis(10);
-/// Every this many ticks the driver reads the SWIM member's drop counters (for reports).
-const STATS_EVERY: u64 = 50;
-/// How long a collective in flight may still finish after members of its epoch left
-/// gracefully (see `Loop::apply`).
-const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
 /// An agreed view of the group.
 pub type GroupView = View<MemberKey, Advert>;
@@ -76,7 +68,6 @@ pub(crate) struct Driver {
 }
 
 pub(crate) struct Setup {
-    pub(crate) me: MemberKey,
     pub(crate) membership: DriverConfig,
     pub(crate) agreement: agreement::Config,
     pub(crate) control: std::net::UdpSocket,
@@ -120,27 +111,15 @@ impl Drop for Driver {
     }
 }
 
-struct Loop {
-    agreement: Agreement<MemberKey, Advert>,
+/// The driver's side of one worker: the plane, the sockets, and what it publishes to.
+struct Shell {
+    plane: ControlPlane,
+    membership: UdpSocket,
+    control: UdpSocket,
     codec: ControlCodec,
-    socket: UdpSocket,
-    control_addrs: BTreeMap<MemberKey, SocketAddr>,
-    /// The control sockets of every live member, launchers included (for `Command::Finish`).
-    announce_to: BTreeSet<SocketAddr>,
-    /// The job's completion, once known.
-    completed: Option<Completion>,
-    /// Members a launcher saw exit: never live again, and known to have exited.
-    exited: BTreeSet<MemberKey>,
-    members: Vec<ringrun_membership::MemberInfo>,
     cancel: CancelSlot,
     progress: Progress,
     start: Instant,
-    /// Control datagrams dropped (unauthenticated or malformed).
-    dropped: u64,
-    /// Membership datagrams dropped, as of the newest look at the SWIM member's counters.
-    membership_dropped: u64,
-    /// An epoch whose collective in flight is cancelled at this instant, unless it ended.
-    cancel_at: Option<(u64, Instant)>,
 }
 
 async fn run(
@@ -148,276 +127,151 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     out: &watch::Sender<Published>,
 ) -> Result<(), String> {
-    let (membership, mut events) = Membership::start(setup.membership)
-        .await
-        .map_err(|e| e.to_string())?;
-    let view = membership.view();
-    let now = Instant::now();
-    let mut l = Loop {
-        agreement: Agreement::new(
-            setup.me,
-            own_advert(&membership)?,
-            setup.agreement,
-            Duration::ZERO,
-        ),
-        codec: setup.codec,
-        socket: UdpSocket::from_std(setup.control).map_err(|e| e.to_string())?,
-        control_addrs: BTreeMap::new(),
-        announce_to: BTreeSet::new(),
-        completed: None,
-        exited: BTreeSet::new(),
-        members: Vec::new(),
-        cancel: setup.cancel,
-        progress: setup.progress,
-        start: now,
-        dropped: 0,
-        membership_dropped: 0,
-        cancel_at: None,
-    };
-    let mut tick = tokio::time::interval(TICK);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut annotated = 0;
-    let mut ticks = 0u64;
+    let mut shell = Shell::start(setup).await?;
+    let (mut buf, mut control_buf) = (vec![0u8; 65_536], vec![0u8; 65_536]);
     loop {
+        shell.carry_out(out).await;
+        let wake = shell.start + shell.plane.poll_timeout().since_epoch();
         tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    l.members = view.borrow().to_vec();
-                    l.refresh_live();
-                }
-                Err(RecvError::Closed) => break,
+            got = shell.membership.recv_from(&mut buf) => match got {
+                Ok((n, from)) => shell.plane.membership_datagram(shell.now(), from, &buf[..n]),
+                Err(e) => debug!(error = %e, "membership socket"),
             },
-            got = l.socket.recv_from(&mut buf) => match got {
-                Ok((n, from)) => l.on_datagram(&buf[..n], from).await,
+            got = shell.control.recv_from(&mut control_buf) => match got {
+                Ok((n, from)) => shell.plane.control_datagram(shell.now(), from, &control_buf[..n]),
                 Err(e) => debug!(error = %e, "control socket"),
             },
-            _ = tick.tick() => {
-                let now = l.now();
-                l.agreement.tick(now);
-                l.cancel_if_due(Instant::now());
-                ticks += 1;
-                if ticks.is_multiple_of(STATS_EVERY)
-                    && let Ok(stats) = membership.stats().await
-                {
-                    l.membership_dropped = stats.dropped.values().sum();
-                }
-            }
+            () = tokio::time::sleep_until(wake.into()) => shell.plane.tick(shell.now()),
             cmd = commands.recv() => {
-                let now = l.now();
+                let now = shell.now();
                 match cmd {
-                    Some(Command::Admit(open)) => l.agreement.set_admitting(now, open),
-                    Some(Command::Reform(epoch)) => l.agreement.request_reform(now, epoch),
-                    Some(Command::Finish(c)) => l.announce_completion(c).await,
+                    Some(Command::Admit(open)) => shell.plane.set_admitting(now, open),
+                    Some(Command::Reform(epoch)) => shell.plane.request_reform(now, epoch),
+                    Some(Command::Finish(c)) => shell.plane.finish(now, c),
                     Some(Command::Leave) | None => break,
                 }
             }
         }
-        l.flush().await;
-        l.publish(out);
-        if let Some(v) = l.agreement.installed()
-            && v.epoch != annotated
-        {
-            annotated = v.epoch;
-            let ranks = v.members.iter().map(|(k, _)| *k).collect();
-            let _ = membership.annotate(
-                EpochAnnotation {
-                    epoch: v.epoch,
-                    ranks,
-                }
-                .encode(),
-            );
-        }
     }
-    if l.dropped > 0 {
-        info!(
-            dropped = l.dropped,
-            "control datagrams dropped (unauthenticated or malformed)"
-        );
+    let dropped = shell.dropped();
+    if dropped.control > 0 || dropped.membership > 0 {
+        info!(?dropped, "datagrams dropped (unauthenticated or malformed)");
     }
-    if let Ok(stats) = membership.stats().await
-        && !stats.dropped.is_empty()
-    {
-        info!(dropped = ?stats.dropped, "membership datagrams dropped");
-    }
-    membership.leave().await.map_err(|e| e.to_string())
+    shell.plane.leave(shell.now());
+    shell.carry_out(out).await;
+    Ok(())
 }
 
-fn own_advert(m: &Membership) -> Result<Advert, String> {
-    Advert::from_meta(&m.identity().meta).ok_or_else(|| "no endpoints in own metadata".into())
-}
-
-impl Loop {
-    fn now(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    fn refresh_live(&mut self) {
-        let (mut live, mut left) = (BTreeMap::new(), self.exited.clone());
-        self.announce_to = (self.members.iter())
-            .filter(|info| info.state.is_active())
-            .flat_map(|info| &info.id.meta.endpoints)
-            .filter(|e| e.transport == CONTROL_ENDPOINT)
-            .map(|e| e.addr)
-            .collect();
-        for info in &self.members {
-            let Some((key, advert)) = member::advertised(&info.id) else {
-                continue;
-            };
-            self.control_addrs.insert(key, advert.endpoints.control);
-            match info.state {
-                _ if self.exited.contains(&key) => {}
-                s if s.is_active() => {
-                    live.insert(key, advert);
-                }
-                MemberState::Left => {
-                    left.insert(key);
-                }
-                _ => {}
-            }
-        }
-        let now = self.now();
-        self.agreement.set_live(now, live, left);
-    }
-
-    async fn on_datagram(&mut self, packet: &[u8], from: SocketAddr) {
-        match self.codec.open(*self.agreement.id(), packet) {
-            Ok(Control::Agreement(from, msg)) => {
-                let now = self.now();
-                self.agreement.handle(now, from, msg);
-            }
-            Ok(Control::Exited(member)) => {
-                if member != *self.agreement.id() && self.exited.insert(member) {
-                    info!(%member, "a launcher saw the member exit");
-                    self.refresh_live();
-                }
-            }
-            Ok(Control::ReportRequest { since }) => {
-                let mut report = self.progress.report(*self.agreement.id(), since);
-                report.dropped = Dropped {
-                    membership: self.membership_dropped,
-                    control: self.dropped,
-                };
-                let packet = self.codec.seal_report(&report);
-                if let Err(e) = self.socket.send_to(&packet, from).await {
-                    debug!(error = %e, "report send failed");
-                }
-            }
-            Ok(Control::Completed(c)) => {
-                if self.completed.is_none() {
-                    info!(step = c.step, "the job completed");
-                    self.completed = Some(c);
-                }
-            }
-            Ok(Control::Report(_)) => self.dropped += 1,
-            Err(reason) => {
-                self.dropped += 1;
-                debug!(%reason, "control datagram dropped");
-            }
-        }
-    }
-
-    /// Tells every member and launcher known that the job completed. Once: a member that
-    /// misses it learns it from its launcher, which passes it on to workers it sees join.
-    async fn announce_completion(&mut self, c: Completion) {
-        self.completed = Some(c);
-        let packet = self.codec.seal_completed(c);
-        for addr in &self.announce_to {
-            if let Err(e) = self.socket.send_to(&packet, addr).await {
-                debug!(%addr, error = %e, "completion send failed");
-            }
-        }
-    }
-
-    async fn flush(&mut self) {
-        while let Some((to, msg)) = self.agreement.poll_send() {
-            let Some(addr) = self.control_addrs.get(&to) else {
-                debug!(%to, "no control address yet; the agreement will retry");
-                continue;
-            };
-            let packet = self.codec.seal(*self.agreement.id(), to, &msg);
-            if let Err(e) = self.socket.send_to(&packet, addr).await {
-                warn!(%to, error = %e, "control send failed");
-            }
-        }
-    }
-
-    fn publish(&mut self, out: &watch::Sender<Published>) {
-        let waiting = self.agreement.waiting_to_join();
-        let mut events = Vec::new();
-        while let Some(ev) = self.agreement.poll_event() {
-            events.push(ev);
-        }
-        let unchanged = {
-            let p = out.borrow();
-            p.waiting_to_join == waiting && p.completed == self.completed
-        };
-        if events.is_empty() && unchanged {
-            return;
-        }
-        out.send_modify(|p| {
-            p.waiting_to_join = waiting;
-            p.completed = self.completed;
-            for ev in events {
-                self.apply(p, ev);
-            }
+impl Shell {
+    /// Binds the membership socket, makes this life's identity and SWIM member, and joins.
+    async fn start(setup: Setup) -> Result<Shell, String> {
+        let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let config = setup.membership;
+        let membership = UdpSocket::bind(config.bind)
+            .await
+            .map_err(|e| err("membership socket", &e))?;
+        let addr = membership
+            .local_addr()
+            .map_err(|e| err("membership socket", &e))?;
+        let incarnation = config.incarnation.unwrap_or_else(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Incarnation::from_unix_micros(now.as_micros() as u64)
         });
-    }
-
-    fn apply(&mut self, p: &mut Published, ev: Event<MemberKey, Advert>) {
-        let now = Instant::now();
-        match ev {
-            Event::Installed(view) => {
-                let _span = info_span!("view_change", epoch = view.epoch).entered();
-                info!(size = view.members.len(), "epoch installed");
-                self.cancel_older_than(view.epoch, "a newer epoch was installed");
-                p.view = Some((Arc::new(view), now));
-                p.blocked = None;
-            }
-            // Members that left gracefully closed their links, which their peers' transports see
-            // at once; a collective in flight that needs them fails that way, and one that
-            // does not (the last commit of a job whose other ranks finished and left) may
-            // still finish. It is cancelled only if it has not after `LEAVE_GRACE`. Members
-            // that failed, or went silent, are cancelled on at once. Either way the next
-            // collective of the epoch is refused (`aborted`).
-            Event::Abort { epoch, lost } if lost.iter().all(|k| self.left_gracefully(k)) => {
-                let _span = info_span!("view_change", epoch).entered();
-                info!(
-                    ?lost,
-                    "members left: the epoch ends after its collective in flight"
-                );
-                self.cancel_at = Some((epoch, now + LEAVE_GRACE));
-                p.aborted = Some((epoch, now));
-            }
-            Event::Abort { epoch, lost } => {
-                let _span = info_span!("view_change", epoch).entered();
-                info!(?lost, "members lost: aborting the epoch's collectives");
-                self.cancel_older_than(epoch + 1, "members of the epoch were lost");
-                p.aborted = Some((epoch, now));
-            }
-            Event::Blocked(why) => p.blocked = Some(why),
-        }
-    }
-
-    /// Whether `key` told the group it was leaving (not failed, not merely seen to exit).
-    fn left_gracefully(&self, key: &MemberKey) -> bool {
-        self.members.iter().any(|info| {
-            info.state == MemberState::Left
-                && member::advertised(&info.id).is_some_and(|(k, _)| k == *key)
+        let id = MemberId::new(config.node, addr, incarnation, config.meta);
+        let auth = Authenticator::new(config.job, &config.secret).map_err(|e| err("secret", &e))?;
+        let node = Node::new(id, config.membership, auth, random_seed())
+            .map_err(|e| err("membership", &e))?;
+        let start = Instant::now();
+        let plane = ControlPlane::start(
+            node,
+            &config.seeds,
+            setup.codec.clone(),
+            setup.agreement,
+            Time::ZERO,
+        )
+        .map_err(|e| err("membership", &e))?;
+        Ok(Shell {
+            plane,
+            membership,
+            control: UdpSocket::from_std(setup.control).map_err(|e| err("control socket", &e))?,
+            codec: setup.codec,
+            cancel: setup.cancel,
+            progress: setup.progress,
+            start,
         })
     }
 
-    fn cancel_if_due(&mut self, now: Instant) {
-        if let Some((epoch, _)) = self.cancel_at.take_if(|(_, at)| *at <= now) {
-            self.cancel_older_than(epoch + 1, "members of the epoch left");
+    fn now(&self) -> Time {
+        Time::from_micros(self.start.elapsed().as_micros() as u64)
+    }
+
+    fn dropped(&self) -> Dropped {
+        Dropped {
+            membership: self.plane.node().stats().dropped.values().sum(),
+            control: self.plane.control_dropped(),
         }
     }
 
-    fn cancel_older_than(&self, epoch: u64, why: &str) {
+    /// Carries out everything the plane asked for.
+    async fn carry_out(&mut self, out: &watch::Sender<Published>) {
+        while let Some(output) = self.plane.poll_output() {
+            let now = Instant::now();
+            match output {
+                Output::Transmit { socket, to, bytes } => {
+                    let s = match socket {
+                        Socket::Membership => &self.membership,
+                        Socket::Control => &self.control,
+                    };
+                    if let Err(e) = s.send_to(&bytes, to).await {
+                        warn!(%to, error = %e, "send failed");
+                    }
+                }
+                Output::Installed(view) => out.send_modify(|p| {
+                    p.view = Some((Arc::new(view), now));
+                    p.blocked = None;
+                }),
+                Output::Aborted { epoch, .. } => {
+                    out.send_modify(|p| p.aborted = Some((epoch, now)))
+                }
+                Output::Cancel { below, why } => self.cancel_below(below, why),
+                Output::Blocked(why) => out.send_modify(|p| p.blocked = Some(why)),
+                Output::Completed(c) => out.send_modify(|p| p.completed = Some(c)),
+                Output::Waiting(n) => out.send_modify(|p| p.waiting_to_join = n),
+                Output::ReportRequested { to, since } => {
+                    let mut report = self.progress.report(self.plane.me(), since);
+                    report.dropped = self.dropped();
+                    let packet = self.codec.seal_report(&report);
+                    if let Err(e) = self.control.send_to(&packet, to).await {
+                        debug!(error = %e, "report send failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancels the collective in flight if its epoch is below `below`.
+    fn cancel_below(&self, below: u64, why: &str) {
         let slot = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((e, cancel)) = slot.as_ref()
-            && *e < epoch
+            && *e < below
         {
             cancel.cancel(why);
+        }
+    }
+}
+
+/// A seed for the SWIM member's random choices, from the OS (the clock if that fails).
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match ring::rand::SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            now.as_nanos() as u64 ^ u64::from(std::process::id())
         }
     }
 }

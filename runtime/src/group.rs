@@ -135,7 +135,6 @@ impl Group {
         let cancel: CancelSlot = Arc::new(Mutex::new(None));
         let progress = Progress::new(config.straggler_steps);
         let driver = Driver::spawn(Setup {
-            me,
             membership: DriverConfig {
                 bind: SocketAddr::new(config.bind, config.member_port),
                 seeds: config.seeds.clone(),
@@ -159,6 +158,7 @@ impl Group {
                 max_size: config.max_size,
                 initial_size: config.initial_size,
                 initial_wait: config.initial_wait,
+                bootstrap: config.bootstrap,
                 ..agreement::Config::default()
             },
             control,

@@ -21,10 +21,12 @@ pub mod failpoint;
 mod group;
 pub mod member;
 pub mod mesh;
+pub mod plane;
 pub mod progress;
 mod report;
 mod rtt;
 pub mod sampler;
+pub mod sim;
 mod state;
 pub mod straggler;
 

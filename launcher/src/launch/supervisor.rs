@@ -125,6 +125,13 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // A worker restarted while others of this host still run rejoins their group: it may
+        // not start a group of its own, which, cut off from theirs, would be a second one. With
+        // none left here (the whole job may be down) it may.
+        let others_run = (0..self.children.len()).any(|j| j != i && self.children[j].is_some());
+        if slot.restarts > 0 && others_run {
+            cmd.env("RINGRUN_BOOTSTRAP", "0");
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.cmd[0]))?;

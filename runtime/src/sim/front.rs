@@ -1,0 +1,290 @@
+//! The modelled group: what `Group` does with the plane's outputs, as events of the simulator.
+//!
+//! An installed view that lists the worker is entered: the epoch's mesh forms once every
+//! member has entered it, each as the life the view names, all on one side of any partition
+//! (else each member gives up at the mesh deadline and asks for a re-form, as `Group::enter`
+//! does). The first operation of the epoch agrees the state to resume from with the real
+//! `state::decide`. Then a step is due every `step_time` (plus the slowest member's delay):
+//! it commits if every member is still there, unaborted and reachable, else every member
+//! gives up on the epoch and asks for a re-form. After a commit, if some member sees workers
+//! waiting, the members open admission for a while (`Group::admit`).
+
+use std::time::Duration;
+
+use ring::digest::{SHA256, digest};
+
+use super::{Event, Sim};
+use crate::{
+    driver::GroupView,
+    member::MemberKey,
+    state::{self, Decision, NONE},
+};
+
+/// How long a member waits for its epoch's mesh (as `Group`'s `MESH_TIMEOUT`).
+const MESH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long members keep admission open after a commit (as `GroupConfig::admit_wait`).
+const ADMIT_WAIT: Duration = Duration::from_secs(2);
+
+/// One worker's modelled group.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Front {
+    /// The committed state held: step and digest.
+    pub(super) memory: Option<(u64, [u64; 2])>,
+    /// The epoch this worker is in (installed, listing it).
+    pub(super) epoch: Option<u64>,
+    /// Its epoch is over for it (aborted, cancelled, failed): it waits for a newer one.
+    pub(super) broken: bool,
+    /// Live workers outside the view, as its plane counts them.
+    pub(super) waiting: usize,
+    /// Admission is open on its plane.
+    pub(super) admitting: bool,
+}
+
+impl Front {
+    pub(super) fn aborted(&mut self, epoch: u64) {
+        if self.epoch == Some(epoch) {
+            self.broken = true;
+        }
+    }
+
+    pub(super) fn cancelled(&mut self, below: u64) {
+        if self.epoch.is_some_and(|e| e < below) {
+            self.broken = true;
+        }
+    }
+}
+
+/// The state after `step`, from the state before it (`None`: the initial state).
+pub(super) fn next_state(before: Option<(u64, [u64; 2])>) -> (u64, [u64; 2]) {
+    let (step, prev) = match before {
+        Some((s, d)) => (s + 1, d),
+        None => (0, [0, 0]),
+    };
+    let mut bytes = Vec::with_capacity(24);
+    bytes.extend(prev[0].to_le_bytes());
+    bytes.extend(prev[1].to_le_bytes());
+    bytes.extend(step.to_le_bytes());
+    (step, state::digest_of(digest(&SHA256, &bytes).as_ref()))
+}
+
+/// An epoch's mesh, as the model sees it.
+#[derive(Clone, Debug)]
+pub(super) struct Run {
+    view: GroupView,
+    entered: Vec<bool>,
+    running: bool,
+}
+
+impl Sim {
+    /// `slot`'s plane installed `view`.
+    pub(super) fn installed(&mut self, slot: usize, view: GroupView) {
+        self.world.installed(&view);
+        self.note(format!(
+            "slot {slot} installed epoch {} {:?}",
+            view.epoch,
+            view.ids()
+        ));
+        let Some(key) = self.workers[slot].plane.as_ref().map(|p| p.me()) else {
+            return;
+        };
+        let Some(rank) = view.rank_of(&key) else {
+            return;
+        };
+        let epoch = view.epoch;
+        let w = &mut self.workers[slot];
+        if w.front.admitting {
+            w.front.admitting = false;
+            if let Some(plane) = w.plane.as_mut() {
+                plane.set_admitting(self.now, false);
+            }
+        }
+        w.front.epoch = Some(epoch);
+        w.front.broken = false;
+        let n = view.members.len();
+        // A run of this epoch number whose members all ended belongs to a group that is gone.
+        if self
+            .runs
+            .get(&epoch)
+            .is_some_and(|r| r.view.members != view.members)
+            && self.gone(epoch)
+        {
+            self.runs.remove(&epoch);
+        }
+        let run = self.runs.entry(epoch).or_insert_with(|| Run {
+            view: view.clone(),
+            entered: vec![false; n],
+            running: false,
+        });
+        // Another view of this epoch number (a violation, recorded above): no mesh with it.
+        if run.view.members == view.members {
+            run.entered[rank] = true;
+        }
+        self.push(MESH_TIMEOUT, Event::MeshDeadline { slot, epoch });
+        if self.runs[&epoch].entered.iter().all(|e| *e) && self.healthy(epoch) {
+            self.form(epoch);
+        }
+    }
+
+    /// No member of `epoch`'s run still runs the life the view names.
+    fn gone(&self, epoch: u64) -> bool {
+        self.runs[&epoch].view.members.iter().all(|(k, _)| {
+            let w = self.workers.get(k.node as usize);
+            w.and_then(|w| w.plane.as_ref()).map(|p| p.me()) != Some(*k)
+        })
+    }
+
+    /// The slots of `epoch`'s members, if each still runs the life the view names.
+    fn member_slots(&self, epoch: u64) -> Option<Vec<usize>> {
+        let run = self.runs.get(&epoch)?;
+        run.view
+            .members
+            .iter()
+            .map(|(k, _)| {
+                let slot = k.node as usize;
+                let w = self.workers.get(slot)?;
+                (w.plane.as_ref().map(|p| p.me()) == Some(*k)).then_some(slot)
+            })
+            .collect()
+    }
+
+    /// Every member of `epoch` is there, in it, unaborted, and all on one side.
+    fn healthy(&self, epoch: u64) -> bool {
+        let Some(slots) = self.member_slots(epoch) else {
+            return false;
+        };
+        let side = slots.first().map(|&s| self.side[s]);
+        slots.iter().all(|&s| {
+            let f = &self.workers[s].front;
+            f.epoch == Some(epoch) && !f.broken && Some(self.side[s]) == side
+        })
+    }
+
+    /// The mesh of `epoch` formed: agree the state to resume from, then start stepping.
+    fn form(&mut self, epoch: u64) {
+        let slots = self.member_slots(epoch).expect("healthy");
+        let records: Vec<state::Record> = (slots.iter())
+            .map(|&s| match self.workers[s].front.memory {
+                Some((step, d)) => [step, d[0], d[1], NONE, 0],
+                None => [NONE, 0, 0, NONE, 0],
+            })
+            .collect();
+        let chosen = match state::decide(&records) {
+            Decision::Fresh => None,
+            Decision::Keep { .. } => self.workers[slots[0]].front.memory,
+            Decision::Broadcast { root, .. } => self.workers[slots[root]].front.memory,
+        };
+        let held = (self.workers.iter())
+            .filter(|w| w.plane.is_some())
+            .filter_map(|w| w.front.memory.map(|(s, _)| s))
+            .max();
+        self.world.synced(epoch, chosen, held);
+        self.note(format!(
+            "epoch {epoch} formed on {slots:?}, resumes from {chosen:?}"
+        ));
+        for &s in &slots {
+            self.workers[s].front.memory = chosen;
+        }
+        if let Some(run) = self.runs.get_mut(&epoch) {
+            run.running = true;
+        }
+        let after = self.step_time(&slots);
+        self.push(after, Event::Step(epoch));
+    }
+
+    fn step_time(&self, slots: &[usize]) -> Duration {
+        let slowest = slots.iter().map(|&s| self.workers[s].slow).max();
+        self.config.step_time + slowest.unwrap_or_default()
+    }
+
+    /// `epoch`'s next step is due: commit it, or give the epoch up.
+    pub(super) fn step(&mut self, epoch: u64) {
+        if !self.runs.get(&epoch).is_some_and(|r| r.running) {
+            return;
+        }
+        if !self.healthy(epoch) {
+            self.fail(epoch);
+            return;
+        }
+        let slots = self.member_slots(epoch).expect("healthy");
+        let before: Vec<_> = slots
+            .iter()
+            .map(|&s| self.workers[s].front.memory)
+            .collect();
+        let after = next_state(before[0]);
+        let live = self.live_keys();
+        let members: Vec<MemberKey> = self.runs[&epoch]
+            .view
+            .members
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        self.world
+            .committed(self.now, epoch, &before, after, &members, &live);
+        let waiting = slots.iter().any(|&s| self.workers[s].front.waiting > 0);
+        for &s in &slots {
+            self.workers[s].front.memory = Some(after);
+            if waiting {
+                self.open_admission(s);
+            }
+        }
+        let next = self.step_time(&slots);
+        self.push(next, Event::Step(epoch));
+    }
+
+    /// Joiners wait: `slot` opens admission until a newer view comes or the wait ends.
+    fn open_admission(&mut self, slot: usize) {
+        let now = self.now;
+        let w = &mut self.workers[slot];
+        let Some(plane) = w.plane.as_mut() else {
+            return;
+        };
+        w.front.admitting = true;
+        plane.set_admitting(now, true);
+        let life = w.life;
+        self.drain(slot);
+        self.push(ADMIT_WAIT, Event::AdmitEnd { slot, life });
+    }
+
+    /// A collective of `epoch` failed: every member still in it gives up and asks for a
+    /// re-form (`Group::give_up`).
+    fn fail(&mut self, epoch: u64) {
+        self.note(format!("epoch {epoch} failed"));
+        if let Some(run) = self.runs.get_mut(&epoch) {
+            run.running = false;
+        }
+        let keys: Vec<MemberKey> = self.runs[&epoch]
+            .view
+            .members
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.give_up(k.node as usize, Some(k), epoch);
+        }
+    }
+
+    /// `slot` (as life `key`, if given) gives up on `epoch` if it is still in it.
+    fn give_up(&mut self, slot: usize, key: Option<MemberKey>, epoch: u64) {
+        let now = self.now;
+        let Some(w) = self.workers.get_mut(slot) else {
+            return;
+        };
+        let Some(plane) = w.plane.as_mut() else {
+            return;
+        };
+        if key.is_some_and(|k| k != plane.me()) || w.front.epoch != Some(epoch) {
+            return;
+        }
+        w.front.broken = true;
+        plane.request_reform(now, epoch);
+        self.drain(slot);
+        self.note(format!("slot {slot} gave up epoch {epoch}"));
+    }
+
+    /// `slot`'s mesh for `epoch` should have formed: if not, it gives up (`Group::enter`).
+    pub(super) fn mesh_deadline(&mut self, slot: usize, epoch: u64) {
+        if !self.runs.get(&epoch).is_some_and(|r| r.running) {
+            self.give_up(slot, None, epoch);
+        }
+    }
+}
