@@ -120,11 +120,7 @@ impl ControlCodec {
 
     /// Opens a datagram for `me`.
     pub fn open(&self, me: MemberKey, packet: &[u8]) -> Result<Control, DropReason> {
-        let (kind, payload) = self.auth.open(packet)?;
-        if kind != PacketKind::Control {
-            return Err(DropReason::BadKind);
-        }
-        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
+        match self.open_envelope(packet)? {
             Envelope::Agreement { from, to, msg } if to == me => Ok(Control::Agreement(from, msg)),
             Envelope::Agreement { .. } => Err(DropReason::Malformed),
             Envelope::Exited { member } => Ok(Control::Exited(member)),
@@ -136,11 +132,7 @@ impl ControlCodec {
 
     /// Opens a datagram that announces the job's completion (for a launcher).
     pub fn open_completed(&self, packet: &[u8]) -> Result<Completion, DropReason> {
-        let (kind, payload) = self.auth.open(packet)?;
-        if kind != PacketKind::Control {
-            return Err(DropReason::BadKind);
-        }
-        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
+        match self.open_envelope(packet)? {
             Envelope::Completed(c) => Ok(c),
             _ => Err(DropReason::Malformed),
         }
@@ -148,14 +140,18 @@ impl ControlCodec {
 
     /// Opens a datagram that is not addressed to a member (a report, for a dashboard).
     pub fn open_report(&self, packet: &[u8]) -> Result<Report, DropReason> {
+        match self.open_envelope(packet)? {
+            Envelope::Report(r) => Ok(r),
+            _ => Err(DropReason::Malformed),
+        }
+    }
+
+    fn open_envelope(&self, packet: &[u8]) -> Result<Envelope, DropReason> {
         let (kind, payload) = self.auth.open(packet)?;
         if kind != PacketKind::Control {
             return Err(DropReason::BadKind);
         }
-        match postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)? {
-            Envelope::Report(r) => Ok(r),
-            _ => Err(DropReason::Malformed),
-        }
+        postcard::from_bytes(payload).map_err(|_| DropReason::Malformed)
     }
 }
 
