@@ -18,7 +18,9 @@ esac
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(frame membership control checkpoint shm_segment handshake)
 export PATH="$PWD/../target/tools/bin:$PATH" CARGO_TARGET_DIR="$PWD/../target/fuzz"
-cargo afl build --release --locked --quiet
+# The workspace's lock file pins every dependency the targets share with it; cargo adds afl's.
+cp ../Cargo.lock Cargo.lock
+cargo afl build --release --quiet
 bin="$CARGO_TARGET_DIR/release"
 out="$PWD/../target/fuzz-out"
 rm -rf "$out/seeds" && "$bin/seeds" "$out/seeds"

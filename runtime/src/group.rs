@@ -410,7 +410,11 @@ impl Group {
             if self.healthy() {
                 return Ok(self.memory.as_ref().map(|c| (c.step, c.bytes.clone())));
             }
-            let view = self.wait_for_view(deadline)?;
+            let view = match self.wait_for_view(deadline) {
+                // The job completed meanwhile: the top of the loop says with what state.
+                Err(GroupError::Completed { .. }) => continue,
+                waited => waited?,
+            };
             match self.enter(view) {
                 Ok(()) => continue,
                 Err(e) if e.recoverable() && Instant::now() < deadline => {
