@@ -5,6 +5,9 @@
 //! cargo run --release -p ringrun-runtime --example simulate -- --seed S     # replay one
 //! ```
 //!
+//! `--trace` prints a replayed run's faults, views and epochs; `--max-faults N` draws up to N
+//! faults per seed instead of 4 (a replay needs the same N).
+//!
 //! Prints every violation with the command that replays its seed, a summary (seeds per
 //! second, events, epochs and commits per seed, recovery times), and last the line
 //! `seeds N, violations V`. Exits with status 1 if there was any violation.
@@ -15,7 +18,7 @@ use ringrun_runtime::sim::{self, SimConfig};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let (mut from, mut count, mut trace) = (0u64, 100u64, false);
+    let (mut from, mut count, mut trace, mut max_faults) = (0u64, 100u64, false, None);
     while let Some(arg) = args.next() {
         let mut value = || -> u64 {
             let v = args.next().unwrap_or_default();
@@ -27,7 +30,10 @@ fn main() -> ExitCode {
             "--from" => from = value(),
             "--seed" => (from, count) = (value(), 1),
             "--trace" => trace = true,
-            other => panic!("unknown argument {other:?} (--seeds N, --from S, --seed S)"),
+            "--max-faults" => max_faults = Some(value() as usize),
+            other => panic!(
+                "unknown argument {other:?} (--seeds N, --from S, --seed S, --trace, --max-faults N)"
+            ),
         }
     }
     if std::env::var_os("RUST_LOG").is_some() {
@@ -41,9 +47,11 @@ fn main() -> ExitCode {
     let (mut violations, mut events, mut epochs, mut commits, mut faults, mut recovery) =
         (0usize, 0u64, 0u64, 0u64, 0u64, Vec::new());
     for seed in from..from + count {
+        let drawn = SimConfig::from_seed(seed);
         let config = SimConfig {
             trace,
-            ..SimConfig::from_seed(seed)
+            max_faults: max_faults.unwrap_or(drawn.max_faults),
+            ..drawn
         };
         let shape = format!("{config:?}");
         let report = sim::run(config);
@@ -59,8 +67,11 @@ fn main() -> ExitCode {
         if !report.violations.is_empty() {
             violations += report.violations.len();
             println!("  run: {shape}");
+            let faults = max_faults.map(|n| format!(" --max-faults {n}"));
             println!(
-                "  replay: cargo run --release -p ringrun-runtime --example simulate -- --seed {seed}"
+                "  replay: cargo run --release -p ringrun-runtime --example simulate -- --seed \
+                 {seed}{} --trace",
+                faults.unwrap_or_default()
             );
         }
     }

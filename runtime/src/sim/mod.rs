@@ -61,12 +61,15 @@ pub struct SimConfig {
     pub loss: f64,
     /// See `loss`.
     pub duplicate: f64,
+    /// At most this many faults (crashes, leaves, partitions, slow members) are drawn.
+    pub max_faults: usize,
     /// Keep a trace of the run's faults, views and epochs in the report.
     pub trace: bool,
 }
 
 impl SimConfig {
-    /// A run of 3 to 7 workers, up to 2 joiners, 20 s of faults and the default recovery bound.
+    /// A run of 3 to 7 workers, up to 2 joiners, up to 4 faults in 20 s, and the default
+    /// recovery bound.
     pub fn from_seed(seed: u64) -> SimConfig {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         SimConfig {
@@ -78,6 +81,7 @@ impl SimConfig {
             step_time: Duration::from_millis(rng.random_range(20..=80)),
             loss: [0.0, 0.01, 0.05][rng.random_range(0..3)],
             duplicate: [0.0, 0.01][rng.random_range(0..2)],
+            max_faults: 4,
             trace: false,
         }
     }
@@ -238,7 +242,7 @@ impl Sim {
             let at = Duration::from_micros(self.rng.random_range(span / 10..span));
             self.push(at, Event::Start(slot));
         }
-        for _ in 0..self.rng.random_range(0..=4) {
+        for _ in 0..self.rng.random_range(0..=self.config.max_faults) {
             let at = Duration::from_micros(self.rng.random_range(span / 10..span));
             let slot = self.rng.random_range(0..n);
             let fault = match self.rng.random_range(0..10) {

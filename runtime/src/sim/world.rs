@@ -15,6 +15,8 @@ pub(super) struct World {
     pub(super) report: SimReport,
     /// Every installed view's members, by epoch.
     views: BTreeMap<u64, Vec<MemberKey>>,
+    /// Installed views in the order they were first installed.
+    order: Vec<(u64, Vec<MemberKey>)>,
     /// Lives that ended (crashed or left): they cannot be on another side of a partition.
     dead: BTreeSet<MemberKey>,
     /// The state after each step, computed once: what every holder of that step must hold.
@@ -29,6 +31,7 @@ impl World {
             seed,
             report: SimReport::default(),
             views: BTreeMap::new(),
+            order: Vec::new(),
             dead: BTreeSet::new(),
             chain: Vec::new(),
             late_commits: Vec::new(),
@@ -54,49 +57,47 @@ impl World {
         self.chain[step as usize]
     }
 
-    /// A member installed `view`: one view per epoch number, and none without a majority of
-    /// the live members of the view before it (a minority side of a partition waits).
+    /// A member installed `view`: one view per epoch number, and none without a strict
+    /// majority of the live members of the view installed last that still has any (a minority
+    /// side of a partition waits). Views whose lives all ended belong to a group that is gone:
+    /// new lives may start again, and reuse its epoch numbers.
     pub(super) fn installed(&mut self, view: &GroupView) {
         let members: Vec<MemberKey> = view.members.iter().map(|(k, _)| *k).collect();
         let epoch = view.epoch;
-        // Every life of every view so far has ended: the group is gone, and new lives start a
-        // new one from epoch 1 (a whole job restarted), whose views are checked afresh.
-        if (self.views.values().flatten()).all(|k| self.dead.contains(k)) {
-            self.views.clear();
-        }
-        match self.views.get(&epoch) {
-            Some(known) if *known != members => {
+        if let Some(known) = self.views.get(&epoch) {
+            if *known == members {
+                return;
+            }
+            if self.live(known) > 0 {
                 let known = known.clone();
                 self.violation(format!(
                     "epoch {epoch} installed as {known:?} and as {members:?}"
                 ));
             }
-            Some(_) => {}
-            None => {
-                self.report.epochs += 1;
-                self.views.insert(epoch, members.clone());
-                let before = self.views.range(..epoch).next_back();
-                if let Some((&e, prev)) = before {
-                    self.check_majority(e, &prev.clone(), epoch, &members);
-                }
-                let after = self.views.range(epoch + 1..).next();
-                if let Some((&e, next)) = after {
-                    self.check_majority(epoch, &members, e, &next.clone());
-                }
+        }
+        self.report.epochs += 1;
+        let before = (self.order.iter().rev())
+            .find(|(e, ks)| *e != epoch && self.live(ks) > 0)
+            .cloned();
+        if let Some((e0, prev)) = before {
+            let counted = self.live(&prev);
+            let kept = (prev.iter())
+                .filter(|k| !self.dead.contains(k) && members.contains(k))
+                .count();
+            if 2 * kept <= counted {
+                self.violation(format!(
+                    "epoch {epoch} {members:?} holds {kept} of the {counted} live members of \
+                     epoch {e0} {prev:?}: a minority installed a view"
+                ));
             }
         }
+        self.views.insert(epoch, members.clone());
+        self.order.push((epoch, members));
     }
 
-    fn check_majority(&mut self, e0: u64, prev: &[MemberKey], e1: u64, next: &[MemberKey]) {
-        let counted: Vec<&MemberKey> = prev.iter().filter(|k| !self.dead.contains(k)).collect();
-        let kept = counted.iter().filter(|k| next.contains(k)).count();
-        if !counted.is_empty() && 2 * kept <= counted.len() {
-            self.violation(format!(
-                "epoch {e1} {next:?} holds {kept} of the {} live members of epoch {e0} {prev:?}: \
-                 a minority installed a view",
-                counted.len()
-            ));
-        }
+    /// How many of `keys` are lives that have not ended.
+    fn live(&self, keys: &[MemberKey]) -> usize {
+        keys.iter().filter(|k| !self.dead.contains(k)).count()
     }
 
     /// An epoch's members agreed to resume from `chosen`, while the newest step any live
@@ -230,12 +231,15 @@ mod tests {
             1,
             "the one live member of epoch 3"
         );
-        // Checked against the view before it even when that one is installed later.
+        // A group whose lives all ended is gone: new lives start over, epoch numbers included.
         let mut w = World::new(1);
-        w.installed(&view(1, &[1, 2, 3]));
-        w.installed(&view(3, &[3]));
+        w.installed(&view(1, &[1, 2]));
         w.installed(&view(2, &[1, 2, 3]));
-        assert_eq!(w.report.violations.len(), 2);
+        [1, 2, 3].into_iter().for_each(|k| w.dead(key(k)));
+        w.installed(&view(1, &[7, 8]));
+        assert!(w.report.violations.is_empty());
+        w.installed(&view(1, &[7, 9]));
+        assert_eq!(w.report.violations.len(), 1, "two live views of epoch 1");
     }
 
     #[test]
