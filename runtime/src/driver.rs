@@ -232,9 +232,7 @@ impl Shell {
                     p.view = Some((Arc::new(view), now));
                     p.blocked = None;
                 }),
-                Output::Aborted { epoch, .. } => {
-                    out.send_modify(|p| p.aborted = Some((epoch, now)))
-                }
+                Output::Aborted { epoch } => out.send_modify(|p| p.aborted = Some((epoch, now))),
                 Output::Cancel { below, why } => self.cancel_below(below, why),
                 Output::Blocked(why) => out.send_modify(|p| p.blocked = Some(why)),
                 Output::Completed(c) => out.send_modify(|p| p.completed = Some(c)),

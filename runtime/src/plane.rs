@@ -54,13 +54,12 @@ pub enum Output {
     },
     /// An epoch was installed (this member may not be in it: then it waits for the next).
     Installed(GroupView),
-    /// Members of `epoch` are gone; its next collective must be refused. `graceful`: they all
-    /// left gracefully (the collective in flight is cancelled only after [`LEAVE_GRACE`]).
+    /// Members of `epoch` are gone; its next collective must be refused (the one in flight
+    /// gets its own [`Output::Cancel`]: at once, or after [`LEAVE_GRACE`] if they all left
+    /// gracefully).
     Aborted {
         /// The epoch.
         epoch: u64,
-        /// Whether every lost member left gracefully.
-        graceful: bool,
     },
     /// Cancel the collective in flight if its epoch is below `below`.
     Cancel {
@@ -391,7 +390,7 @@ impl ControlPlane {
                         why: "members of the epoch were lost",
                     });
                 }
-                self.outputs.push_back(Output::Aborted { epoch, graceful });
+                self.outputs.push_back(Output::Aborted { epoch });
             }
             Event::Blocked(why) => self.outputs.push_back(Output::Blocked(why)),
         }

@@ -526,7 +526,7 @@ impl Sim {
                     }
                 }
                 Output::Installed(view) => self.installed(slot, view),
-                Output::Aborted { epoch, .. } => self.workers[slot].front.aborted(epoch),
+                Output::Aborted { epoch } => self.workers[slot].front.aborted(epoch),
                 Output::Cancel { below, .. } => self.workers[slot].front.cancelled(below),
                 Output::Waiting(n) => self.workers[slot].front.waiting = n,
                 Output::Blocked(why) => self.note(format!("slot {slot} blocked: {why}")),
