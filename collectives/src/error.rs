@@ -5,10 +5,11 @@ use std::time::Duration;
 /// Why a collective or a transport set-up failed.
 ///
 /// Every variant documents two things: whether the caller's buffers or the communicator changed
-/// ("state"), and whether the job can go on ("recovery"). After any variant except
-/// [`InvalidArgument`](Self::InvalidArgument), the communicator is *poisoned*: its links may hold
-/// half-sent frames, so every later call fails fast with [`Poisoned`](Self::Poisoned) and the
-/// caller (the elastic runtime) builds a new communicator for a new epoch.
+/// ("state"), and whether the job can go on ("recovery"). After a failed call the
+/// communicator is *poisoned*: its links may hold half-sent frames (or, after
+/// [`InvalidArgument`](Self::InvalidArgument), the peers were told to give the call up), so
+/// every later call fails fast with [`Poisoned`](Self::Poisoned) and the caller (the elastic
+/// runtime) builds a new communicator for a new epoch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CollectiveError {
     /// The connection to `rank` broke or was closed (the process died or left).
@@ -52,7 +53,9 @@ pub enum CollectiveError {
         detail: String,
     },
     /// The arguments are unusable locally (wrong lengths, bad root, misaligned buffer).
-    /// State: nothing changed, nothing was sent. Recovery: fix the call and retry.
+    /// State: the caller's buffers are unchanged and no data was sent; the peers got an abort
+    /// notice, so that their matching calls fail at once; communicator poisoned.
+    /// Recovery: fix the call, in a new epoch.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// An earlier error poisoned this communicator.

@@ -1,10 +1,12 @@
-//! Device pointers: when the process's group has a device side (`RINGRUN_TRANSPORT=nccl`), the
-//! collectives ask CUDA whether their buffers are device memory and, if so, run them on the
-//! group's NCCL communicator instead of the host path.
+//! Device pointers: when the process's group has a device side (`RINGRUN_DEVICE=cuda`, or
+//! `RINGRUN_TRANSPORT=nccl`), the collectives ask CUDA whether their buffers are device memory
+//! and, if so, run them on the group's device communicator instead of the host path.
 //!
-//! A CPU group never reaches CUDA: [`Global::route`] is `None` and the host path is exactly what
-//! it was. The routing is a pair of functions ([`DeviceRoute`]) so that the unit tests can
-//! drive it with the fake backend on a machine without a GPU.
+//! A CPU group without the automatic device side never reaches CUDA: [`Global::route`] and
+//! [`Global::auto`] are `None` and the host path is exactly what it was; with it
+//! ([`on_device`]), the first device pointer gives the group its device side. The routing is a
+//! pair of functions ([`DeviceRoute`]) so that the unit tests can drive it with the fake
+//! backend on a machine without a GPU.
 
 use std::{ffi::c_void, mem::ManuallyDrop};
 

@@ -214,7 +214,7 @@ pub unsafe extern "C" fn ringrun_faults_json(
     len: *mut usize,
 ) -> c_int {
     guard(|| {
-        let json = with_global(|g| Ok(faults_json(g.group.faults())))?;
+        let json = with_global(|g| Ok(faults_json(&g.group.faults())))?;
         // SAFETY: see `write_out`.
         unsafe { write_out(len, json.len(), "len")? };
         if buf.is_null() {

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut violations, mut events, mut epochs, mut commits, mut faults, mut recovery) =
         (0usize, 0u64, 0u64, 0u64, 0u64, Vec::new());
+    let mut reports = 0u64;
     for seed in from..from + count {
         let drawn = SimConfig::from_seed(seed);
         let config = SimConfig {
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         epochs += report.epochs;
         commits += report.commits;
         faults += report.faults;
+        reports += report.fault_reports;
         recovery.extend(report.recovered_in.map(|d| d.as_secs_f64()));
         for v in &report.violations {
             println!("{v}");
@@ -85,11 +87,12 @@ fn main() -> ExitCode {
     };
     let n = count.max(1) as f64;
     println!(
-        "{:.1} seeds/s; per seed: {:.0} events, {:.1} faults, {:.1} epochs, {:.0} commits; \
-         recovery after the faults p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "{:.1} seeds/s; per seed: {:.0} events, {:.1} faults, {:.1} fault reports, {:.1} epochs, \
+         {:.0} commits; recovery after the faults p50 {:.2} s, p99 {:.2} s, max {:.2} s",
         count as f64 / secs,
         events as f64 / n,
         faults as f64 / n,
+        reports as f64 / n,
         epochs as f64 / n,
         commits as f64 / n,
         pick(0.5),

@@ -24,21 +24,27 @@ use tracing::{debug, info, warn};
 use crate::{
     agreement::{self, View},
     control::{Completion, ControlCodec},
+    lifecycle::{self, FrontEvent},
     member::{Advert, MemberKey},
     plane::{ControlPlane, Output, Socket},
     progress::{Dropped, Progress},
+    report::FaultEvent,
 };
 
 /// An agreed view of the group.
 pub type GroupView = View<MemberKey, Advert>;
 
-/// What the driver has decided, as the group reads it.
+/// What the plane has decided, as the group reads it.
 #[derive(Clone, Debug, Default)]
 pub struct Published {
-    /// The installed view and when it was installed.
-    pub view: Option<(Arc<GroupView>, Instant)>,
-    /// The newest epoch whose members were lost, and when that was noticed.
-    pub aborted: Option<(u64, Instant)>,
+    /// The installed view.
+    pub view: Option<Arc<GroupView>>,
+    /// The newest epoch that is over for this member, and why.
+    pub ended: Option<(u64, String)>,
+    /// Admission windows that closed without a newer view, so far.
+    pub admissions_closed: u64,
+    /// Recoveries so far, oldest first.
+    pub faults: Vec<FaultEvent>,
     /// Why no view can be formed now, if that is the case.
     pub blocked: Option<String>,
     /// Live workers not in the view, waiting for a commit boundary.
@@ -53,8 +59,8 @@ pub struct Published {
 pub(crate) type CancelSlot = Arc<Mutex<Option<(u64, Cancel)>>>;
 
 pub(crate) enum Command {
-    Admit(bool),
-    Reform(u64),
+    /// What happened to the group's epoch.
+    Front(FrontEvent),
     /// This member finished the job: announce it to every member and launcher known.
     Finish(Completion),
     Leave,
@@ -70,6 +76,7 @@ pub(crate) struct Driver {
 pub(crate) struct Setup {
     pub(crate) membership: DriverConfig,
     pub(crate) agreement: agreement::Config,
+    pub(crate) lifecycle: lifecycle::Config,
     pub(crate) control: std::net::UdpSocket,
     pub(crate) codec: ControlCodec,
     pub(crate) cancel: CancelSlot,
@@ -145,8 +152,7 @@ async fn run(
             cmd = commands.recv() => {
                 let now = shell.now();
                 match cmd {
-                    Some(Command::Admit(open)) => shell.plane.set_admitting(now, open),
-                    Some(Command::Reform(epoch)) => shell.plane.request_reform(now, epoch),
+                    Some(Command::Front(event)) => shell.plane.front(now, event),
                     Some(Command::Finish(c)) => shell.plane.finish(now, c),
                     Some(Command::Leave) | None => break,
                 }
@@ -184,11 +190,19 @@ impl Shell {
         let node = Node::new(id, config.membership, auth, random_seed())
             .map_err(|e| err("membership", &e))?;
         let start = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let life = lifecycle::Config {
+            wall_origin_ms: wall.as_millis() as u64,
+            ..setup.lifecycle
+        };
         let plane = ControlPlane::start(
             node,
             &config.seeds,
             setup.codec.clone(),
             setup.agreement,
+            life,
             Time::ZERO,
         )
         .map_err(|e| err("membership", &e))?;
@@ -214,10 +228,11 @@ impl Shell {
         }
     }
 
-    /// Carries out everything the plane asked for.
+    /// Carries out everything the plane asked for. What the group reads is published in one
+    /// change, so that it never sees a newer view without the end of its epoch.
     async fn carry_out(&mut self, out: &watch::Sender<Published>) {
+        let mut publish = Vec::new();
         while let Some(output) = self.plane.poll_output() {
-            let now = Instant::now();
             match output {
                 Output::Transmit { socket, to, bytes } => {
                     let s = match socket {
@@ -228,15 +243,7 @@ impl Shell {
                         warn!(%to, error = %e, "send failed");
                     }
                 }
-                Output::Installed(view) => out.send_modify(|p| {
-                    p.view = Some((Arc::new(view), now));
-                    p.blocked = None;
-                }),
-                Output::Aborted { epoch } => out.send_modify(|p| p.aborted = Some((epoch, now))),
                 Output::Cancel { below, why } => self.cancel_below(below, why),
-                Output::Blocked(why) => out.send_modify(|p| p.blocked = Some(why)),
-                Output::Completed(c) => out.send_modify(|p| p.completed = Some(c)),
-                Output::Waiting(n) => out.send_modify(|p| p.waiting_to_join = n),
                 Output::ReportRequested { to, since } => {
                     let mut report = self.progress.report(self.plane.me(), since);
                     report.dropped = self.dropped();
@@ -245,7 +252,15 @@ impl Shell {
                         debug!(error = %e, "report send failed");
                     }
                 }
+                Output::Fault(f) => {
+                    self.progress.fault(&f);
+                    publish.push(Output::Fault(f));
+                }
+                other => publish.push(other),
             }
+        }
+        if !publish.is_empty() {
+            out.send_modify(|p| publish.into_iter().for_each(|o| apply(p, o)));
         }
     }
 
@@ -257,6 +272,23 @@ impl Shell {
         {
             cancel.cancel(why);
         }
+    }
+}
+
+/// What the group reads of one output.
+fn apply(p: &mut Published, output: Output) {
+    match output {
+        Output::Installed(view) => {
+            p.view = Some(Arc::new(view));
+            p.blocked = None;
+        }
+        Output::Ended { epoch, why } => p.ended = Some((epoch, why)),
+        Output::Blocked(why) => p.blocked = Some(why),
+        Output::Completed(c) => p.completed = Some(c),
+        Output::Waiting(n) => p.waiting_to_join = n,
+        Output::AdmissionClosed => p.admissions_closed += 1,
+        Output::Fault(f) => p.faults.push(f),
+        Output::Transmit { .. } | Output::Cancel { .. } | Output::ReportRequested { .. } => {}
     }
 }
 

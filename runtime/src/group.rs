@@ -1,11 +1,14 @@
 //! [`Group`]: the blocking API workers, the C ABI and the Python package call.
 //!
-//! The group owns a driver thread (SWIM and epoch agreement, [`crate::driver`]) and, on the
-//! caller's thread, a current-thread runtime on which collectives and mesh set-up run. Every
-//! collective registers a cancellation handle for its epoch, so that the driver aborts it the
-//! moment the epoch's membership changes. After a failed call the group refuses collectives
-//! (with [`GroupError::MembershipChanged`]) until the caller calls [`Group::restore`], which
-//! waits for the next epoch, connects its mesh and agrees the state to resume from.
+//! The group is the front end of the worker's control plane ([`crate::plane`]), which runs on
+//! a driver thread ([`crate::driver`]) and decides the epoch lifecycle ([`crate::lifecycle`]):
+//! the group does the IO it asks for on the caller's thread (forms each epoch's mesh on a
+//! current-thread runtime, agrees the state, runs the collectives, writes checkpoints), tells
+//! it what happened, and refuses the collectives of an epoch the plane ended. Every collective
+//! registers a cancellation handle for its epoch, so that the driver aborts it the moment the
+//! epoch's membership changes. After a failed call the group refuses collectives (with
+//! [`GroupError::MembershipChanged`]) until the caller calls [`Group::restore`], which waits
+//! for the next epoch, connects its mesh and agrees the state to resume from.
 
 use std::{
     net::SocketAddr,
@@ -34,20 +37,20 @@ use crate::{
     driver::{CancelSlot, Command, Driver, GroupView, Published, Setup},
     error::GroupError,
     failpoint,
+    lifecycle::{self, FrontEvent},
     member::{Endpoints, MemberKey},
     mesh::{self, MeshConfig},
     progress::{self, Progress},
-    report::{FaultEvent, Open},
+    report::FaultEvent,
     rtt::RoundTrips,
     state::{self, Committed, Decision},
 };
 
 type Result<T> = std::result::Result<T, GroupError>;
 
-/// Longest a mesh set-up may take before the epoch is given up and re-formed.
-const MESH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a rank that saw a Mismatch waits before asking for a new epoch (see `Group::end`).
-const MISMATCH_GRACE: Duration = Duration::from_millis(100);
+/// Longest the plane may take to take in a failure the group reported (it is a hop to the
+/// driver thread; only a stopped driver takes longer).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One member of an elastic training group.
 pub struct Group {
@@ -61,19 +64,14 @@ pub struct Group {
     cancel: CancelSlot,
     comm: Option<LayoutComm>,
     view: Option<Arc<GroupView>>,
-    /// The epoch given up on, why, and when.
-    broken: Option<(u64, String)>,
-    /// `broken` by a mismatch and the re-form not yet requested: not before this time (see
-    /// `end`).
-    reform_pending: Option<Instant>,
+    /// The plane was told that a collective of the current epoch completed.
+    resumed: bool,
     memory: Option<Committed>,
     /// `memory` is the job's final state ([`Group::finish`]).
     finished: bool,
     store: Option<Store>,
     commits: u64,
     step_hint: u64,
-    fault: Option<Open>,
-    faults: Vec<FaultEvent>,
     /// What this member reports to dashboards.
     progress: Progress,
     /// The collective in flight, for `progress`: its kind, bytes and start.
@@ -85,15 +83,6 @@ pub struct Group {
     clock_origin: Instant,
     /// The device side (`crate::device`), when configured: one communicator per epoch.
     device: Option<Box<dyn DeviceEpochs>>,
-}
-
-/// When the first sign that `epoch` is over came: the driver's abort of it (or of a later
-/// epoch), else now. An abort of an earlier epoch is another fault's.
-fn abort_time(p: &Published, epoch: u64) -> Instant {
-    match p.aborted {
-        Some((aborted, t)) if aborted >= epoch => t.min(Instant::now()),
-        _ => Instant::now(),
-    }
 }
 
 impl Group {
@@ -161,6 +150,10 @@ impl Group {
                 bootstrap: config.bootstrap,
                 ..agreement::Config::default()
             },
+            lifecycle: lifecycle::Config {
+                admit_wait: config.admit_wait,
+                ..lifecycle::Config::default()
+            },
             control,
             codec: ControlCodec::new(auth),
             cancel: cancel.clone(),
@@ -182,15 +175,12 @@ impl Group {
             cancel,
             comm: None,
             view: None,
-            broken: None,
-            reform_pending: None,
+            resumed: false,
             memory: None,
             finished: false,
             store,
             commits: 0,
             step_hint: 0,
-            fault: None,
-            faults: Vec::new(),
             device,
             progress,
             op: None,
@@ -237,8 +227,8 @@ impl Group {
     }
 
     /// Recoveries so far, oldest first.
-    pub fn faults(&self) -> &[FaultEvent] {
-        &self.faults
+    pub fn faults(&self) -> Vec<FaultEvent> {
+        self.published.borrow().faults.clone()
     }
 
     /// Tells the group which step the caller is working on, so that the fault report can say
@@ -401,7 +391,6 @@ impl Group {
     /// its bytes, identical on every rank, or `None` on a fresh start.
     pub fn restore(&mut self) -> Result<Option<(u64, Arc<Vec<u8>>)>> {
         let deadline = Instant::now() + self.config.restore_timeout;
-        self.request_pending_reform();
         loop {
             let completed = self.published.borrow().completed;
             if let Some(c) = completed {
@@ -503,23 +492,7 @@ impl Group {
 
     fn healthy(&self) -> bool {
         let Some(comm) = &self.comm else { return false };
-        self.broken.is_none() && self.stale(comm.epoch(), &self.published.borrow()).is_none()
-    }
-
-    /// Why the epoch `epoch` is over, if it is.
-    fn stale(&self, epoch: u64, p: &Published) -> Option<String> {
-        if let Some(c) = p.completed.filter(|_| !self.finished) {
-            return Some(format!("the job completed at step {}", c.step));
-        }
-        if let Some((e, _)) = p.aborted
-            && e >= epoch
-        {
-            return Some("members of the epoch were lost".into());
-        }
-        match &p.view {
-            Some((v, _)) if v.epoch > epoch => Some(format!("epoch {} was installed", v.epoch)),
-            _ => None,
-        }
+        over(comm.epoch(), &self.published.borrow()).is_none()
     }
 
     /// [`Group::begin`] for a collective the progress report counts: of kind `kind` (an index
@@ -536,21 +509,14 @@ impl Group {
             return Err(changed(0, "not in an epoch: call restore".into()));
         };
         let epoch = comm.epoch();
-        if let Some((e, why)) = self.broken.clone() {
-            self.request_pending_reform();
-            return Err(changed(e, why));
+        if let Some(why) = over(epoch, &self.published.borrow()) {
+            return Err(changed(epoch, why));
         }
         let cancel = Cancel::new();
         *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, cancel.clone()));
-        // Checked after registering, so an abort published in between is not missed. Read in
-        // place (no clone of the publication: this runs before every collective).
-        let stale = {
-            let p = self.published.borrow();
-            self.stale(epoch, &p)
-                .map(|why| (why, abort_time(&p, epoch)))
-        };
-        if let Some((why, at)) = stale {
-            self.give_up(epoch, why.clone(), at);
+        // Checked again after registering, so that an end published in between is not missed.
+        // Read in place (no clone of the publication: this runs before every collective).
+        if let Some(why) = over(epoch, &self.published.borrow()) {
             return Err(changed(epoch, why));
         }
         Ok((
@@ -566,78 +532,82 @@ impl Group {
                 if let Some((kind, bytes, at)) = op {
                     self.progress.collective(kind, bytes, at.elapsed());
                 }
-                if let Some(f) = self.fault.take_if(|f| f.is_restored()) {
-                    let f = f.finish();
-                    self.progress.fault(&f);
-                    self.faults.push(f);
+                if !self.resumed {
+                    self.resumed = true;
+                    self.tell(FrontEvent::Resumed { epoch });
                 }
                 Ok(v)
             }
             Err(CollectiveError::InvalidArgument(m)) => Err(GroupError::InvalidArgument(m)),
-            Err(e @ CollectiveError::Mismatch { .. }) => {
-                // A caller's bug, not a lost member: every rank must see `Mismatch`, so the
-                // re-form that would cancel the peers' calls waits for this rank's next call.
-                self.broken = Some((epoch, e.to_string()));
-                self.reform_pending = Some(Instant::now() + MISMATCH_GRACE);
-                Err(GroupError::from_collective(epoch, e))
-            }
             Err(e) => {
-                let at = abort_time(&self.published.borrow(), epoch);
-                self.give_up(epoch, e.to_string(), at);
+                let mismatch = matches!(e, CollectiveError::Mismatch { .. });
+                self.failed(epoch, e.to_string(), mismatch)?;
                 Err(GroupError::from_collective(epoch, e))
             }
         }
     }
 
-    fn request_pending_reform(&mut self) {
-        if let Some((epoch, _)) = self.broken
-            && let Some(not_before) = self.reform_pending.take()
-        {
-            // The peers' calls end on this rank's Mismatch notice, already in their sockets; a
-            // re-form now could cancel them first, and they would see a membership change.
-            std::thread::sleep(not_before.saturating_duration_since(Instant::now()));
-            self.driver.send(Command::Reform(epoch));
+    fn tell(&self, event: FrontEvent) {
+        self.driver.send(Command::Front(event));
+    }
+
+    /// A collective of `epoch` failed: the plane ends the epoch (and asks for a new one: at
+    /// once, or after a mismatch's grace). Returns once the plane has published the end, so
+    /// that the next call sees it.
+    fn failed(&mut self, epoch: u64, why: String, mismatch: bool) -> Result<()> {
+        self.tell(FrontEvent::Failed {
+            epoch,
+            why,
+            mismatch,
+        });
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        let ended = |p: &Published| p.ended.as_ref().is_some_and(|(e, _)| *e >= epoch);
+        match ended(&self.await_published(deadline, ended)) {
+            true => Ok(()),
+            false => Err(GroupError::Internal(
+                "the control plane did not take in a failure".into(),
+            )),
         }
     }
 
-    /// The epoch's communicator is finished with: ask for a new epoch (a no-op if the
-    /// coordinator is already forming one) and open a fault report.
-    fn give_up(&mut self, epoch: u64, why: String, at: Instant) {
-        if self.broken.is_some() {
-            return;
-        }
-        warn!(epoch, reason = %why, "epoch over");
-        self.driver.send(Command::Reform(epoch));
-        if self.fault.is_none() {
-            self.fault = Some(Open::new(epoch, self.size(), why.clone(), at));
-        }
-        self.broken = Some((epoch, why));
-    }
-
-    fn wait_for_view(&mut self, deadline: Instant) -> Result<Arc<GroupView>> {
-        let after = self.comm.as_ref().map_or(0, |c| c.epoch());
+    /// Waits until `ready` holds of the publication, the driver stops or `deadline` passes;
+    /// returns the last publication seen.
+    fn await_published(
+        &mut self,
+        deadline: Instant,
+        ready: impl Fn(&Published) -> bool,
+    ) -> Published {
         loop {
             let p = self.published.borrow_and_update().clone();
-            if let Some(why) = p.stopped {
-                return Err(GroupError::Internal(format!("membership stopped: {why}")));
-            }
-            if let Some(c) = p.completed {
-                return Err(GroupError::Completed { step: c.step });
-            }
-            if let Some((v, _)) = &p.view
-                && v.epoch > after
-                && v.rank_of(&self.me).is_some()
-            {
-                return Ok(v.clone());
+            if ready(&p) || p.stopped.is_some() {
+                return p;
             }
             let changed = self.published.changed();
             let wait = async { tokio::time::timeout_at(deadline.into(), changed).await };
             if !matches!(self.rt.block_on(wait), Ok(Ok(()))) {
-                let why = p
-                    .blocked
-                    .unwrap_or_else(|| "no epoch with this member".into());
-                return Err(GroupError::NoQuorum(why));
+                return p;
             }
+        }
+    }
+
+    fn wait_for_view(&mut self, deadline: Instant) -> Result<Arc<GroupView>> {
+        let (after, me) = (self.epoch(), self.me);
+        let listed = move |p: &Published| {
+            (p.view.clone()).filter(|v| v.epoch > after && v.rank_of(&me).is_some())
+        };
+        let p = self.await_published(deadline, |p| p.completed.is_some() || listed(p).is_some());
+        if let Some(c) = p.completed {
+            return Err(GroupError::Completed { step: c.step });
+        }
+        if let Some(v) = listed(&p) {
+            return Ok(v);
+        }
+        match p.stopped {
+            Some(why) => Err(GroupError::Internal(format!("membership stopped: {why}"))),
+            None => Err(GroupError::NoQuorum(
+                p.blocked
+                    .unwrap_or_else(|| "no epoch with this member".into()),
+            )),
         }
     }
 
@@ -659,44 +629,36 @@ impl Group {
             host: &self.config.host,
             comm: &self.config.comm,
         };
-        let connect = mesh::connect(
-            &self.listener,
-            &spec,
-            &config,
-            Instant::now() + MESH_TIMEOUT,
-        );
+        // The plane gives the epoch up at its own mesh deadline, the same length.
+        let deadline = Instant::now() + lifecycle::Config::default().mesh_timeout;
+        let connect = mesh::connect(&self.listener, &spec, &config, deadline);
         let comm = match self.rt.block_on(connect) {
             Ok(c) => c,
             Err(e) => {
-                self.driver.send(Command::Reform(view.epoch));
-                return Err(changed(view.epoch, format!("mesh set-up: {e}")));
+                let why = format!("mesh set-up: {e}");
+                self.failed(view.epoch, why.clone(), false)?;
+                return Err(changed(view.epoch, why));
             }
         };
         info!(epoch = view.epoch, links = %comm.describe(), "epoch links formed");
+        self.tell(FrontEvent::MeshUp { epoch: view.epoch });
         self.progress
             .entered(comm.epoch(), comm.rank(), comm.size());
         self.round_trips = RoundTrips::new(comm.size(), self.progress.window_span() as u64);
         self.comm = Some(comm);
-        self.broken = None;
-        self.reform_pending = None;
+        // The epoch's own set-up (device id, state) is not the first collective it resumed with.
+        self.resumed = true;
         self.view = Some(view.clone());
         self.enter_device(rank, view.members.len())?;
         self.sync()?;
-        let installed = self
-            .published
-            .borrow()
-            .view
-            .as_ref()
-            .map_or_else(Instant::now, |(_, t)| *t);
         let restored = self.memory.as_ref().map_or(0, |c| c.step);
-        if let Some(f) = &mut self.fault {
-            f.restored(
-                view.epoch,
-                view.members.len(),
-                installed,
-                self.step_hint.saturating_sub(restored),
-            );
-        }
+        self.tell(FrontEvent::Entered {
+            epoch: view.epoch,
+            size: view.members.len(),
+            rolled_back: self.step_hint.saturating_sub(restored),
+            holds_final: self.finished,
+        });
+        self.resumed = false;
         info!(
             rank,
             size = view.members.len(),
@@ -751,25 +713,17 @@ impl Group {
         }
     }
 
-    /// Joiners are waiting: let the coordinator admit them and move to their epoch together.
+    /// Joiners are waiting: let the coordinator admit them and move to their epoch together
+    /// (the plane keeps admission open for `GroupConfig::admit_wait`).
     fn admit(&mut self) -> Result<()> {
         let epoch = self.epoch();
-        self.driver.send(Command::Admit(true));
-        let until = Instant::now() + self.config.admit_wait;
-        let newer = loop {
-            let p = self.published.borrow_and_update().clone();
-            if let Some((v, _)) = p.view.filter(|(v, _)| v.epoch > epoch) {
-                break Some(v);
-            }
-            let changed = self.published.changed();
-            let wait = async { tokio::time::timeout_at(until.into(), changed).await };
-            if !matches!(self.rt.block_on(wait), Ok(Ok(()))) {
-                break None;
-            }
-        };
-        self.driver.send(Command::Admit(false));
-        match newer {
-            Some(_) => {
+        let closed = self.published.borrow().admissions_closed;
+        self.tell(FrontEvent::Admit);
+        let deadline = Instant::now() + self.config.admit_wait + REPORT_TIMEOUT;
+        let newer = |p: &Published| p.view.as_ref().is_some_and(|v| v.epoch > epoch);
+        let p = self.await_published(deadline, |p| p.admissions_closed > closed || newer(p));
+        match newer(&p) {
+            true => {
                 let committed = self.memory.clone();
                 self.comm = None;
                 self.restore()?;
@@ -783,7 +737,7 @@ impl Group {
                     )),
                 }
             }
-            None => {
+            false => {
                 info!("joiners were not admitted in time; going on");
                 Ok(())
             }
@@ -844,19 +798,23 @@ impl Group {
         let (Some(store), Some(c), Some(view)) = (&self.store, &self.memory, &self.view) else {
             return Ok(());
         };
-        // One writer per host: the lowest rank whose endpoint has this member's IP.
-        let my_ip = self.listener.local_addr().map(|a| a.ip()).ok();
-        let first_here = view
-            .members
-            .iter()
-            .position(|(_, a)| Some(a.endpoints.tcp.ip()) == my_ip);
-        if first_here == Some(self.rank()) {
+        if lifecycle::writes_checkpoints(view, self.rank()) {
             store
                 .save(c.step, &c.bytes, self.finished)
                 .map_err(|e| GroupError::Internal(e.to_string()))?;
         }
         Ok(())
     }
+}
+
+/// Why `epoch` is over for this member, if it is.
+fn over(epoch: u64, p: &Published) -> Option<String> {
+    if let Some(why) = &p.stopped {
+        return Some(format!("membership stopped: {why}"));
+    }
+    (p.ended.as_ref())
+        .filter(|(e, _)| *e >= epoch)
+        .map(|(_, why)| why.clone())
 }
 
 fn changed(epoch: u64, reason: String) -> GroupError {

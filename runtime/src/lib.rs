@@ -19,6 +19,7 @@ mod driver;
 pub mod error;
 pub mod failpoint;
 mod group;
+pub mod lifecycle;
 pub mod member;
 pub mod mesh;
 pub mod plane;

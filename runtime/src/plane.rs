@@ -1,13 +1,15 @@
 //! [`ControlPlane`]: one worker's control plane, sans-IO.
 //!
-//! It owns the worker's SWIM member ([`Node`]) and its epoch [`Agreement`], and decides what
-//! surrounds them: which members are live or known to have exited (a graceful leave, or a
-//! launcher's proof of exit), when an abort cancels the collective in flight (at once when
-//! members failed; after [`LEAVE_GRACE`] when they left, since their closed links fail a
-//! collective that needs them at once and one that does not may still end), the job's
-//! completion, and report requests. Every input carries the time; the outputs ([`Output`]) are
-//! polled. The driver thread (`driver.rs`) owns the two sockets and the clock and carries the
-//! outputs out; the simulator (`sim/`) runs many planes over a simulated network.
+//! It owns the worker's SWIM member ([`Node`]), its epoch [`Agreement`] and its epoch
+//! [`Lifecycle`], and decides what surrounds them: which members are live or known to have
+//! exited (a graceful leave, or a launcher's proof of exit), when an abort cancels the
+//! collective in flight (at once when members failed; after [`LEAVE_GRACE`] when they left,
+//! since their closed links fail a collective that needs them at once and one that does not
+//! may still end), the job's completion, and report requests. Every input carries the time;
+//! the outputs ([`Output`]) are polled. The driver thread (`driver.rs`) owns the two sockets
+//! and the clock and carries the outputs out, and the group (`group.rs`) forms meshes and runs
+//! collectives and reports back ([`FrontEvent`]); the simulator (`sim/`) runs many planes over
+//! a simulated network.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -22,7 +24,9 @@ use crate::{
     agreement::{self, Agreement, Event},
     control::{Completion, Control, ControlCodec},
     driver::GroupView,
+    lifecycle::{self, Action, FrontEvent, Lifecycle},
     member::{self, Advert, CONTROL_ENDPOINT, EpochAnnotation, MemberKey},
+    report::FaultEvent,
 };
 
 /// How often the agreement's timers are evaluated.
@@ -54,12 +58,13 @@ pub enum Output {
     },
     /// An epoch was installed (this member may not be in it: then it waits for the next).
     Installed(GroupView),
-    /// Members of `epoch` are gone; its next collective must be refused (the one in flight
-    /// gets its own [`Output::Cancel`]: at once, or after [`LEAVE_GRACE`] if they all left
-    /// gracefully).
-    Aborted {
+    /// `epoch` and every older one are over for this member: their next collectives must be
+    /// refused (one in flight gets its own [`Output::Cancel`]).
+    Ended {
         /// The epoch.
         epoch: u64,
+        /// Why.
+        why: String,
     },
     /// Cancel the collective in flight if its epoch is below `below`.
     Cancel {
@@ -82,12 +87,17 @@ pub enum Output {
     },
     /// How many live workers wait outside the view for a commit boundary.
     Waiting(usize),
+    /// Admission, opened at a commit boundary, closed without a newer view.
+    AdmissionClosed,
+    /// A recovery completed: its report.
+    Fault(FaultEvent),
 }
 
 /// One worker's control plane.
 pub struct ControlPlane {
     node: Node,
     agreement: Agreement<MemberKey, Advert>,
+    lifecycle: Lifecycle,
     codec: ControlCodec,
     /// The SWIM view, refreshed after every batch of membership events.
     members: Vec<MemberInfo>,
@@ -115,6 +125,7 @@ impl ControlPlane {
         seeds: &[SocketAddr],
         codec: ControlCodec,
         config: agreement::Config,
+        life: lifecycle::Config,
         now: Time,
     ) -> Result<ControlPlane, MembershipError> {
         let (me, advert) = member::advertised(node.identity()).ok_or_else(|| {
@@ -123,6 +134,7 @@ impl ControlPlane {
         node.join(now, seeds)?;
         let mut plane = ControlPlane {
             agreement: Agreement::new(me, advert, config, now.since_epoch()),
+            lifecycle: Lifecycle::new(me, life),
             node,
             codec,
             members: Vec::new(),
@@ -175,6 +187,9 @@ impl ControlPlane {
         if let Some((_, t)) = self.cancel_at {
             at = at.min(t);
         }
+        if let Some(t) = self.lifecycle.poll_timeout() {
+            at = at.min(t);
+        }
         at
     }
 
@@ -205,7 +220,7 @@ impl ControlPlane {
                 self.outputs
                     .push_back(Output::ReportRequested { to: from, since });
             }
-            Ok(Control::Completed(c)) => self.complete(c),
+            Ok(Control::Completed(c)) => self.complete(now, c),
             Ok(Control::Report(_)) => self.dropped += 1,
             Err(reason) => {
                 self.dropped += 1;
@@ -230,25 +245,21 @@ impl ControlPlane {
                 why: "members of the epoch left",
             });
         }
+        self.lifecycle.tick(now);
         self.after_input(now);
     }
 
-    /// Opens or closes admission of joiners (open only at a commit boundary).
-    pub fn set_admitting(&mut self, now: Time, open: bool) {
-        self.agreement.set_admitting(now.since_epoch(), open);
-        self.after_input(now);
-    }
-
-    /// The communicator of `epoch` broke with no member known to be gone: ask for a new epoch.
-    pub fn request_reform(&mut self, now: Time, epoch: u64) {
-        self.agreement.request_reform(now.since_epoch(), epoch);
+    /// The group reports what happened to its epoch (see [`Lifecycle`]).
+    pub fn front(&mut self, now: Time, event: FrontEvent) {
+        self.lifecycle.front(now, event);
         self.after_input(now);
     }
 
     /// This worker finished the job: tells every member and launcher known (once; one that
     /// misses it learns it from its launcher, which passes it on to workers it sees join).
     pub fn finish(&mut self, now: Time, c: Completion) {
-        self.complete(c);
+        self.lifecycle.finished();
+        self.complete(now, c);
         let bytes = self.codec.seal_completed(c);
         for to in &self.announce_to {
             self.outputs.push_back(Output::Transmit {
@@ -266,16 +277,46 @@ impl ControlPlane {
         self.after_input(now);
     }
 
-    fn complete(&mut self, c: Completion) {
+    fn complete(&mut self, now: Time, c: Completion) {
         if self.completed.is_none() {
             info!(step = c.step, "the job completed");
             self.completed = Some(c);
+            self.lifecycle.completed(now, c.step);
             self.outputs.push_back(Output::Completed(c));
         }
     }
 
-    /// Drains the node and the agreement into outputs.
+    /// Drains the node, the agreement and the lifecycle into outputs, until none has more to
+    /// say (the lifecycle's actions feed the agreement, whose events feed the lifecycle).
     fn after_input(&mut self, now: Time) {
+        loop {
+            self.drain_node_and_agreement(now);
+            let actions = self.lifecycle.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                self.act(now, action);
+            }
+        }
+        let waiting = self.agreement.waiting_to_join();
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            self.outputs.push_back(Output::Waiting(waiting));
+        }
+    }
+
+    fn act(&mut self, now: Time, action: Action) {
+        match action {
+            Action::Reform(epoch) => self.agreement.request_reform(now.since_epoch(), epoch),
+            Action::Admitting(open) => self.agreement.set_admitting(now.since_epoch(), open),
+            Action::Ended { epoch, why } => self.outputs.push_back(Output::Ended { epoch, why }),
+            Action::AdmissionClosed => self.outputs.push_back(Output::AdmissionClosed),
+            Action::Fault(f) => self.outputs.push_back(Output::Fault(f)),
+        }
+    }
+
+    fn drain_node_and_agreement(&mut self, now: Time) {
         while let Some(t) = self.node.poll_transmit() {
             self.outputs.push_back(Output::Transmit {
                 socket: Socket::Membership,
@@ -305,11 +346,6 @@ impl ControlPlane {
         }
         while let Some(ev) = self.agreement.poll_event() {
             self.apply(now, ev);
-        }
-        let waiting = self.agreement.waiting_to_join();
-        if waiting != self.waiting {
-            self.waiting = waiting;
-            self.outputs.push_back(Output::Waiting(waiting));
         }
     }
 
@@ -372,6 +408,7 @@ impl ControlPlane {
                     };
                     let _ = self.node.set_annotation(note.encode());
                 }
+                self.lifecycle.installed(now, &view);
                 self.outputs.push_back(Output::Installed(view));
             }
             Event::Abort { epoch, lost } => {
@@ -390,7 +427,7 @@ impl ControlPlane {
                         why: "members of the epoch were lost",
                     });
                 }
-                self.outputs.push_back(Output::Aborted { epoch });
+                self.lifecycle.aborted(now, epoch);
             }
             Event::Blocked(why) => self.outputs.push_back(Output::Blocked(why)),
         }

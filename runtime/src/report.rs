@@ -4,10 +4,12 @@
 //! The runtime cannot see the failure itself, only its first sign: a collective failing on a
 //! broken link, or SWIM declaring a member down, whichever came first. Times are measured from
 //! that moment; `detected_unix_ms` lets a tool that knows when the failure happened (a test
-//! that sent SIGKILL, a launcher that reaped a worker) add the detection delay.
+//! that sent SIGKILL, a launcher that reaped a worker) add the detection delay. Sans-IO: the
+//! lifecycle (`lifecycle.rs`) passes every time in, on the plane's clock.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use ringrun_membership::Time;
 use tracing::info;
 
 /// One recovery.
@@ -36,18 +38,21 @@ pub struct FaultEvent {
 }
 
 /// An event being recorded.
+#[derive(Clone, Debug)]
 pub(crate) struct Open {
     event: FaultEvent,
-    detected: Instant,
+    detected: Time,
 }
 
 impl Open {
-    pub(crate) fn new(epoch: u64, size: usize, reason: String, detected: Instant) -> Open {
-        let ago = detected.elapsed();
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_sub(ago);
+    /// A fault first seen at `detected`; `unix_ms` is the wall clock then.
+    pub(crate) fn new(
+        epoch: u64,
+        size: usize,
+        reason: String,
+        detected: Time,
+        unix_ms: u64,
+    ) -> Open {
         Open {
             event: FaultEvent {
                 from_epoch: epoch,
@@ -55,7 +60,7 @@ impl Open {
                 size_before: size,
                 size_after: size,
                 reason,
-                detected_unix_ms: unix.as_millis() as u64,
+                detected_unix_ms: unix_ms,
                 to_installed: None,
                 to_restored: None,
                 to_first_collective: None,
@@ -65,12 +70,20 @@ impl Open {
         }
     }
 
-    pub(crate) fn restored(&mut self, epoch: u64, size: usize, installed: Instant, rolled: u64) {
+    /// The group resumed in `epoch` at `now`, installed at `installed`.
+    pub(crate) fn restored(
+        &mut self,
+        epoch: u64,
+        size: usize,
+        installed: Time,
+        now: Time,
+        rolled: u64,
+    ) {
         let e = &mut self.event;
         e.to_epoch = epoch;
         e.size_after = size;
-        e.to_installed = Some(installed.saturating_duration_since(self.detected));
-        e.to_restored = Some(self.detected.elapsed());
+        e.to_installed = Some(installed.saturating_since(self.detected));
+        e.to_restored = Some(now.saturating_since(self.detected));
         e.steps_rolled_back = rolled;
     }
 
@@ -78,9 +91,9 @@ impl Open {
         self.event.to_restored.is_some()
     }
 
-    /// The first collective of the new epoch completed: the event is complete.
-    pub(crate) fn finish(mut self) -> FaultEvent {
-        self.event.to_first_collective = Some(self.detected.elapsed());
+    /// The first collective of the new epoch completed at `now`: the event is complete.
+    pub(crate) fn finish(mut self, now: Time) -> FaultEvent {
+        self.event.to_first_collective = Some(now.saturating_since(self.detected));
         let e = &self.event;
         info!(
             from_epoch = e.from_epoch,

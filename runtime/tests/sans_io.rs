@@ -1,12 +1,14 @@
-//! The sans-IO boundary of the runtime: the control plane, the agreement, the state decision,
-//! the link and straggler arithmetic and the simulator touch no socket, clock, thread, file or
-//! OS randomness. Time and inputs come in as arguments; `driver.rs` and `group.rs` do the IO.
+//! The sans-IO boundary of the runtime: the control plane, the agreement, the epoch lifecycle,
+//! the fault report, the state decision, the link and straggler arithmetic and the simulator
+//! touch no socket, clock, thread, file or OS randomness. Time and inputs come in as arguments; `driver.rs` and `group.rs` do the IO.
 
 #[test]
 fn core_modules_do_no_io() {
     let core = [
         ("plane.rs", include_str!("../src/plane.rs")),
         ("agreement.rs", include_str!("../src/agreement.rs")),
+        ("lifecycle.rs", include_str!("../src/lifecycle.rs")),
+        ("report.rs", include_str!("../src/report.rs")),
         ("state.rs", include_str!("../src/state.rs")),
         ("control.rs", include_str!("../src/control.rs")),
         ("rtt.rs", include_str!("../src/rtt.rs")),

@@ -1,13 +1,16 @@
-//! The modelled group: what `Group` does with the plane's outputs, as events of the simulator.
+//! The modelled group: the IO `Group` does for its plane, as events of the simulator. The
+//! decisions are the plane's own (its `Lifecycle`: when an epoch is over, when to ask for a
+//! new one, the mesh deadline, the admission window); the model tells it what happened, as
+//! `Group` does.
 //!
 //! An installed view that lists the worker is entered: the epoch's mesh forms once every
 //! member has entered it, each as the life the view names, all on one side of any partition
-//! (else each member gives up at the mesh deadline and asks for a re-form, as `Group::enter`
-//! does). The first operation of the epoch agrees the state to resume from with the real
+//! (else the mesh never forms and each member's plane gives the epoch up at its deadline).
+//! The first operation of the epoch agrees the state to resume from with the real
 //! `state::decide`. Then a step is due every `step_time` (plus the slowest member's delay):
-//! it commits if every member is still there, unaborted and reachable, else every member
-//! gives up on the epoch and asks for a re-form. After a commit, if some member sees workers
-//! waiting, the members open admission for a while (`Group::admit`).
+//! it commits if every member is still there, in the epoch, and reachable, else every member
+//! reports the failed collective. After a commit, if some member sees workers waiting, the
+//! members ask their planes to admit them (`Group::admit`).
 
 use std::time::Duration;
 
@@ -16,14 +19,10 @@ use ring::digest::{SHA256, digest};
 use super::{Event, Sim};
 use crate::{
     driver::GroupView,
+    lifecycle::FrontEvent,
     member::MemberKey,
     state::{self, Decision, NONE},
 };
-
-/// How long a member waits for its epoch's mesh (as `Group`'s `MESH_TIMEOUT`).
-const MESH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long members keep admission open after a commit (as `GroupConfig::admit_wait`).
-const ADMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// One worker's modelled group.
 #[derive(Clone, Debug, Default)]
@@ -32,23 +31,18 @@ pub(super) struct Front {
     pub(super) memory: Option<(u64, [u64; 2])>,
     /// The epoch this worker is in (installed, listing it).
     pub(super) epoch: Option<u64>,
-    /// Its epoch is over for it (aborted, cancelled, failed): it waits for a newer one.
+    /// Its plane ended its epoch: it waits for a newer one.
     pub(super) broken: bool,
+    /// A step of its epoch committed (its plane was told).
+    resumed: bool,
     /// Live workers outside the view, as its plane counts them.
     pub(super) waiting: usize,
-    /// Admission is open on its plane.
-    pub(super) admitting: bool,
 }
 
 impl Front {
-    pub(super) fn aborted(&mut self, epoch: u64) {
-        if self.epoch == Some(epoch) {
-            self.broken = true;
-        }
-    }
-
-    pub(super) fn cancelled(&mut self, below: u64) {
-        if self.epoch.is_some_and(|e| e < below) {
+    /// The plane ended `epoch` and every older one.
+    pub(super) fn ended(&mut self, epoch: u64) {
+        if self.epoch.is_some_and(|e| e <= epoch) {
             self.broken = true;
         }
     }
@@ -92,14 +86,9 @@ impl Sim {
         };
         let epoch = view.epoch;
         let w = &mut self.workers[slot];
-        if w.front.admitting {
-            w.front.admitting = false;
-            if let Some(plane) = w.plane.as_mut() {
-                plane.set_admitting(self.now, false);
-            }
-        }
         w.front.epoch = Some(epoch);
         w.front.broken = false;
+        w.front.resumed = false;
         let n = view.members.len();
         // A run of this epoch number whose members all ended belongs to a group that is gone.
         if self
@@ -119,7 +108,6 @@ impl Sim {
         if run.view.members == view.members {
             run.entered[rank] = true;
         }
-        self.push(MESH_TIMEOUT, Event::MeshDeadline { slot, epoch });
         if self.runs[&epoch].entered.iter().all(|e| *e) && self.healthy(epoch) {
             self.form(epoch);
         }
@@ -181,8 +169,17 @@ impl Sim {
         self.note(format!(
             "epoch {epoch} formed on {slots:?}, resumes from {chosen:?}"
         ));
+        let size = slots.len();
         for &s in &slots {
             self.workers[s].front.memory = chosen;
+            self.tell(s, FrontEvent::MeshUp { epoch });
+            let entered = FrontEvent::Entered {
+                epoch,
+                size,
+                rolled_back: 0,
+                holds_final: false,
+            };
+            self.tell(s, entered);
         }
         if let Some(run) = self.runs.get_mut(&epoch) {
             run.running = true;
@@ -222,31 +219,29 @@ impl Sim {
             .committed(self.now, epoch, &before, after, &members, &live);
         let waiting = slots.iter().any(|&s| self.workers[s].front.waiting > 0);
         for &s in &slots {
-            self.workers[s].front.memory = Some(after);
+            let front = &mut self.workers[s].front;
+            front.memory = Some(after);
+            if !std::mem::replace(&mut front.resumed, true) {
+                self.tell(s, FrontEvent::Resumed { epoch });
+            }
             if waiting {
-                self.open_admission(s);
+                self.tell(s, FrontEvent::Admit);
             }
         }
         let next = self.step_time(&slots);
         self.push(next, Event::Step(epoch));
     }
 
-    /// Joiners wait: `slot` opens admission until a newer view comes or the wait ends.
-    fn open_admission(&mut self, slot: usize) {
+    /// `slot`'s front tells its plane what happened.
+    fn tell(&mut self, slot: usize, event: FrontEvent) {
         let now = self.now;
-        let w = &mut self.workers[slot];
-        let Some(plane) = w.plane.as_mut() else {
-            return;
-        };
-        w.front.admitting = true;
-        plane.set_admitting(now, true);
-        let life = w.life;
-        self.drain(slot);
-        self.push(ADMIT_WAIT, Event::AdmitEnd { slot, life });
+        if let Some(plane) = self.workers[slot].plane.as_mut() {
+            plane.front(now, event);
+            self.drain(slot);
+        }
     }
 
-    /// A collective of `epoch` failed: every member still in it gives up and asks for a
-    /// re-form (`Group::give_up`).
+    /// A collective of `epoch` failed: every member still in it reports so.
     fn fail(&mut self, epoch: u64) {
         self.note(format!("epoch {epoch} failed"));
         if let Some(run) = self.runs.get_mut(&epoch) {
@@ -259,32 +254,24 @@ impl Sim {
             .map(|(k, _)| *k)
             .collect();
         for k in keys {
-            self.give_up(k.node as usize, Some(k), epoch);
+            self.give_up(k.node as usize, k, epoch);
         }
     }
 
-    /// `slot` (as life `key`, if given) gives up on `epoch` if it is still in it.
-    fn give_up(&mut self, slot: usize, key: Option<MemberKey>, epoch: u64) {
-        let now = self.now;
+    /// `slot`, as life `key`, reports a failed collective of `epoch` if it is still in it.
+    fn give_up(&mut self, slot: usize, key: MemberKey, epoch: u64) {
         let Some(w) = self.workers.get_mut(slot) else {
             return;
         };
-        let Some(plane) = w.plane.as_mut() else {
+        if w.plane.as_ref().map(|p| p.me()) != Some(key) || w.front.epoch != Some(epoch) {
             return;
+        }
+        let failed = FrontEvent::Failed {
+            epoch,
+            why: "a collective failed".into(),
+            mismatch: false,
         };
-        if key.is_some_and(|k| k != plane.me()) || w.front.epoch != Some(epoch) {
-            return;
-        }
-        w.front.broken = true;
-        plane.request_reform(now, epoch);
-        self.drain(slot);
+        self.tell(slot, failed);
         self.note(format!("slot {slot} gave up epoch {epoch}"));
-    }
-
-    /// `slot`'s mesh for `epoch` should have formed: if not, it gives up (`Group::enter`).
-    pub(super) fn mesh_deadline(&mut self, slot: usize, epoch: u64) {
-        if !self.runs.get(&epoch).is_some_and(|r| r.running) {
-            self.give_up(slot, None, epoch);
-        }
     }
 }

@@ -12,7 +12,8 @@
 //! number, the same on every member that installs it; no view without a majority of the
 //! previous one (members known to have exited aside); no committed step lost while a member
 //! holding it is alive; every member of an epoch resumes from the same state, which is the
-//! state of that step; and after the faults end and every partition heals, an epoch of every
+//! state of that step; every fault report runs from an epoch its member was in to a later one,
+//! its phases in order; and after the faults end and every partition heals, an epoch of every
 //! live worker commits within [`SimConfig::recovery`].
 
 mod front;
@@ -33,6 +34,7 @@ use ringrun_membership::{
 use crate::{
     agreement,
     control::ControlCodec,
+    lifecycle,
     member::{Endpoints, MemberKey},
     plane::{ControlPlane, Output, Socket},
 };
@@ -105,6 +107,8 @@ pub struct SimReport {
     pub commits: u64,
     /// Crashes, graceful leaves, partitions injected.
     pub faults: u64,
+    /// Fault reports the members' lifecycles completed.
+    pub fault_reports: u64,
     /// From the end of the faults to the first commit of an epoch of every live worker.
     pub recovered_in: Option<Duration>,
     /// Invariant violations, each starting with `SIM_SEED=<seed>`.
@@ -141,16 +145,6 @@ enum Event {
     Slow(usize, Duration),
     /// Epoch `epoch`'s next step is due.
     Step(u64),
-    /// Epoch `epoch`'s mesh should have formed on `slot` by now.
-    MeshDeadline {
-        slot: usize,
-        epoch: u64,
-    },
-    /// A member's admission window (`Group::admit`'s wait) ends.
-    AdmitEnd {
-        slot: usize,
-        life: u32,
-    },
     /// The faults end: heal, restart whoever is down, start the recovery clock.
     Calm,
 }
@@ -338,17 +332,6 @@ impl Sim {
             Event::Slow(slot, by) => self.workers[slot].slow = by,
             Event::Calm => self.calm(),
             Event::Step(epoch) => self.step(epoch),
-            Event::MeshDeadline { slot, epoch } => self.mesh_deadline(slot, epoch),
-            Event::AdmitEnd { slot, life } => {
-                let now = self.now;
-                let w = &mut self.workers[slot];
-                if w.life == life
-                    && let Some(plane) = w.plane.as_mut()
-                {
-                    plane.set_admitting(now, false);
-                    self.drain(slot);
-                }
-            }
         }
     }
 
@@ -392,7 +375,11 @@ impl Sim {
             bootstrap: first || self.live_slots().is_empty(),
             ..agreement::Config::default()
         };
-        let plane = ControlPlane::start(node, &seeds, codec(), config, self.now)
+        let life = lifecycle::Config {
+            admit_wait: Duration::from_secs(2),
+            ..lifecycle::Config::default()
+        };
+        let plane = ControlPlane::start(node, &seeds, codec(), config, life, self.now)
             .expect("a worker's identity");
         self.workers[slot].plane = Some(plane);
         self.drain(slot);
@@ -526,11 +513,23 @@ impl Sim {
                     }
                 }
                 Output::Installed(view) => self.installed(slot, view),
-                Output::Aborted { epoch } => self.workers[slot].front.aborted(epoch),
-                Output::Cancel { below, .. } => self.workers[slot].front.cancelled(below),
+                Output::Ended { epoch, why } => {
+                    self.note(format!("slot {slot} ended epoch {epoch}: {why}"));
+                    self.workers[slot].front.ended(epoch);
+                }
                 Output::Waiting(n) => self.workers[slot].front.waiting = n,
                 Output::Blocked(why) => self.note(format!("slot {slot} blocked: {why}")),
-                Output::Completed(_) | Output::ReportRequested { .. } => {}
+                Output::Fault(f) => {
+                    self.note(format!("slot {slot} recovered: {f:?}"));
+                    if let Some(me) = self.workers[slot].plane.as_ref().map(|p| p.me()) {
+                        self.world.fault_reported(me, &f);
+                    }
+                }
+                // Collectives are modelled whole: none is in flight to cancel.
+                Output::Cancel { .. }
+                | Output::AdmissionClosed
+                | Output::Completed(_)
+                | Output::ReportRequested { .. } => {}
             }
         }
         let w = &mut self.workers[slot];

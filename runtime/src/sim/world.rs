@@ -8,7 +8,7 @@ use std::{
 use ringrun_membership::Time;
 
 use super::{SimReport, front::next_state};
-use crate::{driver::GroupView, member::MemberKey};
+use crate::{driver::GroupView, member::MemberKey, report::FaultEvent};
 
 pub(super) struct World {
     seed: u64,
@@ -93,6 +93,23 @@ impl World {
         }
         self.views.insert(epoch, members.clone());
         self.order.push((epoch, members));
+    }
+
+    /// `member`'s plane completed a fault report: it moves from an epoch the member was in to a
+    /// later one installed with it, and its phases come in order.
+    pub(super) fn fault_reported(&mut self, member: MemberKey, f: &FaultEvent) {
+        self.report.fault_reports += 1;
+        let listed = |e: u64| self.views.get(&e).is_some_and(|ks| ks.contains(&member));
+        let ordered = f.to_installed <= f.to_restored && f.to_restored <= f.to_first_collective;
+        let complete = f.to_first_collective.is_some();
+        if f.to_epoch <= f.from_epoch || !listed(f.from_epoch) || !listed(f.to_epoch) {
+            self.violation(format!(
+                "{member} reported a recovery from epoch {} to epoch {}",
+                f.from_epoch, f.to_epoch
+            ));
+        } else if !ordered || !complete {
+            self.violation(format!("{member} reported phases out of order: {f:?}"));
+        }
     }
 
     /// How many of `keys` are lives that have not ended.
@@ -252,6 +269,33 @@ mod tests {
         w.synced(4, Some((5, [1, 2])), None);
         w.synced(5, None, Some(0));
         assert_eq!(w.report.violations.len(), 3);
+    }
+
+    #[test]
+    fn a_fault_report_outside_the_members_epochs_or_out_of_order_is_a_violation() {
+        let mut w = World::new(1);
+        w.installed(&view(1, &[1, 2, 3]));
+        w.installed(&view(2, &[1, 2]));
+        let ms = |m: u64| Some(std::time::Duration::from_millis(m));
+        let report = |from_epoch, to_epoch, installed| FaultEvent {
+            from_epoch,
+            to_epoch,
+            size_before: 3,
+            size_after: 2,
+            reason: "members of the epoch were lost".into(),
+            detected_unix_ms: 0,
+            to_installed: installed,
+            to_restored: ms(20),
+            to_first_collective: ms(30),
+            steps_rolled_back: 0,
+        };
+        w.fault_reported(key(1), &report(1, 2, ms(10)));
+        assert!(w.report.violations.is_empty());
+        w.fault_reported(key(3), &report(1, 2, ms(10)));
+        w.fault_reported(key(1), &report(2, 2, ms(10)));
+        w.fault_reported(key(1), &report(1, 2, ms(25)));
+        assert_eq!(w.report.violations.len(), 3);
+        assert_eq!(w.report.fault_reports, 4);
     }
 
     #[test]
