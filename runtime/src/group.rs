@@ -25,10 +25,11 @@ use ringrun_collectives::{
     },
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
-use tokio::{net::TcpListener, runtime::Runtime, sync::watch};
+use tokio::{runtime::Runtime, sync::watch};
 use tracing::{info, info_span, warn};
 
 use crate::{
+    acceptor::Acceptor,
     agreement,
     checkpoint::Store,
     config::GroupConfig,
@@ -58,7 +59,7 @@ pub struct Group {
     me: MemberKey,
     secret: JobSecret,
     rt: Runtime,
-    listener: TcpListener,
+    acceptor: Acceptor,
     driver: Driver,
     published: watch::Receiver<Published>,
     cancel: CancelSlot,
@@ -100,16 +101,13 @@ impl Group {
             .enable_all()
             .build()
             .map_err(|e| internal("runtime", &e))?;
-        let listener = rt
-            .block_on(TcpListener::bind(SocketAddr::new(config.bind, 0)))
+        let acceptor = Acceptor::bind(SocketAddr::new(config.bind, 0))
             .map_err(|e| internal("TCP listener", &e))?;
         let control = std::net::UdpSocket::bind(SocketAddr::new(config.bind, 0))
             .map_err(|e| internal("control socket", &e))?;
         let endpoints = Endpoints {
             control: control.local_addr().map_err(|e| internal("control", &e))?,
-            tcp: listener
-                .local_addr()
-                .map_err(|e| internal("listener", &e))?,
+            tcp: acceptor.local_addr(),
         };
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -170,7 +168,7 @@ impl Group {
             config,
             me,
             rt,
-            listener,
+            acceptor,
             driver,
             cancel,
             comm: None,
@@ -631,7 +629,7 @@ impl Group {
         };
         // The plane gives the epoch up at its own mesh deadline, the same length.
         let deadline = Instant::now() + lifecycle::Config::default().mesh_timeout;
-        let connect = mesh::connect(&self.listener, &spec, &config, deadline);
+        let connect = mesh::connect(&self.acceptor, &spec, &config, deadline);
         let comm = match self.rt.block_on(connect) {
             Ok(c) => c,
             Err(e) => {

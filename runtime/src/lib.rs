@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod acceptor;
 pub mod agreement;
 pub mod checkpoint;
 pub mod config;

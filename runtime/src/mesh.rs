@@ -1,5 +1,5 @@
 //! The links of one epoch: the TCP mesh on the member's advertised listener (the only address
-//! the view carries), authenticated with the job secret, then whatever the group's
+//! the view carries; its connections come through the `Acceptor`), authenticated with the job secret, then whatever the group's
 //! [`TransportKind`] makes of it for this epoch's layout (`collectives::links`): under `auto`,
 //! shared memory among the members on one host, TCP across hosts, hierarchical allreduce when
 //! the epoch spans hosts with several members on some. The layout is learnt afresh every
@@ -16,7 +16,8 @@ use ringrun_collectives::{
         tcp::{self, JobSecret, MeshSpec},
     },
 };
-use tokio::net::TcpListener;
+
+use crate::acceptor::Acceptor;
 
 /// What forming an epoch's links needs besides the view.
 pub struct MeshConfig<'a> {
@@ -32,17 +33,14 @@ pub struct MeshConfig<'a> {
 }
 
 /// Forms the links of `spec`'s epoch by `deadline`, and the communicator over them.
-pub async fn connect(
-    listener: &TcpListener,
+pub(crate) async fn connect(
+    acceptor: &Acceptor,
     spec: &MeshSpec,
     config: &MeshConfig<'_>,
     deadline: Instant,
 ) -> Result<LayoutComm, CollectiveError> {
-    let boot = tcp::connect(listener, spec, config.secret, deadline).await?;
-    let ip = listener
-        .local_addr()
-        .map_err(|e| CollectiveError::Setup(format!("epoch links: {e}")))?
-        .ip();
+    let boot = tcp::connect_accepting(|| acceptor.next(), spec, config.secret, deadline).await?;
+    let ip = acceptor.local_addr().ip();
     let shm = ShmConfig {
         spin: config.comm.spin,
         ..ShmConfig::default()

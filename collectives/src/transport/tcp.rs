@@ -68,6 +68,23 @@ pub async fn connect(
     secret: &JobSecret,
     deadline: Instant,
 ) -> Result<TcpTransport> {
+    let next = move || async move { listener.accept().await.map(|(s, from)| (from, s)) };
+    connect_accepting(next, spec, secret, deadline).await
+}
+
+/// [`connect`], with the incoming connections taken from `next` instead of a listener (a
+/// worker keeps accepting between epochs, on a thread of its own, so that strangers cannot
+/// fill its listener's backlog while no mesh is being formed).
+pub async fn connect_accepting<A, AF>(
+    next: A,
+    spec: &MeshSpec,
+    secret: &JobSecret,
+    deadline: Instant,
+) -> Result<TcpTransport>
+where
+    A: FnMut() -> AF,
+    AF: Future<Output = std::io::Result<(SocketAddr, TcpStream)>>,
+{
     spec.check()?;
     let claims = Claims::new(spec);
     let links = auth::form_mesh(
@@ -75,7 +92,7 @@ pub async fn connect(
         deadline,
         &claims,
         |j| dial(spec, secret, j, deadline),
-        move || async move { listener.accept().await.map(|(s, from)| (from, s)) },
+        next,
         |stream| accept(stream, spec, secret, &claims),
     )
     .await?;
