@@ -32,6 +32,16 @@ fn view(epoch: u64, nodes: &[u64]) -> GroupView {
     }
 }
 
+/// The group entered `epoch` of `size` members, `rolled_back` steps behind.
+fn entered_event(epoch: u64, size: usize, rolled_back: u64) -> FrontEvent {
+    FrontEvent::Entered {
+        epoch,
+        size,
+        rolled_back,
+        holds_final: false,
+    }
+}
+
 fn at(ms: u64) -> Time {
     Time::ZERO + Duration::from_millis(ms)
 }
@@ -41,15 +51,7 @@ fn entered() -> Lifecycle {
     let mut l = Lifecycle::new(key(0), Config::default());
     l.installed(at(0), &view(1, &[0, 1, 2]));
     l.front(at(5), FrontEvent::MeshUp { epoch: 1 });
-    l.front(
-        at(10),
-        FrontEvent::Entered {
-            epoch: 1,
-            size: 3,
-            rolled_back: 0,
-            holds_final: false,
-        },
-    );
+    l.front(at(10), entered_event(1, 3, 0));
     l.front(at(11), FrontEvent::Resumed { epoch: 1 });
     assert_eq!(l.take_actions(), vec![]);
     l
@@ -80,15 +82,7 @@ fn a_lost_member_ends_the_epoch_and_the_recovery_is_reported_in_phases() {
     );
     assert_eq!(l.take_actions(), vec![Action::Reform(1)]);
     l.installed(at(150), &view(2, &[0, 1]));
-    l.front(
-        at(160),
-        FrontEvent::Entered {
-            epoch: 2,
-            size: 2,
-            rolled_back: 3,
-            holds_final: false,
-        },
-    );
+    l.front(at(160), entered_event(2, 2, 3));
     l.front(at(170), FrontEvent::Resumed { epoch: 2 });
     let [Action::Fault(f)] = &l.take_actions()[..] else {
         panic!("one fault report");
@@ -122,15 +116,7 @@ fn a_mismatch_ends_the_epoch_at_once_and_asks_for_a_new_one_after_the_grace() {
     assert_eq!(l.take_actions(), vec![Action::Reform(1)]);
     // A caller's bug is not a recovery: no fault report.
     l.installed(at(250), &view(2, &[0, 1, 2]));
-    l.front(
-        at(260),
-        FrontEvent::Entered {
-            epoch: 2,
-            size: 3,
-            rolled_back: 0,
-            holds_final: false,
-        },
-    );
+    l.front(at(260), entered_event(2, 3, 0));
     l.front(at(261), FrontEvent::Resumed { epoch: 2 });
     assert_eq!(l.take_actions(), vec![]);
 }
@@ -159,15 +145,7 @@ fn admission_closes_on_the_newer_view_without_a_fault_or_after_the_wait() {
     let actions = l.take_actions();
     assert_eq!(actions[0], Action::Admitting(false));
     assert_eq!(ended(&actions), vec![1]);
-    l.front(
-        at(210),
-        FrontEvent::Entered {
-            epoch: 2,
-            size: 4,
-            rolled_back: 0,
-            holds_final: false,
-        },
-    );
+    l.front(at(210), entered_event(2, 4, 0));
     l.front(at(211), FrontEvent::Resumed { epoch: 2 });
     assert_eq!(l.take_actions(), vec![]);
 
@@ -185,15 +163,7 @@ fn a_newer_view_the_member_did_not_ask_for_is_a_fault() {
     let mut l = entered();
     l.installed(at(100), &view(2, &[0, 1]));
     assert_eq!(ended(&l.take_actions()), vec![1]);
-    l.front(
-        at(120),
-        FrontEvent::Entered {
-            epoch: 2,
-            size: 2,
-            rolled_back: 0,
-            holds_final: false,
-        },
-    );
+    l.front(at(120), entered_event(2, 2, 0));
     l.front(at(130), FrontEvent::Resumed { epoch: 2 });
     assert!(
         matches!(&l.take_actions()[..], [Action::Fault(f)] if f.reason == "epoch 2 was installed")
