@@ -28,6 +28,7 @@ pub mod copy;
 pub mod device;
 mod dtype;
 mod error;
+pub mod exec;
 pub mod frame;
 pub mod fusion;
 #[doc(hidden)]

@@ -1,5 +1,4 @@
-//! QUIC transport on loopback: every rank on its own thread and current-thread runtime, as in
-//! production. Every test is bounded: set-up and operations carry deadlines, and the harness
+//! QUIC transport on loopback: every rank on its own thread and executor, as in production. Every test is bounded: set-up and operations carry deadlines, and the harness
 //! gives up on ranks that do not report within a minute.
 
 use std::{
@@ -11,6 +10,7 @@ use std::{
 
 use ringrun_collectives::{
     AlgoChoice, CollectiveError, CommConfig, Communicator, Ctl, ReduceOp,
+    exec::Executor,
     transport::quic::{self, JobSecret, MeshSpec, QuicTransport},
 };
 
@@ -49,10 +49,8 @@ where
             if rank > 0 {
                 std::thread::sleep(stagger);
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            // The runtime QUIC is made for: its keeper drives the drivers between calls.
+            let rt = Executor::new("test").unwrap();
             let out = rt.block_on(async {
                 let deadline = Instant::now() + setup_within;
                 let t = quic::connect(socket, &spec, &secret, deadline).await;
@@ -280,5 +278,53 @@ fn a_dead_peer_fails_the_allreduce_quickly() {
             waited < Duration::from_secs(3),
             "rank {rank} waited {waited:?}"
         );
+    }
+}
+
+/// Between collectives rank 0 computes outside the runtime for longer than QUIC's idle timeout
+/// while rank 1 already waits in the next allreduce. Rank 1's link stays up only if rank 0's
+/// drivers answer its keep-alives meanwhile: the executor's keeper runs them.
+#[test]
+fn links_survive_compute_longer_than_the_idle_timeout() {
+    let n = 2;
+    let secret = JobSecret::random().unwrap();
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = sockets.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (tx, rx) = mpsc::channel();
+    for (rank, socket) in sockets.into_iter().enumerate() {
+        let (tx, secret) = (tx.clone(), secret.clone());
+        let spec = MeshSpec {
+            rank,
+            addrs: addrs.clone(),
+            epoch: 1,
+        };
+        std::thread::spawn(move || {
+            let rt = Executor::new("test").unwrap();
+            let run = || -> Result<Vec<f32>, CollectiveError> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let t = rt.block_on(quic::connect(socket, &spec, &secret, deadline))?;
+                let mut comm = Communicator::new(t, 1, CommConfig::default());
+                let mut buf = input(rank, 1 << 20);
+                for round in 0..2 {
+                    if round > 0 {
+                        if rank == 0 {
+                            // "Compute": the runtime is not entered for 2.5 s.
+                            std::thread::sleep(Duration::from_millis(2500));
+                        }
+                        buf = input(rank, 1 << 20);
+                    }
+                    let ctl = Ctl::timeout(Duration::from_secs(5));
+                    rt.block_on(comm.allreduce(&mut buf, ReduceOp::Sum, &ctl))?;
+                }
+                Ok(buf)
+            };
+            let _ = tx.send((rank, run()));
+        });
+    }
+    for (rank, out) in collect(n, rx).into_iter().enumerate() {
+        let got = out.unwrap_or_else(|e| panic!("rank {rank}: {e}"));
+        assert!(got == expected(n, 1 << 20), "rank {rank}");
     }
 }

@@ -19,13 +19,14 @@ use std::{
 use ringrun_collectives::{
     Cancel, CollectiveError, Communicator, Ctl, DType, Element, LayoutComm, Links, ReduceOp,
     TensorMut,
+    exec::Executor,
     transport::{
         Transport,
         tcp::{JobSecret, MeshSpec},
     },
 };
 use ringrun_membership::{Authenticator, DriverConfig, Incarnation, JobId, Metadata, NodeId};
-use tokio::{runtime::Runtime, sync::watch};
+use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 
 use crate::{
@@ -58,7 +59,6 @@ pub struct Group {
     config: GroupConfig,
     me: MemberKey,
     secret: JobSecret,
-    rt: Runtime,
     acceptor: Acceptor,
     driver: Driver,
     published: watch::Receiver<Published>,
@@ -84,6 +84,9 @@ pub struct Group {
     clock_origin: Instant,
     /// The device side (`crate::device`), when configured: one communicator per epoch.
     device: Option<Box<dyn DeviceEpochs>>,
+    /// Runs the collectives; last, so that it drops after the communicators and drives their
+    /// lingering tasks (QUIC's) to their end.
+    rt: Executor,
 }
 
 impl Group {
@@ -97,10 +100,7 @@ impl Group {
             Some(spec) => Some(spec.build(&config)?),
             None => None,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| internal("runtime", &e))?;
+        let rt = Executor::new("ringrun-group").map_err(|e| internal("runtime", &e))?;
         let acceptor = Acceptor::bind(SocketAddr::new(config.bind, 0))
             .map_err(|e| internal("TCP listener", &e))?;
         let control = std::net::UdpSocket::bind(SocketAddr::new(config.bind, 0))
@@ -619,7 +619,7 @@ impl Group {
             epoch: view.epoch,
         };
         if let Some(old) = self.comm.take() {
-            mesh::discard(old);
+            drop(old);
         }
         let config = MeshConfig {
             kind: self.config.transport,
@@ -889,7 +889,7 @@ impl Group {
         op: impl FnOnce(
             &mut dyn DeviceEpochs,
             &mut Communicator<Links>,
-            &Runtime,
+            &Executor,
             &Ctl,
         ) -> std::result::Result<R, CollectiveError>,
     ) -> Result<R> {

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use ringrun_collectives::{
-    CollectiveError, CommConfig, LayoutComm, Links,
+    CollectiveError, CommConfig, LayoutComm,
     links::{self, HostLabel, LinkSpec},
     transport::{
         TransportKind,
@@ -57,15 +57,4 @@ pub(crate) async fn connect(
     let (links, layout) = links::connect(boot, &link_spec).await?;
     let comm = config.comm.clone().for_local_ranks(layout.local().len());
     Ok(LayoutComm::new(links, layout, spec.epoch, comm))
-}
-
-/// Drops a finished epoch's communicator without making the caller wait. A QUIC transport
-/// lingers (up to `quic::LINGER`) until its peers acknowledge its last bytes, and a dead peer
-/// never does, so it is dropped on a short-lived thread of its own; the others drop at once.
-pub fn discard(comm: LayoutComm) {
-    if matches!(comm.links(), Links::Quic(_)) {
-        let _ = std::thread::Builder::new()
-            .name("ringrun-epoch-drop".into())
-            .spawn(move || drop(comm));
-    }
 }

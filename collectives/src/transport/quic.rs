@@ -17,15 +17,19 @@
 //! the secret cannot sign the handshake, so it cannot join. TLS then protects every data frame
 //! (AES-GCM), unlike the TCP transport.
 //!
-//! # Drivers on their own thread
+//! # Drivers on the caller's runtime
 //!
-//! Ranks drive their runtime only while inside a collective (`block_on`). quinn, however, sends
-//! from driver tasks: on the caller's runtime, a rank that returns from a collective and starts
-//! computing would leave its last segments unsent, and its acknowledgements and keep-alives would
-//! stop. So each transport runs the endpoint and connection drivers on a small thread of its own
-//! (a current-thread runtime); the caller's runtime only copies bytes in and out of streams.
+//! quinn's endpoint and connection drivers are tasks on the runtime that formed the mesh: the
+//! caller's, which drives them inside every collective, so that a rank's writes leave and its
+//! peers' bytes arrive without a hop to another thread (a driver thread of its own cost a
+//! 2-rank 8 B allreduce about 2× and halved large ones). quinn also has work between
+//! collectives: the last segments of a collective that returned before they left, the peer's
+//! acknowledgements, retransmissions, keep-alives through long compute phases. That runtime
+//! should therefore be an [`Executor`](crate::exec::Executor), whose keeper thread drives it
+//! while the caller is away; on a plain runtime that work waits for the next `block_on`.
 //! When the transport is dropped, each send stream is finished and kept until the peer has
-//! acknowledged its data (at most [`LINGER`]), and the thread ends once the connections drain.
+//! acknowledged its data (at most [`LINGER`]); a dropped `Executor` drives those tasks to
+//! their end.
 //!
 //! # Tuning (see the measurements in the crate-check notes, section 4)
 //!
@@ -40,11 +44,11 @@
 //! - Stream and connection windows and the send window left at quinn's defaults: raising them
 //!   measured the same or worse (more burst loss).
 //! - UDP receive buffer raised to 4 MiB (best effort; capped by `net.core.rmem_max`). With
-//!   ranks that reduce while they receive, the drivers' thread does not always have a core;
+//!   ranks that reduce while they receive, the drivers do not always have a core;
 //!   the default 208 KiB buffer then overflowed: a 64 MiB allreduce at N=2 on a 2-core machine
 //!   lost ~5 % of packets, went through ~300 congestion events and ran at 0.1–0.5 GB/s. With
 //!   4 MiB: no loss, a steady ~0.3–0.4 GB/s (TCP on the same machine: ~0.8–1.4 GB/s).
-//! - Idle timeout 2 s with a keep-alive every 300 ms: the drivers' thread keeps idle links
+//! - Idle timeout 2 s with a keep-alive every 300 ms: the executor's keeper keeps idle links
 //!   alive through long compute phases, and a silently dead peer (killed process, cut network)
 //!   is noticed within 2 s even without the membership layer (which usually notices first).
 //! - TLS session resumption off: every epoch builds new connections anyway.
@@ -60,10 +64,11 @@ use std::{
 
 use quinn::{
     ClientConfig, Connection, ConnectionError, Endpoint, EndpointConfig, IdleTimeout, Incoming,
-    MtuDiscoveryConfig, RecvStream, SendStream, ServerConfig, TransportConfig, VarInt,
+    MtuDiscoveryConfig, RecvStream, SendStream, ServerConfig, TokioRuntime, TransportConfig,
+    VarInt,
     crypto::rustls::{QuicClientConfig, QuicServerConfig},
 };
-use tokio::{io::AsyncWrite, runtime::Handle, sync::oneshot};
+use tokio::{io::AsyncWrite, runtime::Handle};
 
 pub use super::auth::{JobSecret, MeshSpec};
 use super::{
@@ -80,8 +85,8 @@ const MTU_UPPER_BOUND: u16 = 6500;
 /// UDP socket receive buffer to ask for.
 const UDP_RECV_BUFFER: usize = 4 << 20;
 /// A peer silent this long is lost. UDP carries no reset from a killed process, so this is how
-/// fast QUIC alone notices one (the membership layer usually notices first); the drivers'
-/// thread keeps healthy links alive however long the caller computes between collectives.
+/// fast QUIC alone notices one (the membership layer usually notices first); the executor's
+/// keeper keeps healthy links alive however long the caller computes between collectives.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEP_ALIVE: Duration = Duration::from_millis(300);
 /// How long a dropped transport keeps a connection open for its unacknowledged data.
@@ -93,7 +98,7 @@ const MAGIC: [u8; 4] = *b"RRQ1";
 const REFUSED: u32 = 1;
 
 /// The writing half of a link: a quinn send stream that, when dropped, finishes the stream and
-/// keeps it open (on the drivers' thread) until the peer has acknowledged its data, so that the
+/// keeps it open (a task on the caller's runtime) until the peer has acknowledged its data, so that the
 /// last frames of the last collective are not lost to an early close.
 pub struct QuicSend {
     stream: Option<SendStream>,
@@ -161,7 +166,7 @@ pub async fn connect(
     }
     let (server, client) = configs(secret)?;
     // Built first, so that whatever fails below still closes its connections properly.
-    let mut drivers = Drivers::start(spec, socket, server)?;
+    let mut drivers = Drivers::start(socket, server)?;
     let ep = &drivers.endpoint;
     let claims = Claims::new(spec);
     let links = auth::form_mesh(
@@ -368,59 +373,33 @@ fn setup(e: impl std::fmt::Display) -> CollectiveError {
     CollectiveError::Setup(format!("QUIC configuration: {e}"))
 }
 
-/// The endpoint and the thread that runs its drivers; what a [`QuicTransport`] keeps alive.
+/// The endpoint whose drivers run on the caller's runtime; what a [`QuicTransport`] keeps
+/// alive.
 struct Drivers {
     endpoint: Endpoint,
     handle: Handle,
     /// The peers' connections, for their statistics at the end.
     conns: Vec<(usize, Connection)>,
-    /// Hands the endpoint to the thread when the transport goes, so that the thread can wait
-    /// for the connections to drain before it ends.
-    done: Option<oneshot::Sender<Endpoint>>,
-    /// Joined on drop, so that a process that exits right after its last collective still
-    /// delivers (and has acknowledged) its last bytes. Bounded: the thread ends within
-    /// `LINGER` plus one second.
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drivers {
-    /// Starts the thread and an endpoint on `socket` whose drivers run there.
-    fn start(spec: &MeshSpec, socket: UdpSocket, server: ServerConfig) -> Result<Drivers> {
+    /// An endpoint on `socket` whose drivers run on the current runtime.
+    fn start(socket: UdpSocket, server: ServerConfig) -> Result<Drivers> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             CollectiveError::Setup(format!("QUIC {what}: {e}"))
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| fail("driver runtime", &e))?;
-        let handle = rt.handle().clone();
-        let (done, endpoint) = oneshot::channel::<Endpoint>();
-        let thread = std::thread::Builder::new()
-            .name(format!("ringrun-quic-r{}", spec.rank))
-            .spawn(move || {
-                rt.block_on(async move {
-                    // Dropped unsent (set-up failed before an endpoint existed): end at once.
-                    if let Ok(endpoint) = endpoint.await {
-                        let drain = LINGER + Duration::from_secs(1);
-                        let _ = tokio::time::timeout(drain, endpoint.wait_idle()).await;
-                    }
-                });
-            })
-            .map_err(|e| fail("driver thread", &e))?;
+        let handle = Handle::current();
         let config = endpoint_config()?;
         grow_recv_buffer(&socket);
         socket
             .set_nonblocking(true)
             .map_err(|e| fail("socket", &e))?;
-        let runtime = Arc::new(OnThread(handle.clone()));
-        let endpoint = Endpoint::new(config, Some(server), socket, runtime)
+        let endpoint = Endpoint::new(config, Some(server), socket, Arc::new(TokioRuntime))
             .map_err(|e| fail("endpoint", &e))?;
         Ok(Drivers {
             endpoint,
             handle,
             conns: Vec::new(),
-            done: Some(done),
-            thread: Some(thread),
         })
     }
 }
@@ -440,14 +419,13 @@ impl Drop for Drivers {
                 "QUIC link statistics"
             );
         }
-        if let Some(done) = self.done.take() {
-            let _ = done.send(self.endpoint.clone());
-        }
-        // Our handles would keep the connections open and the thread waiting for them.
+        // Our handles would keep the connections open; the drivers end once they drain.
         self.conns.clear();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let endpoint = self.endpoint.clone();
+        self.handle.spawn(async move {
+            let drain = LINGER + Duration::from_secs(1);
+            let _ = tokio::time::timeout(drain, endpoint.wait_idle()).await;
+        });
     }
 }
 
@@ -460,27 +438,6 @@ pub fn grow_recv_buffer(socket: &UdpSocket) {
         .and_then(|udp| udp.set_recv_buffer_size(socket.into(), UDP_RECV_BUFFER));
     if let Err(e) = grown {
         tracing::debug!(error = %e, "could not grow the UDP receive buffer");
-    }
-}
-
-/// A quinn runtime that spawns drivers and registers sockets and timers on the drivers' thread,
-/// whichever thread calls it.
-#[derive(Debug)]
-struct OnThread(Handle);
-
-impl quinn::Runtime for OnThread {
-    fn new_timer(&self, at: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
-        let _ctx = self.0.enter();
-        quinn::TokioRuntime.new_timer(at)
-    }
-
-    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
-        self.0.spawn(future);
-    }
-
-    fn wrap_udp_socket(&self, socket: UdpSocket) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
-        let _ctx = self.0.enter();
-        quinn::TokioRuntime.wrap_udp_socket(socket)
     }
 }
 

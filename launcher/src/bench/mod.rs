@@ -267,9 +267,7 @@ fn run_parent(args: &BenchArgs) -> Result<ExitCode> {
 
 fn run_rank(args: &BenchArgs, rank: usize, secret: JobSecret) -> Result<ExitCode> {
     ringrun_collectives::transport::set_link_timing(args.link_timing == "on");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = ringrun_collectives::exec::Executor::new("ringrun-bench")?;
     let start_timeout = Duration::from_secs(args.start_timeout);
     let bind = args
         .peers

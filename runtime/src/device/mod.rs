@@ -30,6 +30,7 @@ mod sides;
 
 use std::{fmt, sync::Arc};
 
+use ringrun_collectives::exec::Executor;
 use ringrun_collectives::{
     CollectiveError, Communicator, Ctl, DType, Links, ReduceOp,
     device::{
@@ -37,7 +38,6 @@ use ringrun_collectives::{
         fake::{FakeBuf, FakeComm, HostStaging},
     },
 };
-use tokio::runtime::Runtime;
 
 #[cfg(feature = "nccl")]
 pub use cuda::CudaBackend;
@@ -233,7 +233,7 @@ impl<M: DeviceMemory> Call<'_, M> {
         self,
         dev: &mut dyn DeviceEpochs,
         host: &mut Communicator<Links>,
-        rt: &Runtime,
+        rt: &Executor,
         ctl: &Ctl,
         stream: Option<&StreamOf<M>>,
     ) -> Result<(), CollectiveError> {

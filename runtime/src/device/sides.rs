@@ -4,11 +4,11 @@
 
 use std::{any::Any, time::Duration};
 
+use ringrun_collectives::exec::Executor;
 use ringrun_collectives::{
     CollectiveError, Ctl,
     device::{DeviceComm, DeviceCommunicator, DeviceFault, Stager, Staging, WatchConfig},
 };
-use tokio::runtime::Runtime;
 
 use super::{DeviceBackend, StagingBackend, UniqueIdBytes};
 
@@ -24,7 +24,7 @@ pub(crate) trait DeviceEpochs: Send {
     /// Creates this rank's communicator for `epoch` and waits until it is ready, under `ctl`.
     fn install(
         &mut self,
-        rt: &Runtime,
+        rt: &Executor,
         ctl: &Ctl,
         id: &UniqueIdBytes,
         rank: usize,
@@ -82,7 +82,7 @@ impl<C: DeviceComm + Send + 'static> DeviceEpochs for DeviceSide<C> {
 
     fn install(
         &mut self,
-        rt: &Runtime,
+        rt: &Executor,
         ctl: &Ctl,
         id: &UniqueIdBytes,
         rank: usize,
@@ -158,7 +158,7 @@ impl<S: Staging + Send + 'static> DeviceEpochs for StagedSide<S> {
 
     fn install(
         &mut self,
-        _rt: &Runtime,
+        _rt: &Executor,
         _ctl: &Ctl,
         _id: &UniqueIdBytes,
         _rank: usize,
