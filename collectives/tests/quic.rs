@@ -1,5 +1,6 @@
-//! QUIC transport on loopback: every rank on its own thread and executor, as in production. Every test is bounded: set-up and operations carry deadlines, and the harness
-//! gives up on ranks that do not report within a minute.
+//! QUIC transport on loopback: every rank on its own thread and executor, as in production.
+//! Every test is bounded: set-up and operations carry deadlines, and the harness gives up on
+//! ranks that do not report within a minute.
 
 use std::{
     future::Future,

@@ -429,10 +429,9 @@ impl Drop for Drivers {
     }
 }
 
-/// Best effort: asks for a [`UDP_RECV_BUFFER`] receive buffer (the kernel caps it at
-/// `net.core.rmem_max`), so that bursts wait in the kernel while the drivers' thread waits for a
-/// core instead of being dropped.
-/// Asks for a larger UDP receive buffer on `socket` (best effort; see the module docs).
+/// Best effort: asks for a [`UDP_RECV_BUFFER`] receive buffer on `socket` (the kernel caps it at
+/// `net.core.rmem_max`), so that bursts wait in the kernel while the drivers wait for a core
+/// instead of being dropped.
 pub fn grow_recv_buffer(socket: &UdpSocket) {
     let grown = quinn::udp::UdpSocketState::new(socket.into())
         .and_then(|udp| udp.set_recv_buffer_size(socket.into(), UDP_RECV_BUFFER));
