@@ -618,9 +618,8 @@ impl Group {
             addrs: view.members.iter().map(|(_, a)| a.endpoints.tcp).collect(),
             epoch: view.epoch,
         };
-        if let Some(old) = self.comm.take() {
-            drop(old);
-        }
+        // The old epoch's links go first (a QUIC epoch's drain as tasks on `rt`).
+        self.comm = None;
         let config = MeshConfig {
             kind: self.config.transport,
             secret: &self.secret,

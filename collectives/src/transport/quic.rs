@@ -98,8 +98,8 @@ const MAGIC: [u8; 4] = *b"RRQ1";
 const REFUSED: u32 = 1;
 
 /// The writing half of a link: a quinn send stream that, when dropped, finishes the stream and
-/// keeps it open (a task on the caller's runtime) until the peer has acknowledged its data, so that the
-/// last frames of the last collective are not lost to an early close.
+/// keeps it open (a task on the caller's runtime) until the peer has acknowledged its data, so
+/// that the last frames of the last collective are not lost to an early close.
 pub struct QuicSend {
     stream: Option<SendStream>,
     io: Handle,

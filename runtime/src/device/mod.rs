@@ -30,13 +30,13 @@ mod sides;
 
 use std::{fmt, sync::Arc};
 
-use ringrun_collectives::exec::Executor;
 use ringrun_collectives::{
     CollectiveError, Communicator, Ctl, DType, Links, ReduceOp,
     device::{
         DeviceBuffer, DeviceBufs, DeviceComm, DeviceCommunicator, DeviceFault, Stager, Staging,
         fake::{FakeBuf, FakeComm, HostStaging},
     },
+    exec::Executor,
 };
 
 #[cfg(feature = "nccl")]

@@ -4,10 +4,10 @@
 
 use std::{any::Any, time::Duration};
 
-use ringrun_collectives::exec::Executor;
 use ringrun_collectives::{
     CollectiveError, Ctl,
     device::{DeviceComm, DeviceCommunicator, DeviceFault, Stager, Staging, WatchConfig},
+    exec::Executor,
 };
 
 use super::{DeviceBackend, StagingBackend, UniqueIdBytes};
