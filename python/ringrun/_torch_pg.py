@@ -31,7 +31,7 @@ _DTYPE_CODES = {
 
 _UNSUPPORTED = (
     "send", "recv", "recv_anysource", "alltoall", "alltoall_base", "all_to_all_single",
-    "gather", "gather_single", "gather_into_tensor", "scatter", "monitored_barrier",
+    "monitored_barrier",
 )
 
 
@@ -314,6 +314,57 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
     all_gather_single_coalesced = allgather_into_tensor_coalesced
 
+    def gather(self, output_tensors, input_tensors, opts=None):
+        """Every rank gathers (one all_gather); only ``opts.rootRank`` keeps the result."""
+        root = (opts or dist.GatherOptions()).rootRank
+        size, keep = self.getSize(), self.getRank() == root
+        if len(input_tensors) != 1:
+            raise InvalidArgument("ringrun backend: gather takes one input tensor")
+        inp = input_tensors[0]
+        outs = output_tensors[0] if keep and output_tensors else []
+        if keep and len(outs) != size:
+            raise InvalidArgument(
+                f"ringrun backend: gather got {len(outs)} output tensors for a world of {size}"
+            )
+        flat = torch.empty((size * inp.numel(),), dtype=inp.dtype, device=inp.device)
+        gather = self._gather_into(flat, inp)
+
+        def run():
+            gather()
+            for i, o in enumerate(outs):
+                o.copy_(flat[i * inp.numel() : (i + 1) * inp.numel()].view(o.shape))
+
+        return self._runner.submit(run, output_tensors, opts)
+
+    def scatter(self, output_tensors, input_tensors, opts=None):
+        """The root's list goes to every rank as one broadcast of its concatenation; each rank
+        keeps its part (``size`` times the data a point-to-point scatter moves)."""
+        root = (opts or dist.ScatterOptions()).rootRank
+        size, me = self.getSize(), self.getRank()
+        if len(output_tensors) != 1:
+            raise InvalidArgument("ringrun backend: scatter takes one output tensor")
+        out = output_tensors[0]
+        if me == root:
+            ins = input_tensors[0] if input_tensors else []
+            if len(ins) != size or any(
+                i.numel() != out.numel() or i.dtype != out.dtype for i in ins
+            ):
+                raise InvalidArgument(
+                    f"ringrun backend: scatter needs {size} input tensors of {out.numel()} "
+                    f"elements of {out.dtype}, got {[(i.numel(), i.dtype) for i in ins]}"
+                )
+            flat = torch.cat([i.reshape(-1) for i in ins])
+        else:
+            flat = torch.empty((size * out.numel(),), dtype=out.dtype, device=out.device)
+        whole = _Dense(flat)
+
+        def run():
+            _call(whole, lib().ringrun_broadcast, whole.ptr, whole.count, whole.dtype, int(root))
+            n = out.numel()
+            out.copy_(flat[me * n : (me + 1) * n].view(out.shape))
+
+        return self._runner.submit(run, output_tensors, opts)
+
     def _scatter_into(self, out, inp, opts):
         """Queues one reduce-scatter of the flat ``inp`` (size × out) into ``out``."""
         code = _op(opts or dist.ReduceScatterOptions())
@@ -363,7 +414,7 @@ def _unsupported(name):
     def call(self, *args, **kwargs):
         raise NotImplementedError(
             f"ringrun backend: {name} is not supported (ringrun has all_reduce, broadcast, "
-            "all_gather, reduce_scatter, reduce and barrier)"
+            "all_gather, reduce_scatter, reduce, gather, scatter and barrier)"
         )
 
     call.__name__ = name

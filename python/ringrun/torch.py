@@ -16,8 +16,10 @@ with the output tensors or that error, as Gloo's do.
 Supported on CPU tensors (and CUDA tensors, through the library's device side) of the dtypes
 of the C ABI: ``all_reduce`` (SUM, PRODUCT, MIN, MAX, AVG), ``broadcast``, ``all_gather``,
 ``all_gather_into_tensor``, ``reduce_scatter`` / ``reduce_scatter_tensor``, ``reduce``,
-``barrier`` and their coalesced forms. Point-to-point and all-to-all calls raise
-``NotImplementedError`` naming the call. Non-contiguous tensors go through a contiguous copy.
+``gather``, ``scatter``, ``barrier`` and their coalesced forms (and so torch's object
+collectives). Point-to-point and all-to-all calls raise
+``NotImplementedError`` naming the call, and so does ``new_group`` of a subset of the ranks (a
+group of every rank works). Non-contiguous tensors go through a contiguous copy.
 
 Elastic training: ``ringrun.elastic.State`` holds modules and optimizers; after a membership
 change, DDP keeps working without being re-wrapped (see ``elastic_comm_hook``).
@@ -98,6 +100,15 @@ def _avg_opts():
 
 def _create(store, rank, size, timeout):
     ringrun.init()
+    # init_process_group makes the default group before it is registered; a later call is
+    # new_group's. A group of every rank is the job's world, a subset is not: refused here,
+    # as it would otherwise run its collectives over the whole job.
+    if dist.is_initialized() and size != ringrun.size():
+        raise NotImplementedError(
+            f"ringrun backend: new_group of {size} of the job's {ringrun.size()} ranks is not "
+            "supported (ringrun's collectives span the whole job; a group of every rank works, "
+            "and a subgroup that need not survive membership changes can use backend='gloo')"
+        )
     return ProcessGroupRingrun()
 
 

@@ -43,9 +43,9 @@ def run(group, scenario, n, within=240):
 def test_every_collective_dtype_and_op_matches_gloo(group, n):
     outs = run(group, "grid", n)
     counts = {line.split()[1] for lines in outs for line in lines if line.startswith("checked ")}
-    # Per rank: 8 dtypes x (5 ops x 3 reductions + n broadcast roots + 2 gathers), the strided
-    # view, n reduce roots.
-    assert counts == {str(8 * (15 + n + 2) + 1 + n)}, counts
+    # Per rank: 8 dtypes x (5 ops x 3 reductions + n broadcast roots + n scatter roots + 2
+    # all_gathers) + n gathers rooted here, the strided view, n reduce roots.
+    assert counts == {str(8 * (15 + 2 * n + 2) + 8 + 1 + n)}, counts
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -62,8 +62,10 @@ def test_unmodified_ddp_trains_as_on_gloo(group, n):
 
 def test_bad_input_raises_on_every_rank_and_the_group_recovers(group):
     outs = run(group, "bad", 3)
-    for lines in outs:
+    for node, lines in enumerate(outs):
         text = "\n".join(lines)
+        assert ("new_group: NotImplementedError" in text) == (node < 2), text
+        assert ("scatter list: InvalidArgument" in text) == (node == 0), text
         for what in ("send: NotImplementedError", "all_to_all_single: NotImplementedError",
                      "bool dtype:", "BAND:", "shape:", "dtype:"):
             assert what in text, (what, text)

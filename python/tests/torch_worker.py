@@ -1,6 +1,6 @@
 """A torch test worker: joins through ``init_process_group("ringrun")`` and runs one scenario.
 
-``grid``: every collective x dtype x op through torch.distributed on the ringrun backend, each
+``grid``: every collective x dtype x op (x root) through torch.distributed on the ringrun backend, each
 checked against Gloo's result for the same inputs (a Gloo group of the same ranks, made here).
 ``async``: Work and Future behaviour, and the collective running off the Python thread.
 ``bad``: mismatched shapes and dtypes across ranks, unsupported ops, dtypes and calls.
@@ -76,6 +76,16 @@ class Gloo:
         self.pg.allgather([outs], [t]).wait()
         return torch.cat(outs)
 
+    def gather(self, outs, t, root):
+        opts = dist.GatherOptions()
+        opts.rootRank = root
+        self.pg.gather([outs] if outs else [], [t], opts).wait()
+
+    def scatter(self, out, parts, root):
+        opts = dist.ScatterOptions()
+        opts.rootRank = root
+        self.pg.scatter([out], [parts] if self.pg.rank() == root else [], opts).wait()
+
     def reduce_scatter(self, flat, op):
         """Gloo's reduce_scatter is not in every build: allreduce, then take this rank's part."""
         full = flat.clone()
@@ -120,6 +130,21 @@ def grid(rank, size):
             gloo.broadcast(ref, root)
             c.equal(mine, ref, f"broadcast {dtype} root {root}")
 
+        for root in range(size):
+            t = inputs(dtype, "gather", rank)
+            mine = [torch.empty_like(t) for _ in range(size)] if rank == root else None
+            ref = [torch.empty_like(t) for _ in range(size)] if rank == root else []
+            dist.gather(t, mine, dst=root)
+            gloo.gather(ref, t, root)
+            if rank == root:
+                c.equal(torch.cat(mine), torch.cat(ref), f"gather {dtype} root {root}")
+
+            parts = list(inputs(dtype, "scatter", rank, COUNT * size).chunk(size))
+            mine, ref = torch.empty(COUNT, dtype=dtype), torch.empty(COUNT, dtype=dtype)
+            dist.scatter(mine, parts if rank == root else None, src=root)
+            gloo.scatter(ref, parts, root)
+            c.equal(mine, ref, f"scatter {dtype} root {root}")
+
         t = inputs(dtype, "g", rank)
         want = gloo.all_gather(t)
         outs = [torch.empty_like(t) for _ in range(size)]
@@ -144,6 +169,22 @@ def grid(rank, size):
         gloo.all_reduce(full, "SUM")
         dist.reduce(t, dst=root)
         c.equal(t, full if rank == root else before, f"reduce root {root}")
+
+    # The object collectives, built by torch from the ones above.
+    mine = {"rank": rank, "pad": "x" * rank}
+    everyone = [{"rank": r, "pad": "x" * r} for r in range(size)]
+    got = [None] * size
+    dist.all_gather_object(got, mine)
+    assert got == everyone, got
+    got = [None] * size if rank == size - 1 else None
+    dist.gather_object(mine, got, dst=size - 1)
+    assert got == (everyone if rank == size - 1 else None), got
+    got = [everyone[0] if rank == 0 else None]
+    dist.broadcast_object_list(got, src=0)
+    assert got == [everyone[0]], got
+    got = [None]
+    dist.scatter_object_list(got, everyone if rank == 0 else None, src=0)
+    assert got == [everyone[rank]], got
 
     dist.barrier()
     print(f"checked {c.n} rank {rank} size {size}", flush=True)
@@ -244,6 +285,19 @@ def bad(rank, size):
     expect(NotImplementedError, lambda: dist.send(torch.ones(2), dst=(rank + 1) % size), "send")
     expect(NotImplementedError, lambda: dist.all_to_all_single(torch.ones(size), torch.ones(size)),
            "all_to_all_single")
+    if rank == 0:  # the root alone checks its list, before it sends anything
+        expect(ValueError, lambda: dist.scatter(torch.empty(2), [torch.ones(2)] * (size + 1)),
+               "scatter list")
+    # A subgroup would run over the whole job: refused where it is made. A group of every rank
+    # is the world.
+    if rank < size - 1:
+        expect(NotImplementedError, lambda: dist.new_group(list(range(size - 1))), "new_group")
+    else:
+        assert dist.new_group(list(range(size - 1))) == dist.GroupMember.NON_GROUP_MEMBER
+    everyone = dist.new_group(list(range(size)))
+    t = torch.ones(2)
+    dist.all_reduce(t, group=everyone)
+    assert torch.equal(t, torch.full((2,), float(size))), t
     expect(ValueError, lambda: dist.all_reduce(torch.ones(2, dtype=torch.bool)), "bool dtype")
     expect(ValueError, lambda: dist.all_reduce(torch.ones(2, dtype=torch.int32),
                                                op=dist.ReduceOp.BAND), "BAND")
