@@ -132,6 +132,7 @@ impl GroupConfig {
     /// | `RINGRUN_TRANSPORT` | [`TransportKind`]: `auto` (shared memory in a host, TCP across), `tcp`, `quic`, `shm` (one host), or `nccl`: a device group (host links as `auto`) | `auto` |
     /// | `RINGRUN_DEVICE` | `cuda`: a device group, over NCCL where it runs, else staged through host memory over `RINGRUN_TRANSPORT`; `cpu` | `cpu` |
     /// | `RINGRUN_FUSION_BYTES` | largest fusion bucket of grouped allreduces | 128 MiB |
+    /// | `RINGRUN_SPIN_US` | how long a waiting collective re-polls before it parks | 50 |
     /// | `RINGRUN_STRAGGLER_STEPS` | steps a straggler window spans | 10 |
     pub fn from_env() -> Result<GroupConfig, GroupError> {
         let secret = match (var("RINGRUN_SECRET"), var("RINGRUN_SECRET_FILE")) {
@@ -180,6 +181,7 @@ impl GroupConfig {
         c.transport = parse("RINGRUN_TRANSPORT")?.unwrap_or_default();
         c.device = device_from(c.transport, var("RINGRUN_DEVICE").as_deref())?;
         c.comm.fusion_bytes = parse("RINGRUN_FUSION_BYTES")?.unwrap_or(c.comm.fusion_bytes);
+        c.comm.spin = parse::<u64>("RINGRUN_SPIN_US")?.map_or(c.comm.spin, Duration::from_micros);
         c.straggler_steps = parse("RINGRUN_STRAGGLER_STEPS")?.unwrap_or(10).max(1);
         Ok(c)
     }
