@@ -5,7 +5,7 @@
  * second to the next between ~15-25 GB/s and ~2-5 GB/s while the private copy rate stays put.
  * Every shared-memory allreduce (ringrun's and Open MPI's alike) slows with it, so
  * benches/compare/mid_rounds.sh runs this before and after each run and mid_table.py can
- * compare the two sides within one mode (docs/PERFORMANCE.md §6, session 11).
+ * compare the two sides within one mode (docs/PERFORMANCE.md §6).
  *
  *   gcc -O2 -pthread benches/compare/handoff_probe.c -o /tmp/handoff_probe
  *   /tmp/handoff_probe 0.2      -> "handoff 21.3 GB/s  copy 38.0 GB/s"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs ringrun bench beside the peers (torch Gloo, Open MPI shm and TCP) on this machine, in one
-# session, and prints Markdown tables with ratios. The peers must be installed first:
+# run, and prints Markdown tables with ratios. The peers must be installed first:
 #   cp -r ../shared/peers DIR/ && bash DIR/peers/install.sh
 # Usage: benches/compare/run.sh PEERS_DIR OUT_DIR     (env: NS="2 4", MAXB=64M, BUDGET=0.5,
 #        TRANSPORTS="tcp quic", SKIP_PEERS=1 to reuse earlier peer results in OUT_DIR/peers)

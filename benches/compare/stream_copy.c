@@ -1,6 +1,6 @@
 /* One-thread copy speed with ordinary stores (memcpy) and with streaming stores, which write
  * whole lines to memory without reading them first: what the shared-memory arena's
- * `Store::Streaming` relies on (docs/PERFORMANCE.md §6, session 8).
+ * `Store::Streaming` relies on (docs/PERFORMANCE.md §6).
  *
  *   gcc -O2 benches/compare/stream_copy.c -o /tmp/stream_copy && /tmp/stream_copy 64   (MiB)
  */

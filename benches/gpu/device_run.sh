@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU figures for issue 7, on a machine with a GPU, from prebuilt binaries in $BIN (ringrun and
-# the `gpu` test binary, built elsewhere with `--features nccl`). Writes logs to $OUT.
+# GPU figures (NCCL, and the staged device path), on a machine with a GPU, from prebuilt
+# binaries in $BIN (ringrun and the `gpu` test binary, built elsewhere with `--features nccl`).
+# Writes logs to $OUT.
 #   BIN=.dev OUT=/tmp/out STEPS="tests nccl staged" benches/gpu/device_run.sh
 set -u
 BIN=${BIN:-.dev}; OUT=${OUT:-/tmp/gpu-out}; STEPS=${STEPS:-"tests nccl staged"}

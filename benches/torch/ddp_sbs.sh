@@ -6,7 +6,9 @@
 #
 # Needs a release build (cargo build --release -p ringrun-ffi -p ringrun-launcher) and a Python
 # with torch (PYTHON, default target/pyenv/bin/python). TRANSPORTS lists ringrun's
-# `--transport` values to run (default: "default shm"; "default" passes none).
+# `--transport` values to run (default: "default shm"; "default" passes none). Unless FLOOR=0,
+# each round also runs N lone workers at once (label "alone", the slowest one's step counts):
+# the step without communication, on cores and memory shared as the N workers share them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?usage: ddp_sbs.sh OUT_DIR}
@@ -30,6 +32,16 @@ for round in $(seq 1 "$ROUNDS"); do
         --backend ringrun $ARGS 2>"$OUT/err-$round-$n-$t.txt" \
         | sed -n 's/^\[[0-9]*\] \({.*}\)$/\1/p' | sed "s/}\$/, \"label\": \"ringrun-$t\", \"round\": $round}/" >> "$res"
     done
+    if [ "${FLOOR:-1}" != 0 ]; then
+      # The computation's floor: N processes at once, each training alone (a world of one),
+      # so they share the cores and memory as the N workers do, with no communication.
+      for i in $(seq 1 "$n"); do
+        timeout 600 "$BIN" launch --np 1 -- "$PYTHON" benches/torch/ddp_step.py --backend ringrun \
+          $ARGS 2>"$OUT/err-$round-$n-alone-$i.txt" | sed -n 's/^\[[0-9]*\] \({.*}\)$/\1/p' \
+          | sed "s/\"np\": 1,/\"np\": $n,/; s/}\$/, \"label\": \"alone\", \"round\": $round}/" >> "$res" &
+      done
+      wait
+    fi
     timeout 600 "$torchrun_bin" --standalone --nproc-per-node "$n" benches/torch/ddp_step.py \
       --backend gloo $ARGS 2>"$OUT/err-$round-$n-gloo.txt" \
       | grep '^{' | sed "s/}\$/, \"label\": \"gloo\", \"round\": $round}/" >> "$res"
@@ -39,8 +51,14 @@ done
 import collections, json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = collections.defaultdict(list)
+alone = collections.defaultdict(list)  # (np, round) -> each lone process's median
 for r in rows:
-    by[(r["np"], r["label"])].append(r["median_s"])
+    if r["label"] == "alone":
+        alone[(r["np"], r["round"])].append(r["median_s"])
+    else:
+        by[(r["np"], r["label"])].append(r["median_s"])
+for (n, _), v in alone.items():  # the slowest of the N, as for a job's step
+    by[(n, "alone")].append(max(v))
 print("| N | backend | runs | median step (ms) | ÷ Gloo |")
 print("|---|---|---|---|---|")
 for n in sorted({k[0] for k in by}):
