@@ -537,37 +537,39 @@ impl<T: Transport> Communicator<T> {
             .await
     }
 
-    /// All-to-all: `send` and `recv` hold `size` equal blocks; block `j` of `send` goes to
-    /// rank `j`, and block `j` of `recv` comes from rank `j`, straight over their link.
-    /// Returns, by rank, when that rank's block arrived where this rank was already waiting
-    /// for it (`None` for its own block and for blocks that came before the call did): the
-    /// samples the runtime measures each link's round trip with.
-    pub async fn alltoall(
+    /// All-to-all of `dtype` elements: `send` and `recv` hold `size` equal blocks; block `j`
+    /// of `send` goes to rank `j`, and block `j` of `recv` comes from rank `j`, straight over
+    /// their link. Returns, by rank, when that rank's block arrived where this rank was already
+    /// waiting for it (`None` for its own block and for blocks that came before the call did):
+    /// the samples the runtime measures each link's round trip with.
+    pub async fn alltoall_bytes(
         &mut self,
+        dtype: DType,
         send: &[u8],
         recv: &mut [u8],
         ctl: &Ctl,
     ) -> Result<Vec<Option<Instant>>> {
         let n = self.size();
-        if send.is_empty() || send.len() != recv.len() || !send.len().is_multiple_of(n) {
+        let unit = n * dtype.size();
+        if send.is_empty() || send.len() != recv.len() || !send.len().is_multiple_of(unit) {
             let why = invalid(format!(
-                "alltoall needs equal send and receive buffers of {n} non-empty blocks, got \
-                 {} and {} bytes",
+                "alltoall needs equal send and receive buffers of {n} non-empty blocks of \
+                 {dtype:?}, got {} and {} bytes",
                 send.len(),
                 recv.len()
             ));
             return self
-                .reject(Collective::AllToAll, DType::U8, why)
+                .reject(Collective::AllToAll, dtype, why)
                 .await
                 .map(|()| Vec::new());
         }
         let block = send.len() / n;
         let sig = sig(
             Collective::AllToAll,
-            DType::U8,
+            dtype,
             ReduceOp::Sum,
             Algo::Direct,
-            block,
+            block / dtype.size(),
             0,
         );
         let mut arrived = vec![None; n];
@@ -627,6 +629,18 @@ impl<T: Transport> Communicator<T> {
             recv: bytemuck::cast_slice_mut(recv),
         };
         self.allgather_bytes(E::DTYPE, b, ctl).await
+    }
+
+    /// All-to-all of typed slices (see [`Communicator::alltoall_bytes`]): `send` and `recv`
+    /// hold `size` equal blocks, block `j` of `send` for rank `j`.
+    pub async fn alltoall<E: Element>(
+        &mut self,
+        send: &[E],
+        recv: &mut [E],
+        ctl: &Ctl,
+    ) -> Result<Vec<Option<Instant>>> {
+        let (send, recv) = (bytemuck::cast_slice(send), bytemuck::cast_slice_mut(recv));
+        self.alltoall_bytes(E::DTYPE, send, recv, ctl).await
     }
 
     /// Out-of-place reduce-scatter of typed slices (`send` is `size` times `recv`).

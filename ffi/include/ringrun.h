@@ -301,6 +301,20 @@ int ringrun_broadcast(void *buf, size_t count, ringrun_dtype_t dtype, int root);
 int ringrun_allgather(const void *sendbuf, void *recvbuf, size_t count, ringrun_dtype_t dtype);
 
 /*
+ All-to-all with equal blocks, as MPI's `MPI_Alltoall`: `sendbuf` and `recvbuf` each hold
+ `count * size` elements (size from `ringrun_size` in this epoch), `size` blocks of `count`;
+ block `j` of `sendbuf` goes to rank `j`, and block `j` of `recvbuf` comes from rank `j`. The
+ buffers must not overlap, and are host memory (the device side has no all-to-all:
+ `RINGRUN_INVALID_ARGUMENT`). Every rank must pass the same `count` and dtype (else
+ `RINGRUN_MISMATCH` on every rank).
+
+ # Safety
+ `sendbuf` is readable and `recvbuf` writable for `count * size` elements, both untouched by
+ others during the call.
+ */
+int ringrun_alltoall(const void *sendbuf, void *recvbuf, size_t count, ringrun_dtype_t dtype);
+
+/*
  Reduce-scatter, as NCCL's `ncclReduceScatter`: `sendbuf` holds `recvcount * size` elements
  (size from `ringrun_size` in this epoch), `size` blocks of `recvcount`; rank `r`'s `recvbuf`
  receives the reduction with `op` of block `r` over every rank's `sendbuf` (`RINGRUN_AVG`

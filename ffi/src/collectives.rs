@@ -1,5 +1,5 @@
 //! The collectives: allreduce (one buffer or many), broadcast, allgather, reduce-scatter,
-//! barrier.
+//! all-to-all, barrier.
 //!
 //! Each entry point checks every pointer before it builds a slice (see [`Raw`]), then calls
 //! the group with the matching Rust element type.
@@ -14,8 +14,8 @@ use std::ffi::{c_int, c_void};
 
 use crate::{
     device::{self, Call},
-    group::with_global,
-    status::{guard, invalid},
+    group::{Global, with_global},
+    status::{Fail, guard, invalid},
     types::{Raw, dtype, op, ringrun_dtype_t, ringrun_op_t, with_element},
 };
 
@@ -216,10 +216,7 @@ pub unsafe extern "C" fn ringrun_allgather(
         let dt = self::dtype(dtype)?;
         let send = Raw::new(sendbuf, count, dt, "sendbuf")?;
         with_global(|g| {
-            let total = count
-                .checked_mul(g.group.size())
-                .ok_or_else(|| invalid("count * size overflows"))?;
-            let recv = Raw::new(recvbuf, total, dt, "recvbuf")?;
+            let recv = Raw::new(recvbuf, per_rank(g, count, "count")?, dt, "recvbuf")?;
             if send.overlaps(&recv) {
                 return Err(invalid("sendbuf and recvbuf overlap"));
             }
@@ -237,6 +234,46 @@ pub unsafe extern "C" fn ringrun_allgather(
                 // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.
                 let (s, r) = unsafe { (send.slice::<E>(), recv.slice_mut::<E>()) };
                 Ok(g.group.allgather(s, r)?)
+            })
+        })
+    })
+}
+
+/// All-to-all with equal blocks, as MPI's `MPI_Alltoall`: `sendbuf` and `recvbuf` each hold
+/// `count * size` elements (size from `ringrun_size` in this epoch), `size` blocks of `count`;
+/// block `j` of `sendbuf` goes to rank `j`, and block `j` of `recvbuf` comes from rank `j`. The
+/// buffers must not overlap, and are host memory (the device side has no all-to-all:
+/// `RINGRUN_INVALID_ARGUMENT`). Every rank must pass the same `count` and dtype (else
+/// `RINGRUN_MISMATCH` on every rank).
+///
+/// # Safety
+/// `sendbuf` is readable and `recvbuf` writable for `count * size` elements, both untouched by
+/// others during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ringrun_alltoall(
+    sendbuf: *const c_void,
+    recvbuf: *mut c_void,
+    count: usize,
+    dtype: ringrun_dtype_t,
+) -> c_int {
+    guard(|| {
+        let dt = self::dtype(dtype)?;
+        with_global(|g| {
+            let total = per_rank(g, count, "count")?;
+            let send = Raw::new(sendbuf, total, dt, "sendbuf")?;
+            let recv = Raw::new(recvbuf, total, dt, "recvbuf")?;
+            if send.overlaps(&recv) {
+                return Err(invalid("sendbuf and recvbuf overlap"));
+            }
+            if device::on_device(g, &[send.ptr, recv.ptr])? {
+                return Err(invalid(
+                    "alltoall takes host buffers (no device all-to-all)",
+                ));
+            }
+            with_element!(dt, E => {
+                // SAFETY: checked by `Raw::new`, disjoint (checked), per the caller's contract.
+                let (s, r) = unsafe { (send.slice::<E>(), recv.slice_mut::<E>()) };
+                Ok(g.group.alltoall(s, r)?)
             })
         })
     })
@@ -264,10 +301,7 @@ pub unsafe extern "C" fn ringrun_reduce_scatter(
         let (dt, op) = (self::dtype(dtype)?, self::op(op)?);
         let recv = Raw::new(recvbuf, recvcount, dt, "recvbuf")?;
         with_global(|g| {
-            let total = recvcount
-                .checked_mul(g.group.size())
-                .ok_or_else(|| invalid("recvcount * size overflows"))?;
-            let send = Raw::new(sendbuf, total, dt, "sendbuf")?;
+            let send = Raw::new(sendbuf, per_rank(g, recvcount, "recvcount")?, dt, "sendbuf")?;
             if send.overlaps(&recv) {
                 return Err(invalid("sendbuf and recvbuf overlap"));
             }
@@ -289,6 +323,14 @@ pub unsafe extern "C" fn ringrun_reduce_scatter(
             })
         })
     })
+}
+
+/// `count` elements for every rank of the epoch: the length of a buffer that holds `size`
+/// blocks (`name` is the argument, for the error).
+fn per_rank(g: &Global, count: usize, name: &str) -> Result<usize, Fail> {
+    count
+        .checked_mul(g.group.size())
+        .ok_or_else(|| invalid(format!("{name} * size overflows")))
 }
 
 /// Blocks until every rank of the epoch has called it.

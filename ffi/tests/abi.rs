@@ -161,6 +161,10 @@ fn abi() {
         assert_eq!(ringrun_allgather(fp, ptr(&mut out), 3, RINGRUN_FLOAT32), OK);
         assert_eq!(out, f);
         out = [0.0; 3];
+        assert_eq!(ringrun_alltoall(fp, fp, 3, RINGRUN_FLOAT32), INVALID);
+        assert_eq!(ringrun_alltoall(fp, ptr(&mut out), 3, RINGRUN_FLOAT32), OK);
+        assert_eq!(out, f, "a group of one sends its one block to itself");
+        out = [0.0; 3];
         for op in RINGRUN_SUM..=RINGRUN_AVG {
             let status = ringrun_reduce_scatter(fp, ptr(&mut out), 3, RINGRUN_FLOAT32, op);
             assert_eq!(status, OK, "{}", last_error());

@@ -4,8 +4,8 @@
 //! - `ringrun_reduce_scatter` for every dtype × op against results computed here (inputs are
 //!   small integers, so every result is exact in every dtype);
 //! - a count (shape), dtype or op that differs across ranks is `RINGRUN_MISMATCH` on every
-//!   rank, well before the op timeout, for allreduce, broadcast, allgather and reduce-scatter,
-//!   and the group works again after `ringrun_restore`;
+//!   rank, well before the op timeout, for allreduce, broadcast, allgather, all-to-all and
+//!   reduce-scatter, and the group works again after `ringrun_restore`;
 //! - `ringrun_rank`, `ringrun_size` and `ringrun_epoch` answer at once on one thread while a
 //!   collective is in flight on another.
 //!
@@ -133,6 +133,8 @@ fn worker() {
     let (rank, n) = (launch as usize, N);
     reduce_scatter_every_dtype_and_op(rank, n);
     println!("reduce_scatter ok");
+    alltoall_every_dtype(rank, n);
+    println!("alltoall ok");
     bad_arguments_are_refused_before_anything_is_sent(n);
     println!("bad arguments ok");
     mismatches_fail_everywhere_and_restore_recovers(rank, n);
@@ -230,6 +232,31 @@ fn reduce_scatter_every_dtype_and_op(rank: usize, n: usize) {
                 let got = decode(dtype, &recv, count);
                 assert!(got == want, "dtype {dtype} op {op} count {count}: {got:?}");
             }
+        }
+    }
+}
+
+/// Element `i` of the block rank `r` sends rank `j` is `r + n j + i % 7` (small and positive,
+/// exact in every dtype), so every received block names its sender and its receiver.
+fn alltoall_every_dtype(rank: usize, n: usize) {
+    let value = |r: usize, j: usize, i: usize| (r + n * j + i % 7) as i64;
+    for count in [5, 40_000] {
+        for dtype in RINGRUN_FLOAT32..=RINGRUN_INT64 {
+            let send: Vec<i64> = (0..n * count)
+                .map(|k| value(rank, k / count, k % count))
+                .collect();
+            let send = encode(dtype, &send);
+            let mut recv = encode(dtype, &vec![-1; n * count]);
+            // SAFETY: `send` and `recv` hold n × count elements each, both live.
+            let status = unsafe {
+                ringrun_alltoall(send.as_ptr().cast(), recv.as_mut_ptr().cast(), count, dtype)
+            };
+            assert_eq!(status, OK, "dtype {dtype}: {}", last_error());
+            let want: Vec<i64> = (0..n * count)
+                .map(|k| value(k / count, rank, k % count))
+                .collect();
+            let got = decode(dtype, &recv, n * count);
+            assert!(got == want, "alltoall dtype {dtype} count {count}: {got:?}");
         }
     }
 }
@@ -333,6 +360,10 @@ fn mismatches_fail_everywhere_and_restore_recovers(rank: usize, n: usize) {
         expect_mismatch("allgather count", n, || {
             ringrun_allgather(b, o, count, RINGRUN_FLOAT64)
         });
+        expect_mismatch("alltoall count", n, || {
+            ringrun_alltoall(b, o, count, RINGRUN_FLOAT64)
+        });
+        expect_mismatch("alltoall dtype", n, || ringrun_alltoall(b, o, 4, dtype));
         expect_mismatch("reduce_scatter count", n, || {
             ringrun_reduce_scatter(b, o, count, RINGRUN_INT32, RINGRUN_SUM)
         });

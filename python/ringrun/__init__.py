@@ -28,7 +28,7 @@ from .errors import (  # noqa: F401  (re-exported)
 
 __all__ = [
     "init", "finalize", "is_initialized", "rank", "size", "epoch", "allreduce",
-    "allreduce_many", "broadcast", "allgather", "barrier", "commit", "restore", "finish",
+    "allreduce_many", "broadcast", "allgather", "alltoall", "barrier", "commit", "restore", "finish",
     "completed", "faults", "set_step", "log", "RingrunError", "MembershipChanged", "PeerLost",
     "Timeout", "InvalidArgument", "NotInitialized", "InternalError", "Mismatch", "NoQuorum",
     "JobCompleted",
@@ -129,6 +129,23 @@ def allgather(array, dtype=None):
         raise InternalError("allgather output has the wrong size")
     _order_after(array)
     check(lib().ringrun_allgather(ptr, optr, count, dt))
+    return out
+
+
+def alltoall(array, dtype=None):
+    """All-to-all with equal blocks: ``array`` is ``size`` blocks (split along the first axis,
+    or flat); block ``j`` goes to rank ``j``. Returns the same shape and kind, block ``j`` from
+    rank ``j``."""
+    ptr, count, dt, _keep = _buffers.describe(array, False, dtype)
+    n = size()
+    if count % n:
+        raise InvalidArgument(f"alltoall: {count} elements do not split into {n} equal blocks")
+    out = _like(array, 1)
+    optr, ocount, _, _okeep = _buffers.describe(out, True, _buffers_name(dt))
+    if ocount != count:
+        raise InternalError("alltoall output has the wrong size")
+    _order_after(array)
+    check(lib().ringrun_alltoall(ptr, optr, count // n, dt))
     return out
 
 

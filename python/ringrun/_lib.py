@@ -72,6 +72,7 @@ def _declare(lib):
         ],
         "ringrun_broadcast": [_vp, _size_t, ctypes.c_int32, _c_int],
         "ringrun_allgather": [_vp, _vp, _size_t, ctypes.c_int32],
+        "ringrun_alltoall": [_vp, _vp, _size_t, ctypes.c_int32],
         "ringrun_reduce_scatter": [_vp, _vp, _size_t, ctypes.c_int32, ctypes.c_int32],
         "ringrun_barrier": [],
         "ringrun_set_stream": [_vp],

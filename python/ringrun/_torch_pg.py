@@ -29,10 +29,7 @@ _DTYPE_CODES = {
     getattr(torch, name): code for name, code in _buffers.DTYPES.items() if hasattr(torch, name)
 }
 
-_UNSUPPORTED = (
-    "send", "recv", "recv_anysource", "alltoall", "alltoall_base", "all_to_all_single",
-    "monitored_barrier",
-)
+_UNSUPPORTED = ("send", "recv", "recv_anysource", "monitored_barrier")
 
 
 def _op(opts):
@@ -406,6 +403,54 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
 
+    def _alltoall_flat(self, out, inp):
+        """Queues one all-to-all of the flat ``inp`` into the flat ``out`` (equal blocks)."""
+        src, dst = _Dense(inp, writable=False), _Dense(out)
+        size = self.getSize()
+        if dst.dtype != src.dtype or dst.count != src.count or src.count % size:
+            raise InvalidArgument(
+                f"ringrun backend: all_to_all needs input and output of one dtype and size, "
+                f"split into {size} equal blocks; got {inp.numel()} elements of {inp.dtype} "
+                f"and {out.numel()} of {out.dtype}"
+            )
+
+        def run():
+            _call(src, lib().ringrun_alltoall, src.ptr, dst.ptr, src.count // size, src.dtype)
+            dst.write_back()
+
+        return run
+
+    def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
+        """``all_to_all_single``: equal splits only (ringrun's all-to-all has equal blocks)."""
+        for splits in (output_split_sizes, input_split_sizes):
+            if splits and len(set(splits)) > 1:
+                raise NotImplementedError(
+                    f"ringrun backend: all_to_all_single with uneven splits {list(splits)} is "
+                    "not supported (equal splits are)"
+                )
+        return self._runner.submit(self._alltoall_flat(output, input), [output], opts)
+
+    def alltoall(self, output_tensors, input_tensors, opts=None):
+        """``all_to_all``: one tensor to and from each rank, all of one size and dtype."""
+        size = self.getSize()
+        sizes = {t.numel() for t in list(output_tensors) + list(input_tensors)}
+        if len(input_tensors) != size or len(output_tensors) != size or len(sizes) > 1:
+            raise NotImplementedError(
+                f"ringrun backend: all_to_all needs {size} input and output tensors of one size "
+                f"(ringrun's all-to-all has equal blocks); got sizes "
+                f"{[t.numel() for t in input_tensors]} and {[t.numel() for t in output_tensors]}"
+            )
+        flat_in = torch.cat([t.reshape(-1) for t in input_tensors])
+        flat_out = torch.empty_like(flat_in)
+        exchange = self._alltoall_flat(flat_out, flat_in)
+
+        def run():
+            exchange()
+            for o, part in zip(output_tensors, flat_out.chunk(size)):
+                o.copy_(part.view(o.shape))
+
+        return self._runner.submit(run, output_tensors, opts)
+
     def barrier(self, opts=None):
         return self._runner.submit(lambda: check(lib().ringrun_barrier()), [], opts)
 
@@ -414,7 +459,7 @@ def _unsupported(name):
     def call(self, *args, **kwargs):
         raise NotImplementedError(
             f"ringrun backend: {name} is not supported (ringrun has all_reduce, broadcast, "
-            "all_gather, reduce_scatter, reduce, gather, scatter and barrier)"
+            "all_gather, reduce_scatter, reduce, gather, scatter, all_to_all and barrier)"
         )
 
     call.__name__ = name

@@ -44,8 +44,8 @@ def test_every_collective_dtype_and_op_matches_gloo(group, n):
     outs = run(group, "grid", n)
     counts = {line.split()[1] for lines in outs for line in lines if line.startswith("checked ")}
     # Per rank: 8 dtypes x (5 ops x 3 reductions + n broadcast roots + n scatter roots + 2
-    # all_gathers) + n gathers rooted here, the strided view, n reduce roots.
-    assert counts == {str(8 * (15 + 2 * n + 2) + 8 + 1 + n)}, counts
+    # all_gathers + 2 all_to_alls) + n gathers rooted here, the strided view, n reduce roots.
+    assert counts == {str(8 * (15 + 2 * n + 4) + 8 + 1 + n)}, counts
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -86,6 +86,9 @@ class Gloo:
         opts.rootRank = root
         self.pg.scatter([out], [parts] if self.pg.rank() == root else [], opts).wait()
 
+    def all_to_all(self, out, flat):
+        self.pg.alltoall_base(out, flat, [], [], dist.AllToAllOptions()).wait()
+
     def reduce_scatter(self, flat, op):
         """Gloo's reduce_scatter is not in every build: allreduce, then take this rank's part."""
         full = flat.clone()
@@ -144,6 +147,15 @@ def grid(rank, size):
             dist.scatter(mine, parts if rank == root else None, src=root)
             gloo.scatter(ref, parts, root)
             c.equal(mine, ref, f"scatter {dtype} root {root}")
+
+        flat = inputs(dtype, "a2a", rank, COUNT * size)
+        mine, ref = torch.empty_like(flat), torch.empty_like(flat)
+        dist.all_to_all_single(mine, flat)
+        gloo.all_to_all(ref, flat)
+        c.equal(mine, ref, f"all_to_all_single {dtype}")
+        outs = [torch.empty(COUNT, dtype=dtype) for _ in range(size)]
+        dist.all_to_all(outs, list(flat.chunk(size)))
+        c.equal(torch.cat(outs), ref, f"all_to_all {dtype}")
 
         t = inputs(dtype, "g", rank)
         want = gloo.all_gather(t)
@@ -283,8 +295,9 @@ def expect(exc, fn, what):
 def bad(rank, size):
     # Raised before anything is sent: nothing to undo.
     expect(NotImplementedError, lambda: dist.send(torch.ones(2), dst=(rank + 1) % size), "send")
-    expect(NotImplementedError, lambda: dist.all_to_all_single(torch.ones(size), torch.ones(size)),
-           "all_to_all_single")
+    uneven = [1] * (size - 1) + [2]
+    expect(NotImplementedError, lambda: dist.all_to_all_single(
+        torch.ones(size + 1), torch.ones(size + 1), uneven, uneven), "all_to_all_single")
     if rank == 0:  # the root alone checks its list, before it sends anything
         expect(ValueError, lambda: dist.scatter(torch.empty(2), [torch.ones(2)] * (size + 1)),
                "scatter list")

@@ -70,7 +70,7 @@ def every_dtype_and_op():
                     buf = mine.copy()
                     ringrun.allreduce(buf, op=op)
                     check(buf, reference(stack, op, n), dtype, op)
-    # Many buffers at once, broadcast, allgather, barrier.
+    # Many buffers at once, broadcast, allgather, alltoall, barrier.
     a, b = np.full(5, r + 1.0), np.full((2, 3), float(r))
     ringrun.allreduce_many([a, b], op="max")
     assert (a == n).all() and (b == n - 1).all()
@@ -79,6 +79,9 @@ def every_dtype_and_op():
     np.testing.assert_array_equal(c, np.arange(6) + 100 * (n - 1))
     g = ringrun.allgather(np.full((2, 2), r, dtype=np.int32))
     assert g.shape == (2 * n, 2) and (g[::2, 0] == np.arange(n)).all()
+    # All-to-all: block j of rank r holds 10 r + j; rank r receives 10 j + r from rank j.
+    x = ringrun.alltoall((10 * r + np.repeat(np.arange(n), 3)).astype(np.int64))
+    np.testing.assert_array_equal(x, np.repeat(10 * np.arange(n) + r, 3))
     ringrun.barrier()
     # Any writable buffer-protocol object.
     d = array.array("d", [1.5 * r, 2.0])

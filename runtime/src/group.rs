@@ -350,6 +350,17 @@ impl Group {
         self.end(epoch, r)
     }
 
+    /// All-to-all with equal blocks (MPI's `MPI_Alltoall`): `send` and `recv` hold `size`
+    /// blocks of `send.len() / size` elements; block `j` of `send` goes to rank `j`, and block
+    /// `j` of `recv` comes from rank `j`.
+    pub fn alltoall<E: Element>(&mut self, send: &[E], recv: &mut [E]) -> Result<()> {
+        let _span = info_span!("alltoall", epoch = self.epoch(), count = send.len()).entered();
+        let (ctl, epoch) = self.begin_op(5, std::mem::size_of_val(send))?;
+        let comm = self.comm.as_mut().expect("begin checked");
+        let r = self.rt.block_on(comm.flat().alltoall(send, recv, &ctl));
+        self.end(epoch, r).map(drop)
+    }
+
     /// Barrier.
     pub fn barrier(&mut self) -> Result<()> {
         let _span = info_span!("barrier", epoch = self.epoch()).entered();
@@ -769,10 +780,12 @@ impl Group {
         let mut recv = vec![[0u64; 6]; n];
         let comm = self.comm.as_mut().expect("begin checked");
         let bytes = bytemuck::cast_slice_mut(recv.as_flattened_mut());
-        let r = self.rt.block_on(
-            comm.flat()
-                .alltoall(bytemuck::cast_slice(&send), bytes, &ctl),
-        );
+        let r = self.rt.block_on(comm.flat().alltoall_bytes(
+            DType::U8,
+            bytemuck::cast_slice(&send),
+            bytes,
+            &ctl,
+        ));
         let arrived = self.end(epoch, r)?;
         for (p, (w, at)) in recv.iter().zip(arrived).enumerate() {
             if p != me {
