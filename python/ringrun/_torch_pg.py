@@ -405,6 +405,8 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
     def _alltoall_flat(self, out, inp):
         """Queues one all-to-all of the flat ``inp`` into the flat ``out`` (equal blocks)."""
+        if inp.is_cuda or out.is_cuda:
+            raise NotImplementedError("ringrun backend: all_to_all takes CPU tensors")
         src, dst = _Dense(inp, writable=False), _Dense(out)
         size = self.getSize()
         if dst.dtype != src.dtype or dst.count != src.count or src.count % size:
@@ -422,11 +424,16 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
     def alltoall_base(self, output, input, output_split_sizes, input_split_sizes, opts=None):
         """``all_to_all_single``: equal splits only (ringrun's all-to-all has equal blocks)."""
-        for splits in (output_split_sizes, input_split_sizes):
+        for splits, t in ((output_split_sizes, output), (input_split_sizes, input)):
             if splits and len(set(splits)) > 1:
                 raise NotImplementedError(
                     f"ringrun backend: all_to_all_single with uneven splits {list(splits)} is "
                     "not supported (equal splits are)"
+                )
+            if splits and (len(splits) != self.getSize() or sum(splits) != t.shape[0]):
+                raise InvalidArgument(
+                    f"ringrun backend: all_to_all_single splits {list(splits)} do not split "
+                    f"{t.shape[0]} rows among {self.getSize()} ranks"
                 )
         return self._runner.submit(self._alltoall_flat(output, input), [output], opts)
 

@@ -298,6 +298,9 @@ def bad(rank, size):
     uneven = [1] * (size - 1) + [2]
     expect(NotImplementedError, lambda: dist.all_to_all_single(
         torch.ones(size + 1), torch.ones(size + 1), uneven, uneven), "all_to_all_single")
+    even = [2] * size
+    expect(ValueError, lambda: dist.all_to_all_single(
+        torch.ones(size), torch.ones(size), even, even), "all_to_all_single splits")
     if rank == 0:  # the root alone checks its list, before it sends anything
         expect(ValueError, lambda: dist.scatter(torch.empty(2), [torch.ones(2)] * (size + 1)),
                "scatter list")
