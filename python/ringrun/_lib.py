@@ -115,7 +115,15 @@ def lib():
     """The loaded library (loaded on first use, so importing ringrun never fails)."""
     global _LIB
     if _LIB is None:
-        loaded = _declare(ctypes.CDLL(_find()))
+        path = _find()
+        try:
+            loaded = _declare(ctypes.CDLL(path))
+        except AttributeError as e:  # a function this package calls is missing
+            raise OSError(
+                f"{path} lacks a function of libringrun this package calls ({e}): it is not "
+                "libringrun, or is older than the package; rebuild it, or point RINGRUN_LIB "
+                "at a current build"
+            ) from e
         got = loaded.ringrun_abi_version()
         if got != ABI_VERSION:
             raise OSError(f"libringrun has ABI version {got}, this package needs {ABI_VERSION}")

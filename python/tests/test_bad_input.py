@@ -51,3 +51,18 @@ def test_exception_hierarchy():
     assert issubclass(ringrun.PeerLost, ringrun.MembershipChanged)
     assert issubclass(ringrun.InvalidArgument, ValueError)
     assert all(issubclass(e, ringrun.RingrunError) for e in ringrun.RECOVERABLE)
+
+
+def test_a_library_without_the_packages_functions_is_named_not_loaded(monkeypatch):
+    """An old or foreign library under RINGRUN_LIB is refused with its path, not left to fail
+    at its first missing symbol."""
+    import ctypes.util
+
+    from ringrun import _lib
+
+    libm = ctypes.util.find_library("m")
+    assert libm, "the C math library is needed as the foreign library"
+    monkeypatch.setattr(_lib, "_LIB", None)
+    monkeypatch.setenv("RINGRUN_LIB", libm)
+    with pytest.raises(OSError, match="lacks a function of libringrun"):
+        _lib.lib()
