@@ -28,10 +28,10 @@ from .errors import (  # noqa: F401  (re-exported)
 
 __all__ = [
     "init", "finalize", "is_initialized", "rank", "size", "epoch", "allreduce",
-    "allreduce_many", "broadcast", "allgather", "alltoall", "barrier", "commit", "restore", "finish",
-    "completed", "faults", "set_step", "log", "RingrunError", "MembershipChanged", "PeerLost",
-    "Timeout", "InvalidArgument", "NotInitialized", "InternalError", "Mismatch", "NoQuorum",
-    "JobCompleted",
+    "allreduce_many", "broadcast", "allgather", "alltoall", "barrier", "commit", "restore",
+    "finish", "completed", "faults", "set_step", "log", "RingrunError", "MembershipChanged",
+    "PeerLost", "Timeout", "InvalidArgument", "NotInitialized", "InternalError", "Mismatch",
+    "NoQuorum", "JobCompleted",
 ]
 
 

@@ -181,6 +181,12 @@ def clear_failure():
     _last_failure = None
 
 
+def _unflatten(flat, outs):
+    """Copies consecutive equal parts of ``flat``, one for each of ``outs`` (none for none)."""
+    for o, part in zip(outs, flat.chunk(len(outs)) if outs else ()):
+        o.copy_(part.view(o.shape))
+
+
 def _call(dense, fn, *args):
     """One C call, ordered after torch's current stream for a CUDA tensor."""
     if dense.stream is not None:
@@ -293,9 +299,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
             def run(gather=gather, flat=flat, outs=outs):
                 gather()
-                for i, o in enumerate(outs):
-                    n = o.numel()
-                    o.copy_(flat[i * n : (i + 1) * n].view(o.shape))
+                _unflatten(flat, outs)
 
             steps.append(run)
         return self._runner.submit(lambda: [s() for s in steps], output_tensors, opts)
@@ -328,8 +332,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
         def run():
             gather()
-            for i, o in enumerate(outs):
-                o.copy_(flat[i * inp.numel() : (i + 1) * inp.numel()].view(o.shape))
+            _unflatten(flat, outs)
 
         return self._runner.submit(run, output_tensors, opts)
 
@@ -453,8 +456,7 @@ class ProcessGroupRingrun(dist.ProcessGroup):
 
         def run():
             exchange()
-            for o, part in zip(output_tensors, flat_out.chunk(size)):
-                o.copy_(part.view(o.shape))
+            _unflatten(flat_out, output_tensors)
 
         return self._runner.submit(run, output_tensors, opts)
 

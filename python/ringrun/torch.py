@@ -16,10 +16,11 @@ with the output tensors or that error, as Gloo's do.
 Supported on CPU tensors (and CUDA tensors, through the library's device side) of the dtypes
 of the C ABI: ``all_reduce`` (SUM, PRODUCT, MIN, MAX, AVG), ``broadcast``, ``all_gather``,
 ``all_gather_into_tensor``, ``reduce_scatter`` / ``reduce_scatter_tensor``, ``reduce``,
-``gather``, ``scatter``, ``barrier`` and their coalesced forms (and so torch's object
-collectives). Point-to-point and all-to-all calls raise
-``NotImplementedError`` naming the call, and so does ``new_group`` of a subset of the ranks (a
-group of every rank works). Non-contiguous tensors go through a contiguous copy.
+``gather``, ``scatter``, ``all_to_all`` / ``all_to_all_single`` with equal splits (CPU
+tensors), ``barrier`` and their coalesced forms (and so torch's object collectives).
+Point-to-point calls and uneven all-to-all splits raise ``NotImplementedError`` naming the
+call, and so does ``new_group`` of a subset of the ranks (a group of every rank works).
+Non-contiguous tensors go through a contiguous copy.
 
 Elastic training: ``ringrun.elastic.State`` holds modules and optimizers; after a membership
 change, DDP keeps working without being re-wrapped (see ``elastic_comm_hook``).

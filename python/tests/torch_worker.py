@@ -1,7 +1,8 @@
 """A torch test worker: joins through ``init_process_group("ringrun")`` and runs one scenario.
 
-``grid``: every collective x dtype x op (x root) through torch.distributed on the ringrun backend, each
-checked against Gloo's result for the same inputs (a Gloo group of the same ranks, made here).
+``grid``: every collective x dtype x op (x root) through torch.distributed on the ringrun
+backend, each checked against Gloo's result for the same inputs (a Gloo group of the same
+ranks, made here).
 ``async``: Work and Future behaviour, and the collective running off the Python thread.
 ``bad``: mismatched shapes and dtypes across ranks, unsupported ops, dtypes and calls.
 ``ddp``: torch's DDP on the ringrun backend beside DDP on Gloo, ending with equal weights.
